@@ -1,0 +1,197 @@
+//! The differential count: per-class counts, blasts and abnormal cells with
+//! exact 95% intervals, and the threshold flag.
+
+use crate::model::{ModelCard, Prediction};
+use crate::stats::clopper_pearson;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// What one classified object counts as.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Call {
+    /// A leukocyte of a known class.
+    Cell { code: String, blast: bool, abnormal: bool },
+    /// A leukocyte the model is not confident about: counted in the total, never
+    /// forced into a class. `best` is the most likely class, for the reviewer.
+    Unidentified { best: String },
+    /// Not a leukocyte (e.g. a platelet the detector let through): not counted.
+    NotLeukocyte { code: String },
+}
+
+/// Which classes are blasts and which are normal, and the confidence floor:
+/// from the model card, blast classes overridable by configuration.
+#[derive(Debug, Clone)]
+pub struct CallRules {
+    pub blast_classes: Vec<String>,
+    pub normal_classes: Vec<String>,
+    pub min_confidence: f32,
+}
+
+impl CallRules {
+    pub fn from_card(card: &ModelCard) -> CallRules {
+        CallRules {
+            blast_classes: card.blast_classes.clone(),
+            normal_classes: card.normal_classes.clone(),
+            min_confidence: card.min_confidence,
+        }
+    }
+
+    /// Decides what a prediction counts as.
+    pub fn call(&self, card: &ModelCard, pred: &Prediction) -> Call {
+        let (i, conf) = pred.top();
+        let class = &card.classes[i];
+        if !class.leukocyte {
+            Call::NotLeukocyte { code: class.code.clone() }
+        } else if conf < self.min_confidence {
+            Call::Unidentified { best: class.code.clone() }
+        } else {
+            Call::Cell {
+                code: class.code.clone(),
+                blast: self.blast_classes.contains(&class.code),
+                abnormal: !self.normal_classes.contains(&class.code),
+            }
+        }
+    }
+}
+
+/// A running differential count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Differential {
+    pub by_class: BTreeMap<String, u64>,
+    pub unidentified: u64,
+    pub blasts: u64,
+    pub abnormal: u64,
+    pub not_leukocytes: u64,
+    pub cut_by_border: u64,
+}
+
+impl Differential {
+    pub fn add(&mut self, call: &Call) {
+        match call {
+            Call::Cell { code, blast, abnormal } => {
+                *self.by_class.entry(code.clone()).or_default() += 1;
+                self.blasts += *blast as u64;
+                self.abnormal += *abnormal as u64;
+            }
+            Call::Unidentified { .. } => self.unidentified += 1,
+            Call::NotLeukocyte { .. } => self.not_leukocytes += 1,
+        }
+    }
+
+    /// Undo of [`add`](Self::add) (the appliance's "undo last field").
+    pub fn remove(&mut self, call: &Call) {
+        match call {
+            Call::Cell { code, blast, abnormal } => {
+                if let Some(n) = self.by_class.get_mut(code) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.by_class.remove(code);
+                    }
+                }
+                self.blasts = self.blasts.saturating_sub(*blast as u64);
+                self.abnormal = self.abnormal.saturating_sub(*abnormal as u64);
+            }
+            Call::Unidentified { .. } => self.unidentified = self.unidentified.saturating_sub(1),
+            Call::NotLeukocyte { .. } => self.not_leukocytes = self.not_leukocytes.saturating_sub(1),
+        }
+    }
+
+    /// Leukocytes counted: classified plus unidentified. Unidentified cells stay
+    /// in the denominator so that doubt never inflates the blast percentage.
+    pub fn cells(&self) -> u64 {
+        self.by_class.values().sum::<u64>() + self.unidentified
+    }
+
+    pub fn summary(&self, threshold_percent: f64) -> Summary {
+        let n = self.cells();
+        let pct = |k: u64| if n == 0 { 0.0 } else { 100.0 * k as f64 / n as f64 };
+        let ci = |k: u64| {
+            let (lo, hi) = clopper_pearson(k, n, 0.95);
+            [100.0 * lo, 100.0 * hi]
+        };
+        let blast_percent = pct(self.blasts);
+        Summary {
+            cells: n,
+            blasts: self.blasts,
+            blast_percent,
+            ci95: ci(self.blasts),
+            by_class: self.by_class.clone(),
+            unidentified: self.unidentified,
+            abnormal: self.abnormal,
+            abnormal_percent: pct(self.abnormal),
+            abnormal_ci95: ci(self.abnormal),
+            threshold_percent,
+            flag: n > 0 && blast_percent >= threshold_percent,
+            not_counted: NotCounted { not_leukocytes: self.not_leukocytes, cut_by_border: self.cut_by_border },
+        }
+    }
+}
+
+/// The count as reported (percentages in 0..100).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub cells: u64,
+    pub blasts: u64,
+    pub blast_percent: f64,
+    pub ci95: [f64; 2],
+    pub by_class: BTreeMap<String, u64>,
+    pub unidentified: u64,
+    /// Cells of types not normally seen in peripheral blood (blasts included).
+    pub abnormal: u64,
+    pub abnormal_percent: f64,
+    pub abnormal_ci95: [f64; 2],
+    pub threshold_percent: f64,
+    /// Blast percentage at or above the threshold.
+    pub flag: bool,
+    pub not_counted: NotCounted,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NotCounted {
+    pub not_leukocytes: u64,
+    pub cut_by_border: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(code: &str, blast: bool, abnormal: bool) -> Call {
+        Call::Cell { code: code.into(), blast, abnormal }
+    }
+
+    #[test]
+    fn twenty_blasts_of_a_hundred() {
+        let mut d = Differential::default();
+        for _ in 0..20 {
+            d.add(&cell("MYO", true, true));
+        }
+        for _ in 0..75 {
+            d.add(&cell("NGS", false, false));
+        }
+        for _ in 0..5 {
+            d.add(&Call::Unidentified { best: "LYT".into() });
+        }
+        d.add(&Call::NotLeukocyte { code: "PLT".into() });
+        let s = d.summary(20.0);
+        assert_eq!((s.cells, s.blasts, s.unidentified), (100, 20, 5));
+        assert!((s.blast_percent - 20.0).abs() < 1e-9);
+        assert!((s.ci95[0] - 12.67).abs() < 0.01 && (s.ci95[1] - 29.18).abs() < 0.01, "{:?}", s.ci95);
+        assert!(s.flag);
+        assert_eq!(s.not_counted.not_leukocytes, 1);
+        assert!(!d.summary(25.0).flag);
+        d.remove(&cell("MYO", true, true));
+        let s = d.summary(20.0);
+        assert_eq!((s.cells, s.blasts, s.by_class["MYO"]), (99, 19, 19));
+        assert!(!s.flag);
+    }
+
+    #[test]
+    fn empty_count_is_not_flagged() {
+        let s = Differential::default().summary(0.0);
+        assert_eq!(s.cells, 0);
+        assert!(!s.flag);
+        assert_eq!(s.ci95, [0.0, 100.0]);
+    }
+}

@@ -1,0 +1,20 @@
+//! leukoscope: finds leukocytes in blood-smear images, classifies them with an
+//! int8 ONNX model run by tract and keeps a differential count with the blast
+//! percentage. A screening aid: a person verifies every result.
+//!
+//! Data flows one way:
+//! `image` -> [`detect`] (cells in a field) -> [`preprocess`] (crop -> tensor)
+//! -> [`model`] (classes) -> [`count`] (differential, statistics) -> [`report`].
+
+pub mod color;
+pub mod mask;
+pub mod model;
+pub mod preprocess;
+pub mod input;
+pub mod npy;
+
+/// Printed with every result: the product is a screening aid.
+pub const DISCLAIMER: &str =
+    "SCREENING AID ONLY - not a diagnosis. Every cell call, and blast calls above all, must be verified by a qualified person.";
+pub mod stats;
+pub mod count;

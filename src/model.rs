@@ -1,0 +1,219 @@
+//! The shipped classifier: a model card (JSON) and an ONNX file run by tract.
+//!
+//! The card is the contract between the training pipeline and this runtime. A
+//! model whose file hash, input shape, class count or preprocessing does not
+//! match its card is refused with a message naming what differs.
+
+use crate::preprocess::{PreprocessSpec, Prepared, METHOD};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("model card {path} is not valid: {source}")]
+    Card { path: PathBuf, source: serde_json::Error },
+    #[error("model file {path} has sha256 {actual}, but its card says {expected}: wrong or damaged model file")]
+    Hash { path: PathBuf, expected: String, actual: String },
+    #[error("model card {path}: {what}")]
+    Mismatch { path: PathBuf, what: String },
+    #[error("tract cannot load {path}: {source}")]
+    Tract { path: PathBuf, source: anyhow::Error },
+    #[error("inference failed: {0}")]
+    Run(anyhow::Error),
+}
+
+/// One output class of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassInfo {
+    /// Short code (the LMU abbreviations, plus PLT for platelets).
+    pub code: String,
+    /// Human-readable name.
+    pub name: String,
+    /// Whether this is a leukocyte (counted) or something a detector may pick
+    /// up that is not (platelets): those are reported but never counted.
+    pub leukocyte: bool,
+}
+
+/// Input contract of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputInfo {
+    /// NCHW, batch 1.
+    pub shape: [usize; 4],
+    /// Meaning of the three channels.
+    pub channels: String,
+    pub preprocessing: PreprocessSpec,
+}
+
+/// The model card (`models/*.card.json`). Fields not needed at run time
+/// (training data, metrics, licences) are kept as free JSON for the reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub name: String,
+    /// Model file, relative to the card.
+    pub file: String,
+    pub sha256: String,
+    pub input: InputInfo,
+    /// In the order of the model's output.
+    pub classes: Vec<ClassInfo>,
+    /// Codes that count as blasts or blast equivalents (may name classes the
+    /// model lacks: a retrained model with them will count them).
+    pub blast_classes: Vec<String>,
+    /// Codes of cell types normally present in peripheral blood; every other
+    /// leukocyte class counts as abnormal (the seed paper's second question).
+    pub normal_classes: Vec<String>,
+    /// Below this top-class probability a cell goes to the "unidentified" bucket.
+    pub min_confidence: f32,
+    #[serde(default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ModelCard {
+    pub fn load(path: &Path) -> Result<ModelCard, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+        let card: ModelCard = serde_json::from_str(&text).map_err(|source| ModelError::Card { path: path.into(), source })?;
+        card.validate(path)?;
+        Ok(card)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ModelError> {
+        let bad = |what: String| Err(ModelError::Mismatch { path: path.into(), what });
+        let p = &self.input.preprocessing;
+        if p.method != METHOD {
+            return bad(format!("preprocessing method '{}' is not implemented (this build knows '{METHOD}')", p.method));
+        }
+        let s = p.size as usize;
+        if self.input.shape != [1, 3, s, s] {
+            return bad(format!("input shape {:?} does not match preprocessing size {s} (expected [1, 3, {s}, {s}])", self.input.shape));
+        }
+        if self.classes.is_empty() {
+            return bad("no classes".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_confidence) {
+            return bad(format!("min_confidence {} outside 0..1", self.min_confidence));
+        }
+        Ok(())
+    }
+
+    pub fn class_index(&self, code: &str) -> Option<usize> {
+        self.classes.iter().position(|c| c.code == code)
+    }
+}
+
+/// Probabilities for one crop, in the card's class order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub probs: Vec<f32>,
+}
+
+impl Prediction {
+    /// Index and probability of the most likely class.
+    pub fn top(&self) -> (usize, f32) {
+        self.probs
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, 0.0))
+    }
+}
+
+/// A loaded, verified, optimised model.
+pub struct Classifier {
+    pub card: ModelCard,
+    pub model_path: PathBuf,
+    plan: Arc<TypedSimplePlan>,
+}
+
+impl Classifier {
+    /// Loads the card, checks the model file's hash, loads it into tract with the
+    /// card's fixed input shape and checks the output width.
+    pub fn load(card_path: &Path) -> Result<Classifier, ModelError> {
+        let card = ModelCard::load(card_path)?;
+        let model_path = card_path.parent().unwrap_or(Path::new(".")).join(&card.file);
+        let bytes = std::fs::read(&model_path).map_err(|source| ModelError::Io { path: model_path.clone(), source })?;
+        let actual = hex(&Sha256::digest(&bytes));
+        if !actual.eq_ignore_ascii_case(&card.sha256) {
+            return Err(ModelError::Hash { path: model_path, expected: card.sha256.clone(), actual });
+        }
+        let tract_err = |source: anyhow::Error| ModelError::Tract { path: model_path.clone(), source };
+        let mut proto = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .model_for_read(&mut std::io::Cursor::new(&bytes))
+            .map_err(|e| tract_err(e.into()))?;
+        // The file's declared input must agree with the card (batch may be symbolic).
+        let declared = proto.input_fact(0).map_err(|e| tract_err(e.into()))?.shape.clone();
+        let want = card.input.shape;
+        for (axis, want_dim) in want.iter().enumerate().skip(1) {
+            if let Some(Some(dim)) = declared.dims().nth(axis).map(|d| d.concretize()) {
+                if let Ok(v) = dim.to_i64() {
+                    if v as usize != *want_dim {
+                        return Err(ModelError::Mismatch {
+                            path: card_path.into(),
+                            what: format!("model input axis {axis} is {v}, card says {want_dim}"),
+                        });
+                    }
+                }
+            }
+        }
+        proto = proto.with_input_fact(0, f32::fact(want).into()).map_err(|e| tract_err(e.into()))?;
+        let typed = proto.into_optimized().map_err(|e| tract_err(e.into()))?;
+        let out = typed.output_fact(0).map_err(|e| tract_err(e.into()))?.shape.as_concrete().map(|s| s.to_vec());
+        if out.as_deref() != Some(&[1, card.classes.len()][..]) {
+            return Err(ModelError::Mismatch {
+                path: card_path.into(),
+                what: format!("model output shape {out:?}, card lists {} classes", card.classes.len()),
+            });
+        }
+        let plan = typed.into_runnable().map_err(|e| tract_err(e.into()))?;
+        Ok(Classifier { card, model_path, plan })
+    }
+
+    /// Class probabilities (softmax of the model's logits) for one prepared crop.
+    pub fn predict(&self, prepared: &Prepared) -> Result<Prediction, ModelError> {
+        let shape = self.card.input.shape;
+        let input = tract_ndarray::Array4::from_shape_vec(shape, prepared.tensor.clone())
+            .map_err(|e| ModelError::Run(anyhow::anyhow!("input tensor: {e}")))?;
+        let out = self.plan.run(tvec!(Tensor::from(input).into())).map_err(|e| ModelError::Run(e.into()))?;
+        let logits = out[0].to_plain_array_view::<f32>().map_err(|e| ModelError::Run(e.into()))?;
+        Ok(Prediction { probs: softmax(logits.iter().copied()) })
+    }
+}
+
+pub fn softmax(logits: impl Iterator<Item = f32>) -> Vec<f32> {
+    let v: Vec<f32> = logits.collect();
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = v.iter().map(|x| (x - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    Ok(hex(&Sha256::digest(std::fs::read(path)?)))
+}
+
+/// File name of the shipped model card.
+pub const DEFAULT_CARD: &str = "leukoscope.card.json";
+
+/// The shipped model card: `$LEUKOSCOPE_MODEL`, else the first of
+/// `./models/`, `/usr/share/leukoscope/models/` and the source tree's `models/`
+/// that holds one.
+pub fn default_card_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("LEUKOSCOPE_MODEL") {
+        return PathBuf::from(p);
+    }
+    let candidates = [
+        PathBuf::from("models").join(DEFAULT_CARD),
+        PathBuf::from("/usr/share/leukoscope/models").join(DEFAULT_CARD),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(DEFAULT_CARD),
+    ];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| candidates[0].clone())
+}

@@ -1,0 +1,299 @@
+//! Single-cell crop -> model input tensor. The one place where the classifier's
+//! view of a cell is defined: `classify` on dataset crops, `analyze` on cells
+//! found in a field and the Python training pipeline (through
+//! `leukoscope preprocess`) all go through [`prepare`], so training and serving
+//! cannot drift apart.
+//!
+//! Two normalisations make the model see "which cell" rather than "which lab":
+//! - **scale**: the nucleus nearest the centre is segmented and the output
+//!   window is `window_factor` times its extent, so a cell fills the same share
+//!   of the input whatever the objective, camera or downscaling;
+//! - **stain**: the window is white-balanced against the slide background,
+//!   converted to CIELAB and standardised per channel (zero mean, unit
+//!   variance), which removes any per-channel affine stain difference in Lab
+//!   (Reinhard-style normalisation with the target folded into the model).
+
+use crate::color::{od_lut, srgb_to_lab, Background};
+use crate::mask::{BBox, Mask};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+/// Parameters of the preprocessing, stored in the model card: a model is only
+/// valid with the parameters it was trained with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSpec {
+    /// Name of the algorithm; the Rust side refuses names it does not implement.
+    pub method: String,
+    /// Output side in pixels (the model input is 3 x size x size, CHW).
+    pub size: u32,
+    /// Output window side = `window_factor` x nucleus extent (longer bbox side).
+    pub window_factor: f32,
+    /// Lowest nuclear stain signal (red minus blue optical density) that can count as nucleus.
+    pub min_nucleus_od: f32,
+    /// Per-channel standard deviation floor (Lab units) for the standardisation.
+    pub std_floor: f32,
+}
+
+/// The method implemented here.
+pub const METHOD: &str = "nucleus-window-lab-standardised-v1";
+
+impl Default for PreprocessSpec {
+    fn default() -> Self {
+        PreprocessSpec {
+            method: METHOD.to_string(),
+            size: 96,
+            window_factor: 1.7,
+            min_nucleus_od: 0.1,
+            std_floor: 2.0,
+        }
+    }
+}
+
+/// A crop ready for the model, and where it came from.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// 3 x size x size, channel-major (L, a, b standardised).
+    pub tensor: Vec<f32>,
+    /// Nucleus found in the input, `None` if no stained object was found (the
+    /// window then covers the whole input).
+    pub nucleus: Option<BBox>,
+    /// Window centre and side in input pixels.
+    pub window: (f32, f32, f32),
+}
+
+/// Prepares one roughly centred single-cell image. `background` is the slide
+/// colour when known from a whole field; `None` estimates it from this image.
+pub fn prepare(img: &RgbImage, spec: &PreprocessSpec, background: Option<Background>) -> Prepared {
+    let bg = background.unwrap_or_else(|| Background::estimate(img));
+    let nucleus = find_central_nucleus(img, &bg, spec.min_nucleus_od);
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let window = match nucleus {
+        Some(b) => {
+            let (cx, cy) = b.center();
+            let extent = b.width().max(b.height()).max(4) as f32;
+            (cx, cy, spec.window_factor * extent)
+        }
+        None => (w / 2.0, h / 2.0, w.min(h)),
+    };
+    let tensor = sample_standardised(img, &bg, window, spec);
+    Prepared { tensor, nucleus, window }
+}
+
+/// Nuclear stain signal: red minus blue optical density. Nuclei (azure,
+/// purple) absorb red far more than blue; red cells (eosin, pink) absorb blue
+/// at least as much as red; dark debris, dust and scanner borders absorb all
+/// channels alike. So the signal is high on nuclei alone, and stays so when a
+/// lab's stain is paler or bluer.
+pub fn nucleus_signal(img: &RgbImage, bg: &Background) -> Vec<f32> {
+    let (red, blue) = (od_lut(bg.0[0]), od_lut(bg.0[2]));
+    img.pixels().map(|p| (red[p.0[0] as usize] - blue[p.0[2] as usize]).max(0.0)).collect()
+}
+
+/// Otsu threshold over values in [0, 3] (64 bins).
+pub fn otsu(values: impl Iterator<Item = f32>) -> Option<f32> {
+    const BINS: usize = 64;
+    const HI: f32 = 3.0;
+    let mut hist = [0u64; BINS];
+    let mut n = 0u64;
+    for v in values {
+        let b = ((v / HI) * BINS as f32).clamp(0.0, BINS as f32 - 1.0) as usize;
+        hist[b] += 1;
+        n += 1;
+    }
+    if n == 0 {
+        return None;
+    }
+    let centre = |i: usize| (i as f64 + 0.5) * HI as f64 / BINS as f64;
+    let total: f64 = hist.iter().enumerate().map(|(i, &c)| c as f64 * centre(i)).sum();
+    let (mut w0, mut m0) = (0f64, 0f64);
+    let mut best = (0f64, None);
+    for (i, &c) in hist.iter().enumerate() {
+        w0 += c as f64;
+        m0 += c as f64 * centre(i);
+        let w1 = n as f64 - w0;
+        if w0 == 0.0 || w1 == 0.0 {
+            continue;
+        }
+        let between = (total * w0 / n as f64 - m0).powi(2) / (w0 * w1);
+        if between > best.0 {
+            best = (between, Some(centre(i) as f32));
+        }
+    }
+    best.1
+}
+
+/// The nucleus of the cell nearest the image centre: the biggest stained
+/// component weighted by closeness to the centre, plus nearby components that
+/// are lobes of the same nucleus (segmented neutrophils, eosinophils).
+pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Option<BBox> {
+    let od = nucleus_signal(img, bg);
+    // Otsu alone is pulled up by a heavy tail (dark granules, JPEG colour
+    // fringes) and then keeps only specks of a large nucleus; half the 99th
+    // percentile alone clips pale nuclei. The lower of the two held up across
+    // recoloured and rescaled crops (docs/preprocessing.md).
+    let otsu_t = otsu(od.iter().copied().filter(|&v| v > 0.05)).unwrap_or(min_od);
+    let mut sorted = od.clone();
+    let k = (sorted.len() * 99 / 100).min(sorted.len().saturating_sub(1));
+    let p99 = if sorted.is_empty() { 0.0 } else { *sorted.select_nth_unstable_by(k, f32::total_cmp).1 };
+    let threshold = otsu_t.min(0.5 * p99).max(min_od);
+    let mask = Mask { width: img.width(), height: img.height(), data: od.iter().map(|&v| v > threshold).collect() }.open(1);
+    let labels = mask.components();
+    let comps = &labels.components;
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let radius = w.min(h) / 2.0;
+    let score = |c: &crate::mask::Component| {
+        let (x, y) = c.centroid();
+        let d = ((x - w / 2.0).powi(2) + (y - h / 2.0).powi(2)).sqrt() / radius;
+        c.area as f32 * (1.0 - d).max(0.0).powi(2)
+    };
+    let seed = comps.iter().max_by(|a, b| score(a).total_cmp(&score(b)))?;
+    if score(seed) <= 0.0 {
+        return None;
+    }
+    let extent = seed.bbox.width().max(seed.bbox.height()) as f32;
+    let mut bbox = seed.bbox;
+    for c in comps {
+        if c.area as f32 >= 0.05 * seed.area as f32 && (seed.bbox.gap(&c.bbox) as f32) < 0.35 * extent {
+            bbox = bbox.union(&c.bbox);
+        }
+    }
+    Some(bbox)
+}
+
+/// Samples the square window (antialiased by supersampling), white-balances,
+/// converts to Lab and standardises each channel.
+fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32), spec: &PreprocessSpec) -> Vec<f32> {
+    let s = spec.size as usize;
+    let (cx, cy, side) = window;
+    let step = side / s as f32;
+    // Supersampling factor: enough subsamples to cover each output pixel's footprint.
+    let n = (step.ceil() as usize).clamp(1, 4);
+    let x0 = cx - side / 2.0;
+    let y0 = cy - side / 2.0;
+    let mut lab = vec![0f32; 3 * s * s];
+    for j in 0..s {
+        for i in 0..s {
+            let mut acc = [0f32; 3];
+            for sj in 0..n {
+                for si in 0..n {
+                    let u = x0 + (i as f32 + (si as f32 + 0.5) / n as f32) * step - 0.5;
+                    let v = y0 + (j as f32 + (sj as f32 + 0.5) / n as f32) * step - 0.5;
+                    let t = bilinear_transmittance(img, bg, u, v);
+                    for c in 0..3 {
+                        acc[c] += t[c];
+                    }
+                }
+            }
+            let k = (n * n) as f32;
+            let l = srgb_to_lab([acc[0] / k, acc[1] / k, acc[2] / k]);
+            for c in 0..3 {
+                lab[c * s * s + j * s + i] = l[c];
+            }
+        }
+    }
+    for c in 0..3 {
+        let ch = &mut lab[c * s * s..(c + 1) * s * s];
+        let mean = ch.iter().sum::<f32>() / ch.len() as f32;
+        let var = ch.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / ch.len() as f32;
+        let sd = var.sqrt().max(spec.std_floor);
+        for v in ch.iter_mut() {
+            *v = (*v - mean) / sd;
+        }
+    }
+    lab
+}
+
+/// Bilinear sample of the white-balanced image. Outside the image the picture is
+/// mirrored: a constant fill would mark cells that sit close to a crop's edge,
+/// which differs between datasets and never happens inside a camera field.
+fn bilinear_transmittance(img: &RgbImage, bg: &Background, u: f32, v: f32) -> [f32; 3] {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let (fx, fy) = (u.floor(), v.floor());
+    let (ax, ay) = (u - fx, v - fy);
+    let (ix, iy) = (fx as i64, fy as i64);
+    let px = |x: i64, y: i64| -> [f32; 3] { bg.transmittance(img.get_pixel(reflect(x, w), reflect(y, h)).0) };
+    let (p00, p10, p01, p11) = (px(ix, iy), px(ix + 1, iy), px(ix, iy + 1), px(ix + 1, iy + 1));
+    let mut out = [0f32; 3];
+    for c in 0..3 {
+        let top = p00[c] * (1.0 - ax) + p10[c] * ax;
+        let bot = p01[c] * (1.0 - ax) + p11[c] * ax;
+        out[c] = top * (1.0 - ay) + bot * ay;
+    }
+    out
+}
+
+/// Mirror index into 0..n (edge pixel not repeated), for any distance outside.
+pub fn reflect(i: i64, n: i64) -> u32 {
+    if n <= 1 {
+        return 0;
+    }
+    let period = 2 * (n - 1);
+    let m = i.rem_euclid(period);
+    (if m < n { m } else { period - m }) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    /// Synthetic crop: glass, a pink "red cell" off-centre and a purple nucleus.
+    fn synthetic(w: u32, h: u32, nx: f32, ny: f32, nr: f32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let d = ((x as f32 - nx).powi(2) + (y as f32 - ny).powi(2)).sqrt();
+            let r = ((x as f32 - 10.0).powi(2) + (y as f32 - 10.0).powi(2)).sqrt();
+            if d < nr {
+                Rgb([90, 40, 140])
+            } else if r < 8.0 {
+                Rgb([220, 150, 160])
+            } else {
+                Rgb([240, 235, 230])
+            }
+        })
+    }
+
+    #[test]
+    fn finds_the_central_nucleus_not_the_red_cell() {
+        let img = synthetic(100, 100, 52.0, 48.0, 15.0);
+        let bg = Background::estimate(&img);
+        let b = find_central_nucleus(&img, &bg, 0.3).expect("nucleus");
+        let (cx, cy) = b.center();
+        assert!((cx - 52.0).abs() <= 1.5 && (cy - 48.0).abs() <= 1.5, "{b:?}");
+        assert!((b.width() as i32 - 29).abs() <= 2, "{b:?}");
+    }
+
+    #[test]
+    fn output_is_standardised_and_scale_invariant() {
+        let spec = PreprocessSpec::default();
+        let small = prepare(&synthetic(100, 100, 50.0, 50.0, 15.0), &spec, None);
+        let big = prepare(&synthetic(200, 200, 100.0, 100.0, 30.0), &spec, None);
+        let s2 = (spec.size * spec.size) as usize;
+        assert_eq!(small.tensor.len(), 3 * s2);
+        let l = &small.tensor[..s2];
+        let mean: f32 = l.iter().sum::<f32>() / s2 as f32;
+        assert!(mean.abs() < 1e-3);
+        // Same cell at twice the magnification gives nearly the same input.
+        let diff: f32 = small.tensor.iter().zip(&big.tensor).map(|(a, b)| (a - b).abs()).sum::<f32>() / small.tensor.len() as f32;
+        assert!(diff < 0.15, "mean abs difference {diff}");
+    }
+
+    #[test]
+    fn reflection_stays_inside() {
+        let idx: Vec<u32> = (-4..8).map(|i| reflect(i, 4)).collect();
+        assert_eq!(idx, vec![2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1]);
+        assert_eq!(reflect(-1000, 1), 0);
+        assert!((-500..500).all(|i| reflect(i, 7) < 7));
+    }
+
+    #[test]
+    fn blank_image_does_not_panic() {
+        let img = RgbImage::from_pixel(50, 40, Rgb([200, 200, 200]));
+        let p = prepare(&img, &PreprocessSpec::default(), None);
+        assert!(p.nucleus.is_none());
+        assert!(p.tensor.iter().all(|v| v.is_finite()));
+        let tiny = RgbImage::from_pixel(1, 1, Rgb([0, 0, 0]));
+        let p = prepare(&tiny, &PreprocessSpec::default(), None);
+        assert!(p.tensor.iter().all(|v| v.is_finite()));
+    }
+}

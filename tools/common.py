@@ -1,0 +1,257 @@
+"""Shared helpers of the leukoscope training tools: paths, the Rust binary, the
+preprocessing cache, hashing and JSON I/O.
+
+The model's preprocessing lives in Rust (`leukoscope preprocess`); this module only
+runs the binary and caches its output. Python never re-implements it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parent
+CACHE = TOOLS / "cache"
+RUNS = TOOLS / "runs"
+MODELS = REPO / "models"
+
+
+class PipelineError(RuntimeError):
+    """A failure the user must act on (missing data, binary, failed step)."""
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def data_root() -> Path:
+    """The ONE data location setting: env LEUKOSCOPE_DATA (default ../shared/data
+    relative to the repository root). Missing data is an error, never skipped."""
+    raw = os.environ.get("LEUKOSCOPE_DATA")
+    root = Path(raw) if raw else REPO / ".." / "shared" / "data"
+    if not root.is_absolute():
+        root = REPO / root
+    root = root.resolve()
+    if not root.is_dir():
+        how = f"LEUKOSCOPE_DATA={raw}" if raw else "the default ../shared/data (relative to the repository root)"
+        raise PipelineError(
+            f"data directory {root} not found ({how}). Set LEUKOSCOPE_DATA to the folder holding pbc/, lmu/ and bccd/."
+        )
+    return root
+
+
+def binary_path() -> Path:
+    raw = os.environ.get("LEUKOSCOPE_BIN")
+    return Path(raw).resolve() if raw else REPO / "target" / "release" / "leukoscope"
+
+
+_SNAPSHOT: Path | None = None
+
+
+def ensure_binary(build: bool = True) -> Path:
+    """Returns the leukoscope binary to use for this whole process, building it
+    (`cargo build --release`) when it is missing and LEUKOSCOPE_BIN is not set.
+
+    The binary is snapshotted once per process into tools/cache/bin/<size-mtime>/,
+    so that a rebuild of target/release (the Rust side is developed alongside)
+    cannot change the preprocessing in the middle of a run: training tensors,
+    evaluation and the tract check all come from the same build."""
+    global _SNAPSHOT
+    if _SNAPSHOT is not None:
+        return _SNAPSHOT
+    b = binary_path()
+    if not b.is_file():
+        if os.environ.get("LEUKOSCOPE_BIN") or not build:
+            raise PipelineError(f"leukoscope binary {b} not found (set LEUKOSCOPE_BIN or run `cargo build --release`)")
+        cargo = shutil.which("cargo")
+        if not cargo:
+            raise PipelineError(f"leukoscope binary {b} not found and cargo is not on PATH")
+        log(f"{b} missing: running cargo build --release (waits if another build holds the lock)")
+        r = subprocess.run([cargo, "build", "--release"], cwd=REPO)
+        if r.returncode != 0 or not b.is_file():
+            raise PipelineError(f"cargo build --release failed (exit {r.returncode})")
+    d = CACHE / "bin" / binary_stamp(b).replace(":", "-")
+    snap = d / "leukoscope"
+    if not snap.is_file():
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f"leukoscope.{os.getpid()}.tmp"
+        shutil.copy2(b, tmp)  # keeps size and mtime: same stamp
+        tmp.replace(snap)
+    _SNAPSHOT = snap
+    return snap
+
+
+def binary_stamp(b: Path) -> str:
+    st = b.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def file_md5(path: Path) -> str:
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------------------
+# Preprocessing through the Rust binary, cached.
+
+
+def _preprocess_chunk(binary: Path, paths: list[str], card: Path | None, cache_dir: Path) -> Path:
+    """Runs `leukoscope preprocess` on one list; returns the cached .npy path."""
+    listing = "".join(p + "\n" for p in paths)
+    spec_key = read_json(card)["input"]["preprocessing"] if card else "default"
+    key = hashlib.sha256(
+        (listing + "\0" + binary_stamp(binary) + "\0" + json.dumps(spec_key, sort_keys=True)).encode()
+    ).hexdigest()[:24]
+    npy = cache_dir / f"{key}.npy"
+    side = npy.with_suffix(".json")
+    if npy.is_file() and side.is_file():
+        return npy
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lst = cache_dir / f"{key}.list.txt"
+    lst.write_text(listing)
+    tmp = cache_dir / f"{key}.tmp.npy"
+    cmd = [str(binary), "preprocess", "--list", str(lst), "--out", str(tmp)]
+    if card:
+        cmd += ["--card", str(card)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
+    if r.returncode not in (0, 1) or not tmp.is_file():
+        raise PipelineError(f"`{' '.join(cmd)}` failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
+    tmp.with_suffix(".json").replace(side)
+    tmp.replace(npy)
+    return npy
+
+
+class Prepared:
+    """Preprocessed tensors for a list of images, in list order.
+
+    take(idx) -> float32 [n,3,S,S] rows (read from the memory-mapped cache files),
+    items: sidecar items, ok: bool [N] (False where the binary could not read the
+    image), spec: the sidecar's "preprocessing" object (goes into the card verbatim)."""
+
+    def __init__(self, arrays: list[np.ndarray], items: list[dict], spec: dict):
+        self.arrays = arrays
+        self.offsets = np.cumsum([0] + [a.shape[0] for a in arrays])
+        self.items = items
+        self.spec = spec
+        self.ok = np.array(["error" not in it for it in items], dtype=bool)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def take(self, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.empty((len(idx),) + self.arrays[0].shape[1:], dtype=np.float32)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        for k, a in enumerate(self.arrays):
+            sel = np.nonzero(which == k)[0]
+            if len(sel):
+                rows = idx[sel] - self.offsets[k]
+                order = np.argsort(rows)  # sequential reads from the memmap
+                out[sel[order]] = a[rows[order]]
+        return out
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.take(np.arange(len(self)))
+
+    @property
+    def errors(self) -> list[dict]:
+        return [it for it in self.items if "error" in it]
+
+
+def preprocess(
+    paths: list[str | Path],
+    *,
+    cache_sub: str = "pre",
+    chunk: int = 2000,
+    jobs: int | None = None,
+    card: Path | None = None,
+    quiet: bool = False,
+) -> Prepared:
+    """Preprocesses images (absolute paths) with the Rust binary, cached under
+    tools/cache/<cache_sub>/ keyed by list content + binary size/mtime + spec.
+    Lists are cut into chunks so that a partial change recomputes little and two
+    chunks can run at once (`jobs`, default env LEUKOSCOPE_JOBS or 2)."""
+    binary = ensure_binary()
+    paths = [str(Path(p).resolve()) for p in paths]
+    if not paths:
+        raise PipelineError("preprocess: empty image list")
+    jobs = jobs or int(os.environ.get("LEUKOSCOPE_JOBS", "2"))
+    cache_dir = CACHE / cache_sub
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        npys = list(pool.map(lambda c: _preprocess_chunk(binary, c, card, cache_dir), chunks))
+    arrays = [np.load(n, mmap_mode="r") for n in npys]
+    sides = [read_json(n.with_suffix(".json")) for n in npys]
+    items = [it for s in sides for it in s["items"]]
+    spec = sides[0]["preprocessing"]
+    if any(s["preprocessing"] != spec for s in sides):
+        raise PipelineError("preprocess: chunks disagree on the preprocessing spec (stale cache?)")
+    rows = sum(a.shape[0] for a in arrays)
+    if rows != len(paths) or len(items) != len(paths):
+        raise PipelineError(f"preprocess: expected {len(paths)} rows, got {rows}")
+    for want, it in zip(paths, items):
+        if Path(it["path"]).resolve() != Path(want):
+            raise PipelineError(f"preprocess: sidecar order mismatch at {want} vs {it['path']}")
+    p = Prepared(arrays, items, spec)
+    if not quiet:
+        log(f"preprocessed {len(paths)} images in {time.time() - t0:.1f}s ({len(p.errors)} unreadable)")
+    return p
+
+
+def run_classify(card: Path, paths: list[str | Path], batch: int = 400) -> dict[str, dict]:
+    """`leukoscope classify --json --model CARD` on images; returns {abs path: result}.
+    Raises when the binary fails for another reason than an unreadable image."""
+    binary = ensure_binary()
+    out: dict[str, dict] = {}
+    model = None
+    paths = [str(Path(p).resolve()) for p in paths]
+    for i in range(0, len(paths), batch):
+        cmd = [str(binary), "classify", "--json", "--model", str(card)] + paths[i : i + batch]
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
+        if r.returncode not in (0, 1) or not r.stdout.strip():
+            raise PipelineError(f"leukoscope classify failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+        doc = json.loads(r.stdout)
+        model = doc["model"]
+        for res in doc["results"]:
+            out[str(Path(res["path"]).resolve())] = res
+    missing = [p for p in paths if p not in out]
+    if missing:
+        raise PipelineError(f"leukoscope classify returned no result for {len(missing)} images, e.g. {missing[0]}")
+    out["__model__"] = model  # type: ignore[assignment]
+    return out
+
+
+def die(e: Exception) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)

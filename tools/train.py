@@ -1,0 +1,304 @@
+"""Training of the leukoscope cell classifier on tensors made by the Rust
+preprocessing (`leukoscope preprocess`), and export to f32 ONNX.
+
+The network is a plain VGG-style CNN, chosen for tract's int8 path: only 3x3
+convolutions (+BatchNorm, folded at export) + ReLU and max-pooling are quantized
+(QLinearConv per-tensor, fused ReLU); global average pooling and the linear head
+stay f32. No residual adds, no depthwise convolutions.
+
+Partial labels (PBC 'NEUTROPHIL_' = NGB or NGS, 'IG_' = MMZ/MYB/PMO) use the loss
+-log(sum of softmax over the allowed set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import RUNS, log, write_json
+
+# (out_channels, stride) per conv; 'M' = 2x2 max-pool.
+ARCH = [(16, 2), (32, 1), "M", (64, 1), "M", (96, 1), (96, 1), "M", (160, 1)]
+
+
+class CellNet(nn.Module):
+    def __init__(self, n_classes: int, arch=ARCH, dropout: float = 0.3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for a in arch:
+            if a == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                cout, stride = a
+                layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(cin, n_classes)
+
+    def forward(self, x):
+        x = self.pool(self.features(x)).flatten(1)
+        return self.head(self.dropout(x))
+
+
+def count_macs(model: nn.Module, size: int = 96) -> tuple[int, int]:
+    """(multiply-accumulates of one forward pass at size x size, parameters)."""
+    macs = 0
+
+    def hook(m, inp, out):
+        nonlocal macs
+        if isinstance(m, nn.Conv2d):
+            macs += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            macs += m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    model.train(was)
+    for h in hs:
+        h.remove()
+    return macs, sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------
+# Augmentation on preprocessed (stain/scale-normalised, standardised Lab) tensors.
+
+
+def _gauss_kernel(sigma: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def augment(x: torch.Tensor, g: torch.Generator, stain: bool = False) -> torch.Tensor:
+    """x: [B,3,S,S] standardised Lab. Geometric: flips, any rotation (covers the
+    90-degree ones), scale 0.85-1.15, translation +-6%, one grid_sample with border
+    padding. Photometric: a/b hue rotation +-20 degrees, per-channel gain 0.8-1.2 and
+    offset +-0.2, occasional blur (defocus) and Gaussian noise. stain=True adds
+    non-affine stain changes (experimental, off by default): on half the batch a
+    random 3x3 channel mix (identity + N(0, 0.1)) and a per-channel curve
+    x + k (x^2 - 1) / 2, k in +-0.15."""
+    b = x.shape[0]
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    ang = u(b) * 2 * math.pi
+    scale = 0.85 + 0.30 * u(b)
+    flip = torch.where(u(b) < 0.5, -1.0, 1.0)
+    tx, ty = (u(b) - 0.5) * 0.12, (u(b) - 0.5) * 0.12  # +-6% of the side (grid spans 2)
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+    )  # [B,2,3]: output -> input coordinates
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # a/b rotation (hue shift) in the standardised a/b plane.
+    phi = (u(b) - 0.5) * math.radians(40)
+    c, s = torch.cos(phi)[:, None, None], torch.sin(phi)[:, None, None]
+    a_, b_ = x[:, 1], x[:, 2]
+    x = torch.stack([x[:, 0], c * a_ - s * b_, s * a_ + c * b_], 1)
+    gain = 0.8 + 0.4 * u(b, 3, 1, 1)
+    off = (u(b, 3, 1, 1) - 0.5) * 0.4
+    x = x * gain + off
+    if stain:
+        sel = (u(b) < 0.5).float()[:, None, None]
+        mix = torch.eye(3) + sel * 0.1 * torch.randn(b, 3, 3, generator=g)
+        x = torch.einsum("bij,bjhw->bihw", mix, x)
+        k = (u(b, 3, 1, 1) - 0.5) * 0.3 * sel[..., None]
+        x = x + k * (x * x - 1) / 2
+    # Defocus: blur ~20% of the batch with one sigma per batch.
+    sel = u(b) < 0.2
+    if sel.any():
+        k = _gauss_kernel(0.5 + 1.0 * float(u(1)))
+        r = k.numel() // 2
+        xs = x[sel]
+        n = xs.shape[0]
+        xs = xs.reshape(n * 3, 1, *xs.shape[2:])
+        xs = F.conv2d(F.pad(xs, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        xs = F.conv2d(F.pad(xs, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+        x = x.clone()
+        x[sel] = xs.reshape(n, 3, *xs.shape[2:])
+    # Sensor noise on ~30%.
+    sel = (u(b) < 0.3).float()[:, None, None, None]
+    sd = 0.02 + 0.08 * u(b)[:, None, None, None]
+    x = x + sel * sd * torch.randn(x.shape, generator=g)
+    return x
+
+
+# --------------------------------------------------------------------------------------
+
+
+def partial_label_loss(logits: torch.Tensor, mask: torch.Tensor, smoothing: float = 0.05) -> torch.Tensor:
+    """-log(sum_{k in allowed} softmax_k), mixed with uniform label smoothing.
+    mask: bool [B,C], True for allowed classes."""
+    lse_all = torch.logsumexp(logits, 1)
+    lse_set = torch.logsumexp(logits.masked_fill(~mask, float("-inf")), 1)
+    nll = lse_all - lse_set
+    if smoothing > 0:
+        uniform = lse_all - logits.mean(1)
+        nll = (1 - smoothing) * nll + smoothing * uniform
+    return nll.mean()
+
+
+def sampling_weights(groups: list[str], lmu_boost: float = 2.0) -> np.ndarray:
+    """Per-sample weights: group mass ~ sqrt(group size) (i.e. weight 1/sqrt(n)),
+    LMU groups (the only blasts, and the second lab's neutrophils) boosted."""
+    n = Counter(groups)
+    w = np.array([1.0 / math.sqrt(n[g]) * (lmu_boost if g.startswith("lmu:") else 1.0) for g in groups])
+    return w / w.sum()
+
+
+def export_onnx(model: nn.Module, path: Path, size: int = 96) -> None:
+    model.eval()
+    dummy = torch.zeros(1, 3, size, size)
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        dynamo=False,
+        opset_version=13,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        do_constant_folding=True,
+    )
+    # Check against torch.
+    import onnxruntime as ort
+
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    err = float(np.abs(got - ref).max())
+    if err > 1e-3:
+        raise RuntimeError(f"ONNX export differs from torch by {err}")
+
+
+def train(
+    x: np.ndarray,
+    masks: np.ndarray,
+    groups: list[str],
+    classes: list[str],
+    run_dir: Path,
+    *,
+    epochs: int = 15,
+    batch: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 5e-4,
+    seed: int = 2019,
+    smoothing: float = 0.05,
+    lmu_boost: float = 2.0,
+    stain_aug: bool = False,
+    steps_per_epoch: int | None = None,
+    threads: int = 2,
+    meta: dict | None = None,
+) -> dict:
+    """Trains on x [N,3,S,S] with allowed-class masks [N,C]; writes model.pt,
+    model-f32.onnx and train.json into run_dir. Fixed epochs, no model selection."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n = x.shape[0]
+    size = x.shape[-1]
+    model = CellNet(len(classes))
+    macs, params = count_macs(model, size)
+    log(f"model: {macs / 1e6:.1f} M MACs at {size}x{size}, {params / 1e3:.0f} k parameters, {len(classes)} classes")
+    w = sampling_weights(groups, lmu_boost)
+    steps = steps_per_epoch or max(1, n // batch)
+    total = epochs * steps
+    gshare = Counter()
+    for gname, wi in zip(groups, w):
+        gshare[gname] += wi
+    log(f"train: {n} tensors, {epochs} epochs x {steps} steps of {batch}; sampling share per group: "
+        + ", ".join(f"{k} {v * 100:.1f}%" for k, v in sorted(gshare.items())))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    warm = min(200, total // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+    )
+    xt = torch.from_numpy(np.ascontiguousarray(x)) if not isinstance(x, torch.Tensor) else x
+    mt = torch.from_numpy(masks)
+    hist = []
+    t0 = time.time()
+    step = 0
+    for ep in range(epochs):
+        model.train()
+        idx = torch.from_numpy(rng.choice(n, size=steps * batch, replace=True, p=w))
+        tot, correct, seen = 0.0, 0, 0
+        te = time.time()
+        for i in range(steps):
+            bi = idx[i * batch : (i + 1) * batch]
+            xb = augment(xt[bi].float(), g, stain_aug)
+            mb = mt[bi]
+            logits = model(xb)
+            loss = partial_label_loss(logits, mb, smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            tot += loss.item() * len(bi)
+            correct += int(mb.gather(1, logits.argmax(1, keepdim=True)).sum())
+            seen += len(bi)
+            if (i + 1) % 50 == 0 or i + 1 == steps:
+                print(f"\repoch {ep + 1}/{epochs} step {i + 1}/{steps} loss {tot / seen:.4f} acc {correct / seen:.3f}"
+                      f" ({time.time() - te:.0f}s)", end="", flush=True)
+        print(flush=True)
+        hist.append({"epoch": ep + 1, "loss": tot / seen, "train_acc_aug": correct / seen, "lr": sched.get_last_lr()[0],
+                     "seconds": time.time() - te})
+    secs = time.time() - t0
+    log(f"trained in {secs:.0f}s")
+    info = {
+        "classes": classes,
+        "arch": ARCH,
+        "macs": macs,
+        "params": params,
+        "epochs": epochs,
+        "steps_per_epoch": steps,
+        "batch": batch,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "label_smoothing": smoothing,
+        "lmu_boost": lmu_boost,
+        "stain_aug": stain_aug,
+        "seed": seed,
+        "n_train": n,
+        "train_groups": dict(Counter(groups)),
+        "sampling_share": {k: round(v, 4) for k, v in sorted(gshare.items())},
+        "history": hist,
+        "train_seconds": secs,
+        **(meta or {}),
+    }
+    torch.save({"state_dict": model.state_dict(), "info": info}, run_dir / "model.pt")
+    export_onnx(model, run_dir / "model-f32.onnx", size)
+    write_json(run_dir / "train.json", info)
+    log(f"wrote {run_dir / 'model.pt'} and {run_dir / 'model-f32.onnx'}")
+    return info
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Print the model's size (training runs through pipeline.py train).")
+    ap.add_argument("--classes", type=int, default=12)
+    a = ap.parse_args(argv)
+    macs, params = count_macs(CellNet(a.classes))
+    print(json.dumps({"macs": macs, "params": params}))
+
+
+if __name__ == "__main__":
+    main()
