@@ -132,13 +132,7 @@ mod tests {
     #[test]
     fn background_is_the_bright_glass_not_the_cells() {
         // 80% glass (230, 220, 200), 20% dark "cells".
-        let img = RgbImage::from_fn(100, 100, |x, _| {
-            if x < 20 {
-                Rgb([80, 40, 120])
-            } else {
-                Rgb([230, 220, 200])
-            }
-        });
+        let img = RgbImage::from_fn(100, 100, |x, _| if x < 20 { Rgb([80, 40, 120]) } else { Rgb([230, 220, 200]) });
         let bg = Background::estimate(&img);
         assert_eq!(bg.0, [230.0, 220.0, 200.0]);
         let t = bg.transmittance([115, 220, 250]);

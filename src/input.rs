@@ -49,11 +49,8 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
     let err = |source| InputError::Dir { path: dir.to_path_buf(), source };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(err)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(err)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(err)?;
     entries.sort();
     for p in entries {
         if p.is_dir() {

@@ -7,14 +7,20 @@
 //! -> [`model`] (classes) -> [`count`] (differential, statistics) -> [`report`].
 
 pub mod color;
+pub mod input;
 pub mod mask;
 pub mod model;
-pub mod preprocess;
-pub mod input;
 pub mod npy;
+pub mod preprocess;
 
 /// Printed with every result: the product is a screening aid.
 pub const DISCLAIMER: &str =
     "SCREENING AID ONLY - not a diagnosis. Every cell call, and blast calls above all, must be verified by a qualified person.";
-pub mod stats;
+pub mod bccd;
+pub mod bench;
+pub mod config;
 pub mod count;
+pub mod detect;
+pub mod pipeline;
+pub mod report;
+pub mod stats;

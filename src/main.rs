@@ -25,6 +25,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Find, classify and count every leukocyte in smear-field images.
+    ///
+    /// Without inputs, analyses the BCCD test fields in the data folder
+    /// ($LEUKOSCOPE_DATA, default ../shared/data) as a demonstration.
+    Analyze {
+        /// Model card (JSON); default: the config's, else the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// TOML configuration (see board/leukoscope.toml for every key).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print one JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Write a report folder: results.json, cells.csv and every cell's crop,
+        /// grouped by class with blasts and unidentified cells first.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Field images or directories of them.
+        inputs: Vec<PathBuf>,
+    },
     /// Classify single-cell crops (one centred leukocyte per image, no detection).
     Classify {
         /// Model card (JSON); default: the shipped model.
@@ -36,6 +57,20 @@ enum Command {
         /// Image files or directories of images.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
+    },
+    /// Measure speed side by side: per-crop preprocessing and inference (int8 and
+    /// f32), detection and whole fields at 640x480, 1280x960 and 1920x1080, and
+    /// start-up to the first result. Single thread, median of repeated runs.
+    Bench {
+        /// Model card (JSON); default: the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Seconds to spend on each figure.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Turn images into model input tensors (used by the Python training pipeline,
     /// so that training sees exactly what the appliance sees).
@@ -68,6 +103,8 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Analyze { model, config, json, out, inputs } => analyze(model, config, json, out, inputs),
+        Command::Bench { model, seconds, json } => bench(model, seconds, json),
         Command::Classify { model, json, inputs } => classify(model, json, &inputs),
         Command::Preprocess { list, out, card } => preprocess(&list, &out, card),
     }
@@ -123,8 +160,12 @@ fn classify(model: Option<PathBuf>, json: bool, inputs: &[PathBuf]) -> Result<i3
                 Ok(pred) => {
                     let (i, conf) = pred.top();
                     let c = &card.classes[i];
-                    let probs: serde_json::Map<String, serde_json::Value> =
-                        card.classes.iter().zip(&pred.probs).map(|(c, p)| (c.code.clone(), serde_json::json!(p))).collect();
+                    let probs: serde_json::Map<String, serde_json::Value> = card
+                        .classes
+                        .iter()
+                        .zip(&pred.probs)
+                        .map(|(c, p)| (c.code.clone(), serde_json::json!(p)))
+                        .collect();
                     serde_json::json!({
                         "path": path, "class": c.code, "label": c.name, "confidence": conf,
                         "identified": conf >= card.min_confidence,
@@ -202,4 +243,172 @@ fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
         .with_context(|| format!("writing {}", sidecar.display()))?;
     log::info!("wrote {} tensors to {} ({failed} failed)", paths.len(), out.display());
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn analyze(
+    model: Option<PathBuf>,
+    config: Option<PathBuf>,
+    json: bool,
+    out: Option<PathBuf>,
+    inputs: Vec<PathBuf>,
+) -> Result<i32> {
+    use leukoscope::count::{CallRules, Differential};
+    let config = match &config {
+        Some(p) => leukoscope::config::Config::load(p)?,
+        None => leukoscope::config::Config::default(),
+    };
+    let clf = load_classifier(model.or(config.model.card.clone()))?;
+    let mut rules = CallRules::from_card(&clf.card);
+    if let Some(b) = &config.count.blast_classes {
+        rules.blast_classes = b.clone();
+    }
+    if let Some(c) = config.count.min_confidence {
+        rules.min_confidence = c;
+    }
+    let inputs = if inputs.is_empty() { demo_inputs()? } else { inputs };
+    let paths = leukoscope::input::collect_images(&inputs)?;
+    let analyzer = leukoscope::pipeline::Analyzer {
+        classifier: clf,
+        rules,
+        detect: config.detect.clone(),
+        um_per_px: config.scale.um_per_px,
+    };
+    let card = &analyzer.classifier.card;
+    let mut report = match &out {
+        Some(dir) => {
+            Some(leukoscope::report::ReportWriter::create(dir).with_context(|| format!("creating {}", dir.display()))?)
+        }
+        None => None,
+    };
+    let mut diff = Differential::default();
+    let mut images = Vec::new();
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    let pb = progress(paths.len(), "analysing");
+    for path in &paths {
+        pb.inc(1);
+        let outcome = leukoscope::input::load_rgb(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|img| Ok((analyzer.analyze(&img)?, img)));
+        match outcome {
+            Ok((field, img)) => {
+                for cell in &field.cells {
+                    if cell.cut_by_border {
+                        diff.cut_by_border += 1;
+                    } else {
+                        diff.add(&cell.call);
+                    }
+                }
+                if let Some(r) = report.as_mut() {
+                    r.add_field(card, path, &img, &field)
+                        .with_context(|| format!("writing crops of {}", path.display()))?;
+                }
+                let counted: Vec<String> = field
+                    .cells
+                    .iter()
+                    .filter(|c| c.counted())
+                    .map(|c| leukoscope::report::cell_json(card, c)["class"].as_str().unwrap_or("?").to_string())
+                    .collect();
+                rows.push(format!("{:<50} {:>5}  {}", path.display(), counted.len(), counted.join(" ")));
+                images.push(leukoscope::report::image_json(card, path, &field));
+            }
+            Err(e) => {
+                failed += 1;
+                pb.suspend(|| log::error!("{e:#}"));
+                rows.push(format!("{:<50} ERROR {e:#}", path.display()));
+                images.push(serde_json::json!({"path": path, "error": format!("{e:#}")}));
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let summary = diff.summary(config.count.blast_threshold_percent);
+    let doc = leukoscope::report::analysis_json(card, images, &summary);
+    if let Some(r) = report {
+        r.finish(&doc).context("writing report")?;
+        log::info!("report written to {}", out.as_deref().unwrap_or(Path::new(".")).display());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let mut o = std::io::stdout().lock();
+        writeln!(o, "{:<50} {:>5}  classes", "image", "cells")?;
+        for r in &rows {
+            writeln!(o, "{r}")?;
+        }
+        writeln!(o, "\n{}", leukoscope::report::summary_text(&summary))?;
+        writeln!(o, "{}", leukoscope::DISCLAIMER)?;
+    }
+    if failed > 0 {
+        log::error!("{failed} of {} images failed", paths.len());
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// The built-in demonstration input: the BCCD test fields of the data folder.
+fn demo_inputs() -> Result<Vec<PathBuf>> {
+    let root = leukoscope::input::data_dir().join("bccd");
+    let list = root.join("ImageSets/Main/test.txt");
+    let text = std::fs::read_to_string(&list).with_context(|| {
+        format!(
+            "no inputs given and the demonstration data is missing ({}); set LEUKOSCOPE_DATA or name images",
+            list.display()
+        )
+    })?;
+    log::info!("no inputs given: analysing the BCCD test fields in {}", root.display());
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|id| root.join("JPEGImages").join(format!("{id}.jpg")))
+        .collect())
+}
+
+fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
+    use leukoscope::bench::{crop_figures, field_figures, resized, Figure};
+    use std::time::{Duration, Instant};
+    let card = model.unwrap_or_else(leukoscope::model::default_card_path);
+    let t0 = Instant::now();
+    let int8 = Classifier::load(&card).with_context(|| format!("loading {}", card.display()))?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let data = leukoscope::input::data_dir();
+    let crop_path = data.join("lmu/MYO/MYO_0001.jpg");
+    let crop = leukoscope::input::load_rgb(&crop_path)?;
+    let first = int8.predict(&prepare(&crop, &int8.card.input.preprocessing, None))?;
+    let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let f32_ref = Classifier::load_f32_reference(&card).ok();
+    let budget = Duration::from_secs_f64(seconds.max(0.1));
+    let mut models: Vec<(&str, &Classifier)> = vec![("int8", &int8)];
+    if let Some(f) = &f32_ref {
+        models.push(("f32", f));
+    }
+    let mut figs = vec![
+        Figure { what: "load model card + model (hash, optimise)".into(), median_ms: load_ms, runs: 1 },
+        Figure {
+            what: format!("start-up to first result (load + one crop, top p {:.2})", first.top().1),
+            median_ms: startup_ms,
+            runs: 1,
+        },
+    ];
+    figs.extend(crop_figures(&crop, &models, budget));
+    let field = leukoscope::input::load_rgb(&data.join("bccd/JPEGImages/BloodImage_00001.jpg"))?;
+    let analyzer = leukoscope::pipeline::Analyzer {
+        rules: leukoscope::count::CallRules::from_card(&int8.card),
+        classifier: int8,
+        detect: Default::default(),
+        um_per_px: None,
+    };
+    for (w, h) in [(640, 480), (1280, 960), (1920, 1080)] {
+        let f = if (w, h) == (field.width(), field.height()) { field.clone() } else { resized(&field, w, h) };
+        figs.extend(field_figures(&f, &analyzer, budget));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&figs)?);
+    } else {
+        println!("{:<66} {:>10} {:>7}", "figure", "median ms", "runs");
+        for f in &figs {
+            println!("{:<66} {:>10.3} {:>7}", f.what, f.median_ms, f.runs);
+        }
+    }
+    Ok(0)
 }

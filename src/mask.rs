@@ -26,12 +26,7 @@ impl BBox {
         ((self.x0 + self.x1) as f32 / 2.0, (self.y0 + self.y1) as f32 / 2.0)
     }
     pub fn union(&self, o: &BBox) -> BBox {
-        BBox {
-            x0: self.x0.min(o.x0),
-            y0: self.y0.min(o.y0),
-            x1: self.x1.max(o.x1),
-            y1: self.y1.max(o.y1),
-        }
+        BBox { x0: self.x0.min(o.x0), y0: self.y0.min(o.y0), x1: self.x1.max(o.x1), y1: self.y1.max(o.y1) }
     }
     /// Chebyshev gap between two boxes (0 when they touch or overlap).
     pub fn gap(&self, o: &BBox) -> u32 {
@@ -301,6 +296,48 @@ impl Mask {
         Mask { width: self.width, height: self.height, data: outside.iter().map(|&o| !o).collect() }
     }
 
+    /// Same result as `dilate(1)` (3x3 square), as whole-row ORs that the
+    /// compiler vectorises: ~20x faster, for per-frame use on large masks.
+    pub fn dilate3x3(&self) -> Mask {
+        self.morph3x3(true)
+    }
+
+    /// Same result as `erode(1)` (3x3 square; outside counts as foreground).
+    pub fn erode3x3(&self) -> Mask {
+        self.morph3x3(false)
+    }
+
+    fn morph3x3(&self, grow: bool) -> Mask {
+        let (w, h) = (self.width as usize, self.height as usize);
+        if w == 0 || h == 0 {
+            return self.clone();
+        }
+        let op = |a: bool, b: bool| if grow { a | b } else { a & b };
+        // Horizontal pass: neighbours x-1 and x+1; the missing neighbour at
+        // either end is the pixel itself (neutral for both OR and AND).
+        let mut rows = self.data.clone();
+        for (dst, src) in rows.chunks_exact_mut(w).zip(self.data.chunks_exact(w)) {
+            for x in 1..w {
+                dst[x] = op(dst[x], src[x - 1]);
+            }
+            for x in 0..w - 1 {
+                dst[x] = op(dst[x], src[x + 1]);
+            }
+        }
+        // Vertical pass, whole rows at a time.
+        let mut out = rows.clone();
+        for y in 0..h {
+            let (lo, hi) = (y.saturating_sub(1), (y + 1).min(h - 1));
+            let dst = &mut out[y * w..(y + 1) * w];
+            for yy in [lo, hi] {
+                for (d, &s) in dst.iter_mut().zip(&rows[yy * w..(yy + 1) * w]) {
+                    *d = op(*d, s);
+                }
+            }
+        }
+        Mask { width: self.width, height: self.height, data: out }
+    }
+
     /// Chamfer (3-4) distance of each foreground pixel to the nearest
     /// background pixel, in units of [`CHAMFER_UNIT`] per pixel; 0 on
     /// background. Outside the image counts as background, so objects cut by
@@ -308,42 +345,38 @@ impl Mask {
     pub fn distance_transform(&self) -> Vec<u16> {
         let (w, h) = (self.width as usize, self.height as usize);
         const INF: u16 = u16::MAX - 8;
-        let mut d: Vec<u16> = self.data.iter().map(|&b| if b { INF } else { 0 }).collect();
-        // Neighbours outside the image are background (distance 0).
-        let at = |d: &[u16], x: isize, y: isize| -> u16 {
-            if x < 0 || y < 0 || x >= w as isize || y >= h as isize {
-                0
-            } else {
-                d[y as usize * w + x as usize]
-            }
-        };
-        for y in 0..h as isize {
-            for x in 0..w as isize {
-                let i = y as usize * w + x as usize;
-                if d[i] == 0 {
-                    continue;
+        // A one-pixel frame of background around the image spares the inner
+        // loops any bounds checks.
+        let pw = w + 2;
+        let mut d = vec![0u16; pw * (h + 2)];
+        for (y, row) in self.data.chunks_exact(w.max(1)).enumerate().take(h) {
+            for (x, &b) in row.iter().enumerate() {
+                if b {
+                    d[(y + 1) * pw + x + 1] = INF;
                 }
-                let v = (at(&d, x - 1, y) + 3)
-                    .min(at(&d, x, y - 1) + 3)
-                    .min(at(&d, x - 1, y - 1) + 4)
-                    .min(at(&d, x + 1, y - 1) + 4);
-                d[i] = d[i].min(v);
             }
         }
-        for y in (0..h as isize).rev() {
-            for x in (0..w as isize).rev() {
-                let i = y as usize * w + x as usize;
-                if d[i] == 0 {
-                    continue;
+        for y in 1..=h {
+            for i in y * pw + 1..y * pw + 1 + w {
+                if d[i] != 0 {
+                    let v = (d[i - 1] + 3).min(d[i - pw] + 3).min(d[i - pw - 1] + 4).min(d[i - pw + 1] + 4);
+                    d[i] = d[i].min(v);
                 }
-                let v = (at(&d, x + 1, y) + 3)
-                    .min(at(&d, x, y + 1) + 3)
-                    .min(at(&d, x + 1, y + 1) + 4)
-                    .min(at(&d, x - 1, y + 1) + 4);
-                d[i] = d[i].min(v);
             }
         }
-        d
+        for y in (1..=h).rev() {
+            for i in (y * pw + 1..y * pw + 1 + w).rev() {
+                if d[i] != 0 {
+                    let v = (d[i + 1] + 3).min(d[i + pw] + 3).min(d[i + pw + 1] + 4).min(d[i + pw - 1] + 4);
+                    d[i] = d[i].min(v);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(w * h);
+        for y in 1..=h {
+            out.extend_from_slice(&d[y * pw + 1..y * pw + 1 + w]);
+        }
+        out
     }
 }
 
@@ -413,7 +446,9 @@ mod tests {
             let d2 = (x as f32 - 10.0).powi(2) + (y as f32 - 10.0).powi(2);
             (16.0..=64.0).contains(&d2)
         };
-        let c = |x: u32, y: u32| (30..40).contains(&x) && (5..15).contains(&y) && !((33..40).contains(&x) && (8..12).contains(&y));
+        let c = |x: u32, y: u32| {
+            (30..40).contains(&x) && (5..15).contains(&y) && !((33..40).contains(&x) && (8..12).contains(&y))
+        };
         let m = Mask::from_fn(45, 22, |x, y| ring(x, y) || c(x, y));
         let f = m.fill_holes();
         assert!(f.get(10, 10), "ring centre filled");
@@ -434,8 +469,27 @@ mod tests {
         assert_eq!(d[20 * 41 + 20], peak);
         assert_eq!(d[0], 0);
         // A full mask: the distance is to the image border.
-        let full = Mask::from_fn(5, 1, |_, _| true).distance_transform();
-        assert_eq!(full, vec![3, 6, 9, 6, 3]);
+        let full = Mask::from_fn(5, 5, |_, _| true).distance_transform();
+        assert_eq!(&full[10..15], &[3, 6, 9, 6, 3]);
+        assert_eq!(&full[0..5], &[3, 3, 3, 3, 3]);
         assert!(Mask::new(0, 0).distance_transform().is_empty());
+    }
+
+    #[test]
+    fn fast_3x3_morphology_equals_the_general_one() {
+        // Pseudo-random masks of several shapes, borders included.
+        let mut state = 12345u32;
+        for (w, h) in [(1, 1), (1, 7), (7, 1), (2, 2), (31, 17), (64, 40)] {
+            let data = (0..w * h)
+                .map(|_| {
+                    state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (state >> 16) % 3 != 0
+                })
+                .collect();
+            let m = Mask { width: w, height: h, data };
+            assert_eq!(m.dilate3x3(), m.dilate(1), "{w}x{h}");
+            assert_eq!(m.erode3x3(), m.erode(1), "{w}x{h}");
+        }
+        assert_eq!(Mask::new(0, 0).dilate3x3(), Mask::new(0, 0));
     }
 }

@@ -4,7 +4,7 @@
 //! model whose file hash, input shape, class count or preprocessing does not
 //! match its card is refused with a message naming what differs.
 
-use crate::preprocess::{PreprocessSpec, Prepared, METHOD};
+use crate::preprocess::{Prepared, PreprocessSpec, METHOD};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -75,7 +75,8 @@ pub struct ModelCard {
 impl ModelCard {
     pub fn load(path: &Path) -> Result<ModelCard, ModelError> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
-        let card: ModelCard = serde_json::from_str(&text).map_err(|source| ModelError::Card { path: path.into(), source })?;
+        let card: ModelCard =
+            serde_json::from_str(&text).map_err(|source| ModelError::Card { path: path.into(), source })?;
         card.validate(path)?;
         Ok(card)
     }
@@ -84,11 +85,17 @@ impl ModelCard {
         let bad = |what: String| Err(ModelError::Mismatch { path: path.into(), what });
         let p = &self.input.preprocessing;
         if p.method != METHOD {
-            return bad(format!("preprocessing method '{}' is not implemented (this build knows '{METHOD}')", p.method));
+            return bad(format!(
+                "preprocessing method '{}' is not implemented (this build knows '{METHOD}')",
+                p.method
+            ));
         }
         let s = p.size as usize;
         if self.input.shape != [1, 3, s, s] {
-            return bad(format!("input shape {:?} does not match preprocessing size {s} (expected [1, 3, {s}, {s}])", self.input.shape));
+            return bad(format!(
+                "input shape {:?} does not match preprocessing size {s} (expected [1, 3, {s}, {s}])",
+                self.input.shape
+            ));
         }
         if self.classes.is_empty() {
             return bad("no classes".into());
@@ -113,12 +120,7 @@ pub struct Prediction {
 impl Prediction {
     /// Index and probability of the most likely class.
     pub fn top(&self) -> (usize, f32) {
-        self.probs
-            .iter()
-            .copied()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap_or((0, 0.0))
+        self.probs.iter().copied().enumerate().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap_or((0, 0.0))
     }
 }
 
@@ -134,6 +136,26 @@ impl Classifier {
     /// card's fixed input shape and checks the output width.
     pub fn load(card_path: &Path) -> Result<Classifier, ModelError> {
         let card = ModelCard::load(card_path)?;
+        Classifier::from_card(card, card_path)
+    }
+
+    /// The f32 reference model the card names in `extra.f32_model` (same classes,
+    /// input and preprocessing), for benchmarks and comparisons.
+    pub fn load_f32_reference(card_path: &Path) -> Result<Classifier, ModelError> {
+        let mut card = ModelCard::load(card_path)?;
+        let f32_model = card.extra.get("f32_model").cloned().unwrap_or_default();
+        let (Some(file), Some(sha)) = (f32_model["file"].as_str(), f32_model["sha256"].as_str()) else {
+            return Err(ModelError::Mismatch {
+                path: card_path.into(),
+                what: "no extra.f32_model {file, sha256}".into(),
+            });
+        };
+        card.file = file.to_string();
+        card.sha256 = sha.to_string();
+        Classifier::from_card(card, card_path)
+    }
+
+    fn from_card(card: ModelCard, card_path: &Path) -> Result<Classifier, ModelError> {
         let model_path = card_path.parent().unwrap_or(Path::new(".")).join(&card.file);
         let bytes = std::fs::read(&model_path).map_err(|source| ModelError::Io { path: model_path.clone(), source })?;
         let actual = hex(&Sha256::digest(&bytes));

@@ -40,13 +40,7 @@ pub const METHOD: &str = "nucleus-window-lab-standardised-v1";
 
 impl Default for PreprocessSpec {
     fn default() -> Self {
-        PreprocessSpec {
-            method: METHOD.to_string(),
-            size: 96,
-            window_factor: 1.7,
-            min_nucleus_od: 0.1,
-            std_floor: 2.0,
-        }
+        PreprocessSpec { method: METHOD.to_string(), size: 96, window_factor: 1.7, min_nucleus_od: 0.1, std_floor: 2.0 }
     }
 }
 
@@ -137,7 +131,8 @@ pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Opt
     let k = (sorted.len() * 99 / 100).min(sorted.len().saturating_sub(1));
     let p99 = if sorted.is_empty() { 0.0 } else { *sorted.select_nth_unstable_by(k, f32::total_cmp).1 };
     let threshold = otsu_t.min(0.5 * p99).max(min_od);
-    let mask = Mask { width: img.width(), height: img.height(), data: od.iter().map(|&v| v > threshold).collect() }.open(1);
+    let mask =
+        Mask { width: img.width(), height: img.height(), data: od.iter().map(|&v| v > threshold).collect() }.open(1);
     let labels = mask.components();
     let comps = &labels.components;
     let (w, h) = (img.width() as f32, img.height() as f32);
@@ -274,7 +269,8 @@ mod tests {
         let mean: f32 = l.iter().sum::<f32>() / s2 as f32;
         assert!(mean.abs() < 1e-3);
         // Same cell at twice the magnification gives nearly the same input.
-        let diff: f32 = small.tensor.iter().zip(&big.tensor).map(|(a, b)| (a - b).abs()).sum::<f32>() / small.tensor.len() as f32;
+        let diff: f32 =
+            small.tensor.iter().zip(&big.tensor).map(|(a, b)| (a - b).abs()).sum::<f32>() / small.tensor.len() as f32;
         assert!(diff < 0.15, "mean abs difference {diff}");
     }
 

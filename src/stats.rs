@@ -135,14 +135,14 @@ mod tests {
         // The check: 20 blasts of 100 -> 12.7%-29.2%.
         let (lo, hi) = clopper_pearson(20, 100, 0.95);
         assert!(close(lo, 0.126656, 1e-6) && close(hi, 0.291843, 1e-6), "{lo} {hi}");
-        
+
         let (lo, hi) = clopper_pearson(0, 100, 0.95);
         assert_eq!(lo, 0.0);
         assert!(close(hi, 0.036217, 1e-5), "{hi}");
-        
+
         let (lo, hi) = clopper_pearson(5, 10, 0.95);
         assert!(close(lo, 0.187086, 1e-5) && close(hi, 0.812914, 1e-5), "{lo} {hi}");
-        
+
         let (lo, hi) = clopper_pearson(200, 200, 0.95);
         assert!(close(lo, 0.981725, 1e-5) && hi == 1.0, "{lo}");
         let (lo, hi) = clopper_pearson(1, 400, 0.95);

@@ -134,10 +134,24 @@ def step_train(a, data: Data) -> dict:
         for s in data.samples:
             f.write(f"{s.split}\t{s.source}\t{s.key}\t{s.md5}\t{s.path}\n")
     x = data.prep.take(tr)
+    masks = data.masks(tr)
+    steps = a.steps_per_epoch
+    if getattr(a, "image_aug", False):
+        from augment import augment_train
+
+        aug = augment_train([data.samples[i] for i in tr], {"lmu": 2, "pbc": 1}, a.seed)
+        prep = preprocess([s.path for s in aug], cache_sub="pre-aug", jobs=a.jobs)
+        ok = np.array([i for i in range(len(aug)) if prep.ok[i]], dtype=np.int64)
+        aug_data = Data([aug[i] for i in ok], data.classes, None)
+        x = np.concatenate([x, prep.take(ok)], 0)
+        masks = np.concatenate([masks, aug_data.masks(range(len(ok)))], 0)
+        groups += [ds.group_of(aug[i]) for i in ok]
+        # An epoch stays one pass's worth of steps over the original images.
+        steps = steps or max(1, len(tr) // a.batch)
     return train(
-        x, data.masks(tr), groups, data.classes, rd,
+        x, masks, groups, data.classes, rd,
         epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed, lmu_boost=a.lmu_boost,
-        stain_aug=a.stain_aug, steps_per_epoch=a.steps_per_epoch, threads=a.threads,
+        stain_aug=a.stain_aug, steps_per_epoch=steps, threads=a.threads,
         meta={"command": " ".join(shlex.quote(x) for x in sys.argv), "data_root": str(data_root()),
               "binary_stamp": binary_stamp(ensure_binary())},
     )
@@ -219,6 +233,10 @@ def cmd_all(a) -> None:
         step_evaluate(a, data)
     with tm("card"):
         card = step_card(a)
+    with tm("golden set for the Rust suite"):
+        from golden import write_golden
+
+        write_golden(data, card)
     with tm("tract check of the shipped card"):
         tract_check(card, [data.samples[i].path for i in data.idx("val")[:: max(1, len(data.idx("val")) // 20)]])
     write_json(run_dir_of(a) / "timings.json", tm.t)
@@ -280,8 +298,10 @@ def main(argv=None) -> None:
             p.add_argument("--stain-aug", action="store_true",
                            help="experimental non-affine stain augmentation (channel mix + curves)")
             p.add_argument("--steps-per-epoch", type=int, default=None, help="default: train size / batch")
+            p.add_argument("--image-aug", action="store_true",
+                           help="add stain-augmented copies of the train images (tools/augment.py): LMU x2, PBC x1")
 
-    for name in ("check", "index", "preprocess", "quantize", "evaluate"):
+    for name in ("check", "index", "preprocess", "quantize", "evaluate", "golden"):
         common(sub.add_parser(name))
     cp = sub.add_parser("card")
     common(cp)
@@ -311,6 +331,10 @@ def main(argv=None) -> None:
             step_quantize(a, load_data(a))
         elif a.cmd == "evaluate":
             step_evaluate(a, load_data(a))
+        elif a.cmd == "golden":
+            from golden import write_golden
+
+            write_golden(load_data(a))
         elif a.cmd == "card":
             step_card(a, Path(a.out))
         elif a.cmd == "all":

@@ -1,0 +1,72 @@
+//! `leukoscope bench`: where the time goes, measured side by side in one run on
+//! the same inputs (median of repeated runs, one thread). Figures are recorded
+//! in docs/performance.md; nothing here is asserted by tests.
+
+use crate::detect::detect;
+use crate::model::Classifier;
+use crate::pipeline::Analyzer;
+use crate::preprocess::prepare;
+use image::RgbImage;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub what: String,
+    pub median_ms: f64,
+    pub runs: usize,
+}
+
+/// Runs `f` until `budget` is spent (at least 3 times, at most `max_runs`) and
+/// returns the median wall time in milliseconds.
+pub fn median_ms(budget: Duration, max_runs: usize, mut f: impl FnMut()) -> (f64, usize) {
+    f(); // warm-up: caches, lazy allocations
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 3 || (start.elapsed() < budget && times.len() < max_runs) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times.len())
+}
+
+/// Per-crop figures: preprocessing and inference with each model given.
+pub fn crop_figures(crop: &RgbImage, models: &[(&str, &Classifier)], budget: Duration) -> Vec<Figure> {
+    let mut out = Vec::new();
+    let spec = &models[0].1.card.input.preprocessing;
+    let (ms, runs) = median_ms(budget, 10_000, || {
+        std::hint::black_box(prepare(crop, spec, None));
+    });
+    out.push(Figure { what: format!("preprocess one {}x{} crop", crop.width(), crop.height()), median_ms: ms, runs });
+    let prepared = prepare(crop, spec, None);
+    for (name, clf) in models {
+        let (ms, runs) = median_ms(budget, 10_000, || {
+            std::hint::black_box(clf.predict(&prepared).ok());
+        });
+        out.push(Figure { what: format!("inference per crop, {name} (tract, batch 1)"), median_ms: ms, runs });
+    }
+    out
+}
+
+/// Per-field figures at the field's size: detection alone and the whole field.
+pub fn field_figures(field: &RgbImage, analyzer: &Analyzer, budget: Duration) -> Vec<Figure> {
+    let (w, h) = (field.width(), field.height());
+    let cells = analyzer.analyze(field).map(|r| r.cells.len()).unwrap_or(0);
+    let (ms, runs) = median_ms(budget, 1000, || {
+        std::hint::black_box(detect(field, &analyzer.detect, analyzer.um_per_px));
+    });
+    let mut out = vec![Figure { what: format!("detect, {w}x{h} field"), median_ms: ms, runs }];
+    let (ms, runs) = median_ms(budget, 1000, || {
+        std::hint::black_box(analyzer.analyze(field).ok());
+    });
+    out.push(Figure { what: format!("whole field (detect + classify {cells} cells), {w}x{h}"), median_ms: ms, runs });
+    out
+}
+
+/// The field resized to `w` x `h` (to benchmark camera resolutions from one image).
+pub fn resized(field: &RgbImage, w: u32, h: u32) -> RgbImage {
+    image::imageops::resize(field, w, h, image::imageops::FilterType::Triangle)
+}

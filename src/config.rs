@@ -1,0 +1,115 @@
+//! The TOML configuration. Every key is optional and documented in
+//! `board/leukoscope.toml` (the defaults below); an unknown key or a bad value
+//! is an error that names it.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {key} = {value}: {why}")]
+    Value { path: PathBuf, key: &'static str, value: String, why: &'static str },
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    pub count: CountConfig,
+    pub scale: ScaleConfig,
+    pub detect: crate::detect::DetectParams,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Model card to use; unset = the shipped model.
+    pub card: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CountConfig {
+    /// Flag the sample when the blast percentage reaches this value (percent).
+    pub blast_threshold_percent: f64,
+    /// Classes counted as blasts; unset = the model card's list (MYO, MOB).
+    pub blast_classes: Option<Vec<String>>,
+    /// Cells below this top-class probability are "unidentified"; unset = the card's value.
+    pub min_confidence: Option<f32>,
+}
+
+impl Default for CountConfig {
+    fn default() -> Self {
+        CountConfig { blast_threshold_percent: 20.0, blast_classes: None, min_confidence: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScaleConfig {
+    /// Micrometres per pixel of the camera image; unset = estimated per field
+    /// from the red cells (median diameter ~7.5 µm).
+    pub um_per_px: Option<f32>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, value: String, why| Err(ConfigError::Value { path: path.into(), key, value, why });
+        let t = self.count.blast_threshold_percent;
+        if !(0.0..=100.0).contains(&t) {
+            return bad("count.blast_threshold_percent", t.to_string(), "must be between 0 and 100");
+        }
+        if let Some(c) = self.count.min_confidence {
+            if !(0.0..=1.0).contains(&c) {
+                return bad("count.min_confidence", c.to_string(), "must be between 0 and 1");
+            }
+        }
+        if let Some(s) = self.scale.um_per_px {
+            if !(s.is_finite() && s > 0.0 && s < 10.0) {
+                return bad("scale.um_per_px", s.to_string(), "must be a positive number below 10");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).expect("empty config");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.count.blast_threshold_percent, 20.0);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_value_are_named() {
+        let e = Config::parse("[count]\nblast_treshold_percent = 10\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("blast_treshold_percent"), "{e}");
+        let e = Config::parse("[count]\nblast_threshold_percent = 120\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("count.blast_threshold_percent"), "{e}");
+        let e = Config::parse("[scale]\num_per_px = -1.0\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("scale.um_per_px"), "{e}");
+        let e = Config::parse("[count\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("x.toml"), "{e}");
+    }
+}

@@ -1,0 +1,599 @@
+//! Leukocyte detection in a whole smear field.
+//!
+//! Nuclei are the one thing that tells a white cell from everything else on
+//! the slide: after white balance, nuclear stain absorbs red light strongly
+//! and blue light weakly, while red cells (haemoglobin + eosin) absorb blue
+//! more than red and eosinophil granules absorb little red. The stain signal
+//! `OD_red - blue_weight * OD_blue` is therefore high on nuclei (and
+//! platelets) and near zero or negative on everything else.
+//!
+//! The steps, all on a box-filtered copy of a few pixels per µm:
+//! 1. background colour and, unless given, the field scale from the red cells
+//!    (median inscribed-circle diameter of the filled red-cell mask = 7.5 µm);
+//! 2. nucleus mask: stain signal above a threshold, opened;
+//! 3. components merged into nuclei when closer than a lobe gap (segmented
+//!    neutrophils, bilobed eosinophils) unless the union would be larger than
+//!    one nucleus can be (two touching leukocytes stay two);
+//! 4. nuclei smaller than a physical area are platelets or debris;
+//! 5. the cell box is the nucleus box grown by a margin in µm.
+//!
+//! All thresholds are physical (µm, µm²) or optical densities, so the same
+//! parameters serve any camera and magnification once the scale is known.
+
+use crate::color::{od_lut, Background};
+use crate::mask::{BBox, Mask, CHAMFER_UNIT};
+use crate::preprocess::otsu;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// Every tunable of the detector. Defaults were tuned on BCCD `trainval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectParams {
+    /// Scale (µm per input pixel) used when none is given and the field's red
+    /// cells cannot tell. Default: BCCD's camera (red cells ~103 px).
+    pub fallback_um_per_px: f32,
+    /// Median red-cell diameter (µm) that the scale estimate assumes.
+    pub rbc_diameter_um: f32,
+    /// Ratio of the red cells' size as annotated (bounding box) to twice their
+    /// inscribed radius: touching and non-round cells have smaller inscribed
+    /// circles than their extent.
+    pub rbc_extent_per_inscribed: f32,
+    /// The scale is estimated on a copy whose longer side is about this many
+    /// pixels (refined at a finer level when red cells come out too small).
+    pub scale_side_px: u32,
+    /// Fewest red cells (packed discs) that make a scale estimate.
+    pub scale_min_cells: usize,
+    /// Lowest green optical density that counts as a red cell when the Otsu
+    /// threshold is lower (pale fields).
+    pub rbc_min_od: f32,
+    /// Red-cell threshold as a fraction of the Otsu threshold (glass vs cells):
+    /// below 1 keeps more of the pale cell centres.
+    pub rbc_otsu_fraction: f32,
+    /// Largest red-cell pallor (hole in the red-cell mask) to fill, as a
+    /// fraction of the image area.
+    pub rbc_max_hole_fraction: f32,
+    /// Packed discs keep their centres at least this fraction of the sum of
+    /// their radii apart: near 1 a disc never overlaps another, so one
+    /// elongated cell yields one disc, not a row of them.
+    pub rbc_disc_spacing: f32,
+    /// Discs smaller than this fraction of the area-weighted median disc are
+    /// gap fillers, not cells, and left out of the median.
+    pub rbc_min_disc_fraction: f32,
+    /// Resolution of the working copy: at least this many pixels per µm.
+    pub work_px_per_um: f32,
+    /// Weight of blue optical density subtracted from red optical density in
+    /// the nucleus stain signal.
+    pub blue_weight: f32,
+    /// Stain signal (optical density) above which a pixel is nucleus.
+    pub nucleus_od: f32,
+    /// Radius (µm) of the opening that removes specks from the nucleus mask.
+    pub open_um: f32,
+    /// Fragments of the nucleus mask smaller than this (µm²) are ignored.
+    pub min_fragment_um2: f32,
+    /// Nucleus fragments closer than this (µm, pixel to pixel) are lobes of
+    /// one nucleus.
+    pub lobe_merge_um: f32,
+    /// A merged nucleus is never longer than this (µm): beyond it, nearby
+    /// fragments belong to different (touching) leukocytes.
+    pub max_nucleus_um: f32,
+    /// Nuclei smaller than this (µm²) are platelets or debris.
+    pub min_nucleus_area_um2: f32,
+    /// Cell box = nucleus box grown by this much (µm) on every side.
+    pub box_margin_um: f32,
+}
+
+impl Default for DetectParams {
+    fn default() -> Self {
+        DetectParams {
+            fallback_um_per_px: 0.073,
+            rbc_diameter_um: 7.5,
+            rbc_extent_per_inscribed: 1.2,
+            scale_side_px: 320,
+            scale_min_cells: 4,
+            rbc_min_od: 0.08,
+            rbc_otsu_fraction: 0.7,
+            rbc_max_hole_fraction: 0.02,
+            rbc_disc_spacing: 1.0,
+            rbc_min_disc_fraction: 0.6,
+            work_px_per_um: 1.7,
+            blue_weight: 1.0,
+            nucleus_od: 0.12,
+            open_um: 0.3,
+            min_fragment_um2: 1.0,
+            lobe_merge_um: 2.5,
+            max_nucleus_um: 18.0,
+            min_nucleus_area_um2: 15.0,
+            box_margin_um: 1.3,
+        }
+    }
+}
+
+/// Where the field scale came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleSource {
+    /// Given by the caller (configuration).
+    Configured,
+    /// Estimated from the field's red cells.
+    RedCells,
+    /// Neither: [`DetectParams::fallback_um_per_px`].
+    Fallback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FieldScale {
+    /// µm per input pixel.
+    pub um_per_px: f32,
+    pub source: ScaleSource,
+}
+
+/// One leukocyte, in input pixel coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Detection {
+    /// Whole cell including cytoplasm (nucleus box + margin), clipped to the image.
+    pub bbox: BBox,
+    /// Nucleus (all lobes).
+    pub nucleus: BBox,
+    /// The nucleus touches the image border: the cell is incomplete and
+    /// should be reported but not counted.
+    pub cut_by_border: bool,
+}
+
+/// Stained objects that were not taken as leukocytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Rejected {
+    /// Nucleus-stained objects below the minimum nucleus area: platelets, debris.
+    pub small_stained: u32,
+    /// Fragments too small to be anything (noise, stain specks).
+    pub specks: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct FieldDetections {
+    /// All leukocytes found, border-cut ones included (flagged).
+    pub cells: Vec<Detection>,
+    pub scale: FieldScale,
+    pub background: Background,
+    pub rejected: Rejected,
+}
+
+/// Finds the leukocytes of one field. `um_per_px` is the known scale, if any;
+/// otherwise it is estimated from the red cells. Total: any image, any size.
+pub fn detect(img: &RgbImage, params: &DetectParams, um_per_px: Option<f32>) -> FieldDetections {
+    let configured = um_per_px.filter(|s| s.is_finite() && *s > 0.0);
+    let fallback = FieldScale { um_per_px: sane_scale(params.fallback_um_per_px), source: ScaleSource::Fallback };
+    if img.width() == 0 || img.height() == 0 {
+        let scale = configured.map_or(fallback, |s| FieldScale { um_per_px: s, source: ScaleSource::Configured });
+        return FieldDetections {
+            cells: Vec::new(),
+            scale,
+            background: Background([255.0; 3]),
+            rejected: Rejected::default(),
+        };
+    }
+    let side = img.width().max(img.height());
+    let target = params.scale_side_px.max(1);
+    let k0 = ((side + target / 2) / target).max(1);
+    let level0 = downsample(img, k0);
+    let background = Background::estimate(&level0);
+    let luts = Luts::new(&background, params.blue_weight);
+
+    let scale = match configured {
+        Some(s) => FieldScale { um_per_px: s, source: ScaleSource::Configured },
+        None => estimate_scale(img, &level0, k0, &luts, params)
+            .map_or(fallback, |s| FieldScale { um_per_px: s, source: ScaleSource::RedCells }),
+    };
+
+    // Largest integer factor that keeps at least `work_px_per_um`, rounded
+    // down to a multiple of k0 when possible so that the full image is read once.
+    let px_per_um = 1.0 / scale.um_per_px;
+    let ideal = ((px_per_um / params.work_px_per_um.max(0.1)).floor() as u32).clamp(1, side);
+    let (k, work) = if ideal >= k0 {
+        let m = ideal / k0;
+        (k0 * m, downsample(&level0, m))
+    } else {
+        (ideal, downsample(img, ideal))
+    };
+    let (cells, rejected) = find_leukocytes(&work, k, px_per_um, &luts, params, img.width(), img.height());
+    FieldDetections { cells, scale, background, rejected }
+}
+
+/// A usable µm-per-pixel value (guards against a nonsense configuration).
+fn sane_scale(s: f32) -> f32 {
+    if s.is_finite() && s > 0.0 {
+        s
+    } else {
+        0.1
+    }
+}
+
+/// Optical densities as integers (milli-OD), one lookup per channel value.
+struct Luts {
+    /// Nucleus stain contribution of the red channel: `OD_red`.
+    red: [i32; 256],
+    /// Subtracted blue contribution: `blue_weight * OD_blue`.
+    blue: [i32; 256],
+    /// Green optical density, the red-cell signal.
+    green: [i32; 256],
+}
+
+impl Luts {
+    fn new(bg: &Background, blue_weight: f32) -> Luts {
+        let milli = |lut: [f32; 256], w: f32| lut.map(|v| (v * w * 1000.0).round() as i32);
+        Luts {
+            red: milli(od_lut(bg.0[0]), 1.0),
+            blue: milli(od_lut(bg.0[2]), blue_weight),
+            green: milli(od_lut(bg.0[1]), 1.0),
+        }
+    }
+
+    #[inline]
+    fn stain(&self, p: [u8; 3]) -> i32 {
+        self.red[p[0] as usize] - self.blue[p[2] as usize]
+    }
+}
+
+fn milli(od: f32) -> i32 {
+    (od * 1000.0).round() as i32
+}
+
+/// Box-filter downsampling by an integer factor (partial blocks at the right
+/// and bottom edges average what they have). This is the one pass over the
+/// full image, so rows are first summed vertically (a loop the compiler
+/// vectorises), then each summed row horizontally.
+fn downsample(img: &RgbImage, k: u32) -> Cow<'_, RgbImage> {
+    if k <= 1 {
+        return Cow::Borrowed(img);
+    }
+    let (w, h, k) = (img.width() as usize, img.height() as usize, k as usize);
+    let (ow, oh) = (w.div_ceil(k), h.div_ceil(k));
+    let mut out = vec![0u8; ow * oh * 3];
+    let mut column_sums = vec![0u32; w * 3];
+    let src = img.as_raw();
+    for (oy, dst) in out.chunks_exact_mut(ow * 3).enumerate() {
+        column_sums.fill(0);
+        let rows = oy * k..((oy + 1) * k).min(h);
+        let n_rows = rows.len() as u32;
+        // Rounded means by a fixed-point reciprocal: a division per channel
+        // would cost more than all the adds.
+        let full = reciprocal(n_rows as u64 * k as u64);
+        for row in src[rows.start * w * 3..rows.end * w * 3].chunks_exact(w * 3) {
+            for (a, &v) in column_sums.iter_mut().zip(row) {
+                *a += v as u32;
+            }
+        }
+        for (ox, (d, block)) in dst.chunks_exact_mut(3).zip(column_sums.chunks(k * 3)).enumerate() {
+            let mut sum = [0u32; 3];
+            for px in block.chunks_exact(3) {
+                sum[0] += px[0];
+                sum[1] += px[1];
+                sum[2] += px[2];
+            }
+            let cols = ((ox + 1) * k).min(w) - ox * k;
+            let (n, recip) = if cols == k { full } else { reciprocal(n_rows as u64 * cols as u64) };
+            for c in 0..3 {
+                d[c] = ((sum[c] as u64 + n / 2) * recip >> 32).min(255) as u8;
+            }
+        }
+    }
+    // The buffer holds exactly ow * oh * 3 bytes, so this cannot fail.
+    Cow::Owned(RgbImage::from_raw(ow as u32, oh as u32, out).unwrap_or_default())
+}
+
+/// `(n, ceil(2^32 / n))` for rounded division by n, exact for sums of bytes.
+fn reciprocal(n: u64) -> (u64, u64) {
+    let n = n.max(1);
+    (n, (1u64 << 32).div_ceil(n))
+}
+
+/// Nucleus stain mask of an image.
+fn nucleus_mask(img: &RgbImage, luts: &Luts, threshold: i32) -> Mask {
+    Mask { width: img.width(), height: img.height(), data: img.pixels().map(|p| luts.stain(p.0) > threshold).collect() }
+}
+
+/// µm per input pixel from the red cells, or `None` when there are too few.
+///
+/// The level-0 copy (longer side ~`scale_side_px`) serves when its red cells
+/// are at least `MIN_DIAMETER` px across. Smaller ones (low magnification,
+/// large sensor) are measured again at a finer level chosen to make them
+/// ~`AIM_DIAMETER` px, on a central crop of the level-0 size: a few dozen
+/// cells are enough, and the cost stays that of level 0.
+fn estimate_scale(img: &RgbImage, level0: &RgbImage, k0: u32, luts: &Luts, params: &DetectParams) -> Option<f32> {
+    // Below ~24 px the 3x3 morphology and the distance quantisation bias the
+    // inscribed radius by several percent.
+    const MIN_DIAMETER: f32 = 24.0;
+    const AIM_DIAMETER: f32 = 40.0;
+    let d0 = rbc_inscribed_diameter(level0, luts, params);
+    let refine_k = match d0 {
+        Some(d) if d < MIN_DIAMETER && k0 > 1 => Some(((k0 as f32 * d / AIM_DIAMETER).round() as u32).clamp(1, k0 - 1)),
+        // Nothing measurable: red cells may be too small at this level.
+        None if k0 > 1 => Some(1),
+        _ => None,
+    };
+    let refined = refine_k.and_then(|k| {
+        let (cw, ch) = (level0.width() * k, level0.height() * k);
+        let (x, y) = ((img.width().saturating_sub(cw)) / 2, (img.height().saturating_sub(ch)) / 2);
+        let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
+        rbc_inscribed_diameter(&downsample(&crop, k), luts, params).map(|d| d * k as f32)
+    });
+    let diameter_px = refined.or(d0.map(|d| d * k0 as f32))?;
+    Some(params.rbc_diameter_um / diameter_px).filter(|s| s.is_finite() && *s > 0.0)
+}
+
+/// Median diameter (pixels of `img`) of the red cells' inscribed circles.
+///
+/// Red cells are the green-absorbing objects; their pale centres are filled
+/// and nuclei removed. Touching cells form one blob, so instead of components
+/// the blob is packed with discs: distance-transform maxima, largest first,
+/// each kept only outside the discs already kept. A leukocyte's cytoplasm
+/// around its removed nucleus yields only thin rings, hence small discs, and
+/// a large leukocyte contributes one disc at most: the median is robust.
+fn rbc_inscribed_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<f32> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let green: Vec<i32> = img.pixels().map(|p| luts.green[p.0[1] as usize]).collect();
+    let nuclei = nucleus_mask(img, luts, milli(params.nucleus_od)).dilate3x3();
+    // Nuclei are the darkest objects: left in, Otsu would split them from
+    // everything else instead of red cells from glass in pale fields.
+    // Every third pixel is plenty for a threshold.
+    let glass_or_rbc = green.iter().zip(&nuclei.data).step_by(3).filter(|(_, &n)| !n).map(|(&g, _)| g as f32 / 1000.0);
+    let t_otsu = otsu(glass_or_rbc).unwrap_or(0.0);
+    let t = milli((t_otsu * params.rbc_otsu_fraction).max(params.rbc_min_od));
+    let cells = Mask { width: img.width(), height: img.height(), data: green.iter().map(|&g| g > t).collect() };
+    let filled = fill_pallor(&cells.dilate3x3().erode3x3(), params.rbc_max_hole_fraction);
+    let rbc = Mask {
+        width: filled.width,
+        height: filled.height,
+        data: filled.data.iter().zip(&nuclei.data).map(|(&c, &n)| c && !n).collect(),
+    }
+    .erode3x3()
+    .dilate3x3();
+    let dt = rbc.distance_transform();
+    // Local maxima of the distance transform, at least 2 px deep.
+    let mut peaks: Vec<(u16, u32, u32)> = Vec::new();
+    for y in 1..h.saturating_sub(1) {
+        for x in 1..w.saturating_sub(1) {
+            let v = dt[y * w + x];
+            if v < 2 * CHAMFER_UNIT {
+                continue;
+            }
+            let is_max = [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)]
+                .iter()
+                .all(|&(dx, dy)| dt[(y as isize + dy) as usize * w + (x as isize + dx) as usize] <= v);
+            if is_max {
+                peaks.push((v, x as u32, y as u32));
+            }
+        }
+    }
+    peaks.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)).then(a.1.cmp(&b.1)));
+    let mut discs: Vec<(f32, f32, f32)> = Vec::new();
+    for &(v, x, y) in &peaks {
+        let r = v as f32 / CHAMFER_UNIT as f32;
+        let (fx, fy) = (x as f32, y as f32);
+        let apart = |&(dx, dy, dr): &(f32, f32, f32)| {
+            let min = params.rbc_disc_spacing * (dr + r);
+            (fx - dx).powi(2) + (fy - dy).powi(2) >= min * min
+        };
+        if discs.iter().all(apart) {
+            discs.push((fx, fy, r));
+        }
+    }
+    // Cells touching the border are cut: their inscribed circle says nothing.
+    discs.retain(|&(x, y, r)| x >= r && y >= r && x + r < w as f32 && y + r < h as f32);
+    let r_all = cell_radius(discs.iter().map(|d| d.2).collect(), params)?;
+    // A leukocyte's cytoplasm and granules stay in the mask around its
+    // removed nucleus: discs centred within a quarter nucleus extent of a
+    // nucleus at least a third of a red cell's area are not red cells
+    // (platelets, smaller, are left alone).
+    let min_area = 0.33 * std::f32::consts::PI * r_all * r_all;
+    let nucleus_boxes: Vec<BBox> =
+        nuclei.components().components.iter().filter(|c| c.area as f32 >= min_area).map(|c| c.bbox).collect();
+    let zones: Vec<(f32, f32, f32, f32)> = nucleus_boxes
+        .iter()
+        .map(|b| {
+            let m = 0.25 * b.width().max(b.height()) as f32;
+            (b.x0 as f32 - m, b.y0 as f32 - m, b.x1 as f32 + m, b.y1 as f32 + m)
+        })
+        .collect();
+    let in_zone = |x: f32, y: f32| zones.iter().any(|&(x0, y0, x1, y1)| x >= x0 && x < x1 && y >= y0 && y < y1);
+    let radii: Vec<f32> = discs.iter().filter(|&&(x, y, _)| !in_zone(x, y)).map(|d| d.2).collect();
+    let diameter = 2.0 * cell_radius(radii, params)? * params.rbc_extent_per_inscribed;
+    // Self-check: no nucleus is much longer than the longest possible one in
+    // red-cell diameters. A field filled by a leukocyte, with only fragments
+    // of red cells left, fails here rather than giving a wrong scale.
+    let longest = nucleus_boxes.iter().map(|b| b.width().max(b.height())).max().unwrap_or(0) as f32;
+    let limit = 1.25 * params.max_nucleus_um / params.rbc_diameter_um * diameter;
+    (longest <= limit).then_some(diameter)
+}
+
+/// Typical radius of the cells among packed discs, `None` if fewer than
+/// `scale_min_cells` cell-sized discs.
+///
+/// The small discs that fill the gaps between packed cells are many but
+/// cover little: the area-weighted median finds the cell size, then the
+/// plain median of the discs near it measures it (a few big discs from
+/// clumps of overlapping cells would pull an area-weighted figure up).
+fn cell_radius(mut radii: Vec<f32>, params: &DetectParams) -> Option<f32> {
+    radii.sort_by(f32::total_cmp);
+    let total: f32 = radii.iter().map(|r| r * r).sum();
+    let mut acc = 0.0;
+    let weighted = *radii.iter().find(|&&r| {
+        acc += r * r;
+        acc >= total / 2.0
+    })?;
+    let cells: Vec<f32> = radii.into_iter().filter(|&r| r >= params.rbc_min_disc_fraction * weighted).collect();
+    if cells.len() < params.scale_min_cells {
+        return None;
+    }
+    cells.get(cells.len() / 2).copied()
+}
+
+/// Fills the pale centres of red cells: holes of the cell mask that are round
+/// enough (area at least 55% of their box; the glass between touching round
+/// cells is a concave triangle) and small (at most `max_fraction` of the image,
+/// so that glass enclosed by a ring of cells stays glass).
+fn fill_pallor(cells: &Mask, max_fraction: f32) -> Mask {
+    let filled = cells.fill_holes();
+    let holes = Mask {
+        width: cells.width,
+        height: cells.height,
+        data: filled.data.iter().zip(&cells.data).map(|(&f, &c)| f && !c).collect(),
+    };
+    let labels = holes.components();
+    let max_area = max_fraction as f64 * cells.data.len() as f64;
+    let round_and_small: Vec<bool> = labels
+        .components
+        .iter()
+        .map(|c| (c.area as f64) <= max_area && c.area as f64 >= 0.55 * c.bbox.area() as f64)
+        .collect();
+    let data =
+        cells.data.iter().zip(&labels.labels).map(|(&c, &l)| c || (l > 0 && round_and_small[l as usize - 1])).collect();
+    Mask { width: cells.width, height: cells.height, data }
+}
+
+/// One nucleus fragment of the working mask.
+struct Fragment {
+    area: u64,
+    bbox: BBox,
+    /// Boundary pixels, for pixel-to-pixel gaps between fragments.
+    edge: Vec<(i32, i32)>,
+}
+
+fn find_leukocytes(
+    work: &RgbImage,
+    k: u32,
+    px_per_um: f32,
+    luts: &Luts,
+    params: &DetectParams,
+    full_w: u32,
+    full_h: u32,
+) -> (Vec<Detection>, Rejected) {
+    // Pixels per µm of the working copy.
+    let ppu = px_per_um / k as f32;
+    let um2 = |a: u64| a as f32 / (ppu * ppu);
+    let mask = open(nucleus_mask(work, luts, milli(params.nucleus_od)), (params.open_um * ppu).round() as u32);
+    let labels = mask.components();
+    let mut rejected = Rejected::default();
+    let (w, h) = (labels.width as usize, labels.height as usize);
+    let mut frags: Vec<Fragment> = Vec::new();
+    let mut id_of = vec![usize::MAX; labels.components.len()];
+    for (i, c) in labels.components.iter().enumerate() {
+        if um2(c.area) < params.min_fragment_um2 {
+            rejected.specks += 1;
+        } else {
+            id_of[i] = frags.len();
+            frags.push(Fragment { area: c.area, bbox: c.bbox, edge: Vec::new() });
+        }
+    }
+    for y in 0..h {
+        for x in 0..w {
+            let l = labels.labels[y * w + x];
+            if l == 0 || id_of[l as usize - 1] == usize::MAX {
+                continue;
+            }
+            let same = |xx: usize, yy: usize| labels.labels[yy * w + xx] == l;
+            let edge = x == 0
+                || y == 0
+                || x + 1 == w
+                || y + 1 == h
+                || !(same(x - 1, y) && same(x + 1, y) && same(x, y - 1) && same(x, y + 1));
+            if edge {
+                frags[id_of[l as usize - 1]].edge.push((x as i32, y as i32));
+            }
+        }
+    }
+
+    // Candidate lobe pairs, closest first.
+    let merge_px = params.lobe_merge_um * ppu;
+    let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+    for i in 0..frags.len() {
+        for j in i + 1..frags.len() {
+            if frags[i].bbox.gap(&frags[j].bbox) as f32 > merge_px + 1.0 {
+                continue;
+            }
+            let g = edge_gap(&frags[i].edge, &frags[j].edge);
+            if g <= merge_px {
+                pairs.push((g, i, j));
+            }
+        }
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut group: Vec<usize> = (0..frags.len()).collect();
+    let mut gbox: Vec<BBox> = frags.iter().map(|f| f.bbox).collect();
+    let mut garea: Vec<u64> = frags.iter().map(|f| f.area).collect();
+    fn root(group: &mut [usize], mut a: usize) -> usize {
+        while group[a] != a {
+            group[a] = group[group[a]];
+            a = group[a];
+        }
+        a
+    }
+    let max_px = params.max_nucleus_um * ppu;
+    for (_, i, j) in pairs {
+        let (a, b) = (root(&mut group, i), root(&mut group, j));
+        if a == b {
+            continue;
+        }
+        let u = gbox[a].union(&gbox[b]);
+        if u.width().max(u.height()) as f32 > max_px {
+            continue;
+        }
+        group[b] = a;
+        gbox[a] = u;
+        garea[a] += garea[b];
+    }
+
+    // Never inside the nucleus, whatever the configuration says.
+    let margin = (params.box_margin_um * px_per_um).max(0.0);
+    let mut cells = Vec::new();
+    for i in 0..frags.len() {
+        if root(&mut group, i) != i {
+            continue;
+        }
+        if um2(garea[i]) < params.min_nucleus_area_um2 {
+            rejected.small_stained += 1;
+            continue;
+        }
+        let b = gbox[i];
+        let cut_by_border = b.x0 == 0 || b.y0 == 0 || b.x1 as usize >= w || b.y1 as usize >= h;
+        let nucleus = BBox { x0: b.x0 * k, y0: b.y0 * k, x1: (b.x1 * k).min(full_w), y1: (b.y1 * k).min(full_h) };
+        let grow = |v: u32, d: f32, hi: u32| (v as f32 + d).round().clamp(0.0, hi as f32) as u32;
+        let bbox = BBox {
+            x0: grow(nucleus.x0, -margin, full_w),
+            y0: grow(nucleus.y0, -margin, full_h),
+            x1: grow(nucleus.x1, margin, full_w),
+            y1: grow(nucleus.y1, margin, full_h),
+        };
+        cells.push(Detection { bbox, nucleus, cut_by_border });
+    }
+    (cells, rejected)
+}
+
+/// Opening by a (2r+1)-square: by repeated 3x3 steps for the usual radius of
+/// one or two pixels, by the general running-window version beyond.
+fn open(mask: Mask, r: u32) -> Mask {
+    if r > 2 {
+        return mask.open(r.min(mask.width.max(mask.height)));
+    }
+    let mut m = mask;
+    for _ in 0..r {
+        m = m.erode3x3();
+    }
+    for _ in 0..r {
+        m = m.dilate3x3();
+    }
+    m
+}
+
+/// Smallest Euclidean distance between two pixel sets, minus one: the number
+/// of background pixels between them (0 when they touch).
+fn edge_gap(a: &[(i32, i32)], b: &[(i32, i32)]) -> f32 {
+    let mut best = i32::MAX;
+    for &(ax, ay) in a {
+        for &(bx, by) in b {
+            best = best.min((ax - bx).pow(2) + (ay - by).pow(2));
+        }
+    }
+    ((best as f32).sqrt() - 1.0).max(0.0)
+}

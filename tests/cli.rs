@@ -1,0 +1,235 @@
+//! The `leukoscope` binary as a user runs it: the JSON contract, report files,
+//! and clear errors for bad input, on real smear images.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leukoscope"))
+}
+
+fn data() -> PathBuf {
+    let d = leukoscope::input::data_dir();
+    assert!(d.join("bccd/JPEGImages").is_dir(), "data folder {} missing: set LEUKOSCOPE_DATA", d.display());
+    d
+}
+
+fn field(id: &str) -> PathBuf {
+    data().join("bccd/JPEGImages").join(format!("{id}.jpg"))
+}
+
+fn card() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/leukoscope.card.json")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("leukoscope-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+fn run(cmd: &mut Command) -> (Output, String) {
+    let out = cmd.output().expect("run leukoscope");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, err)
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn a_field_with_one_neutrophil_is_one_cell_not_a_blast() {
+    // BloodImage_00001: one segmented neutrophil among red cells (see BCCD annotations: one WBC box).
+    let (out, err) = run(bin().args(["analyze", "--json"]).arg(field("BloodImage_00001")));
+    assert!(out.status.success(), "{err}");
+    let doc = json(&out);
+    let cells = doc["images"][0]["cells"].as_array().expect("cells");
+    assert_eq!(cells.len(), 1, "{cells:?}");
+    // BCCD is a lab the model never saw (webcam, high magnification, soft focus):
+    // the model may be unsure, but it must lean to neutrophil and never say blast.
+    let best = cells[0]["best_class"].as_str().unwrap_or("");
+    assert!(best == "NGS" || best == "NGB", "{:?}", cells[0]);
+    assert!(cells[0]["class"] == best || cells[0]["class"] == "UNID", "{:?}", cells[0]);
+    assert_eq!(cells[0]["blast"], false);
+    let s = &doc["summary"];
+    assert_eq!(s["cells"], 1);
+    assert_eq!(s["blasts"], 0);
+    assert_eq!(doc["model"]["sha256"].as_str().map(str::len), Some(64));
+}
+
+#[test]
+fn summary_adds_up_over_a_batch_and_report_files_are_written() {
+    let out_dir = scratch("report");
+    // Test fields whose annotated leukocyte lies wholly inside the image.
+    let bccd = leukoscope::bccd::Bccd::new(&data());
+    let ids: Vec<String> = bccd
+        .split("test")
+        .expect("BCCD test split")
+        .into_iter()
+        .filter(|id| {
+            let a = bccd.annotation(id).expect("annotation");
+            let wbc = a.boxes(leukoscope::bccd::Class::Wbc);
+            wbc.len() == 1 && wbc.iter().all(|b| b.x0 > 8 && b.y0 > 8 && b.x1 + 8 < a.width && b.y1 + 8 < a.height)
+        })
+        .take(6)
+        .collect();
+    assert!(ids.len() >= 5, "{ids:?}");
+    let mut cmd = bin();
+    cmd.args(["analyze", "--json", "--out"]).arg(&out_dir);
+    for id in &ids {
+        cmd.arg(field(id));
+    }
+    let (out, err) = run(&mut cmd);
+    assert!(out.status.success(), "{err}");
+    let doc = json(&out);
+    let images = doc["images"].as_array().expect("images");
+    assert_eq!(images.len(), ids.len());
+    let counted: usize = images.iter().map(|i| i["cells"].as_array().map_or(0, Vec::len)).sum();
+    let s = &doc["summary"];
+    assert_eq!(s["cells"].as_u64(), Some(counted as u64));
+    let by_class: u64 = s["by_class"].as_object().expect("by_class").values().filter_map(Value::as_u64).sum();
+    assert_eq!(by_class + s["unidentified"].as_u64().unwrap_or(0), counted as u64);
+    assert!(counted >= ids.len(), "each of these fields holds a whole leukocyte: {counted} counted in {ids:?}");
+    let ci = s["ci95"].as_array().expect("ci95");
+    let p = s["blast_percent"].as_f64().expect("blast_percent");
+    assert!(ci[0].as_f64().unwrap() <= p && p <= ci[1].as_f64().unwrap());
+    // Report: the same JSON, a CSV row per cell, a crop per cell.
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results.json")).expect("results.json")).expect("json");
+    assert_eq!(saved["summary"], doc["summary"]);
+    let csv = std::fs::read_to_string(out_dir.join("cells.csv")).expect("cells.csv");
+    let rows = csv.lines().count() - 1;
+    let all: usize = images
+        .iter()
+        .map(|i| i["cells"].as_array().map_or(0, Vec::len) + i["not_counted"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(rows, all);
+    let crops = walk(&out_dir.join("crops"));
+    assert_eq!(crops.len(), all);
+    assert!(crops.iter().all(|p| image::open(p).is_ok()));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        if e.path().is_dir() {
+            v.extend(walk(&e.path()));
+        } else {
+            v.push(e.path());
+        }
+    }
+    v
+}
+
+#[test]
+fn corrupt_image_in_a_batch_is_named_and_the_rest_is_processed() {
+    let dir = scratch("corrupt");
+    std::fs::copy(field("BloodImage_00001"), dir.join("a_good.jpg")).expect("copy");
+    let mut bytes = std::fs::read(field("BloodImage_00007")).expect("read");
+    bytes.truncate(300);
+    std::fs::write(dir.join("b_truncated.jpg"), &bytes).expect("write");
+    std::fs::write(dir.join("c_not_an_image.png"), b"hello").expect("write");
+    let (out, err) = run(bin().args(["analyze", "--json"]).arg(&dir));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("b_truncated.jpg") && err.contains("c_not_an_image.png"), "{err}");
+    let doc = json(&out);
+    let images = doc["images"].as_array().expect("images");
+    assert_eq!(images.len(), 3);
+    assert_eq!(images[0]["cells"].as_array().map(Vec::len), Some(1));
+    assert!(images[1]["error"].as_str().is_some_and(|e| e.contains("b_truncated.jpg")));
+    // classify reports the same way.
+    let (out, err) =
+        run(bin().args(["classify", "--json"]).arg(dir.join("c_not_an_image.png")).arg(dir.join("a_good.jpg")));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(json(&out)["results"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn empty_dir_and_missing_file_are_clear_errors() {
+    let dir = scratch("empty");
+    let (out, err) = run(bin().arg("analyze").arg(&dir));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("holds no images"), "{err}");
+    let (out, err) = run(bin().args(["classify", "/no/such/cell.jpg"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("/no/such/cell.jpg"), "{err}");
+}
+
+/// Copies the shipped card and model into a scratch dir, lets `edit` damage them.
+fn tampered(name: &str, edit: impl FnOnce(&Path, &mut Value)) -> PathBuf {
+    let dir = scratch(name);
+    let mut c: Value = serde_json::from_slice(&std::fs::read(card()).expect("shipped card")).expect("card json");
+    let model = card().parent().expect("models dir").join(c["file"].as_str().expect("file"));
+    std::fs::copy(&model, dir.join("m.onnx")).expect("copy model");
+    c["file"] = "m.onnx".into();
+    edit(&dir, &mut c);
+    let p = dir.join("card.json");
+    std::fs::write(&p, serde_json::to_vec(&c).expect("json")).expect("write card");
+    p
+}
+
+#[test]
+fn wrong_or_damaged_models_are_refused_with_the_reason() {
+    let cell = data().join("lmu/NGS").read_dir().expect("lmu/NGS").flatten().next().expect("a crop").path();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            tampered("hash", |dir, _| {
+                let p = dir.join("m.onnx");
+                let mut b = std::fs::read(&p).expect("read");
+                let n = b.len() / 2;
+                b[n] ^= 0x55;
+                std::fs::write(&p, b).expect("write");
+            }),
+            "sha256",
+        ),
+        (tampered("shape", |_, c| c["input"]["shape"] = serde_json::json!([1, 3, 64, 64])), "input shape"),
+        (
+            tampered("classes", |_, c| {
+                c["classes"].as_array_mut().expect("classes").pop();
+            }),
+            "classes",
+        ),
+        (tampered("method", |_, c| c["input"]["preprocessing"]["method"] = "other".into()), "not implemented"),
+        (PathBuf::from("/no/such/card.json"), "/no/such/card.json"),
+    ];
+    for (card, want) in cases {
+        let (out, err) = run(bin().args(["classify", "--model"]).arg(&card).arg(&cell));
+        assert_eq!(out.status.code(), Some(2), "{card:?}: {err}");
+        assert!(err.contains(want), "{card:?}: expected '{want}' in: {err}");
+    }
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let dir = scratch("config");
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, "[count]\nblast_threshold_percent = 150\n").expect("write");
+    let (out, err) = run(bin().args(["analyze", "--config"]).arg(&p).arg(field("BloodImage_00001")));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("count.blast_threshold_percent") && err.contains("bad.toml"), "{err}");
+    std::fs::write(&p, "[detect]\nnucleus_odd = 0.3\n").expect("write");
+    let (_, err) = run(bin().args(["analyze", "--config"]).arg(&p).arg(field("BloodImage_00001")));
+    assert!(err.contains("nucleus_odd"), "{err}");
+}
+
+#[test]
+fn config_threshold_changes_the_flag() {
+    let dir = scratch("threshold");
+    let p = dir.join("zero.toml");
+    // With a 0% threshold, blast classes widened to neutrophils and no confidence
+    // floor, a neutrophil field must flag.
+    std::fs::write(
+        &p,
+        "[count]\nblast_threshold_percent = 0\nblast_classes = [\"NGS\", \"NGB\"]\nmin_confidence = 0.0\n",
+    )
+    .expect("write");
+    let (out, err) = run(bin().args(["analyze", "--json", "--config"]).arg(&p).arg(field("BloodImage_00001")));
+    assert!(out.status.success(), "{err}");
+    let s = &json(&out)["summary"];
+    assert_eq!(s["flag"], true, "{s}");
+    assert_eq!(s["blasts"], 1);
+}

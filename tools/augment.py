@@ -1,0 +1,84 @@
+"""Stain augmentation in image space, before the Rust preprocessing.
+
+The preprocessing standardises each crop's Lab channels, which cancels any stain
+difference that is affine per Lab channel. What it cannot cancel (a stain whose
+haematoxylin/eosin balance differs, a camera with another gamma or white
+balance) the model must learn to ignore, so training sees each image also in
+a random other "lab": written as PNG under tools/cache/aug/ and preprocessed by
+`leukoscope preprocess` like every other image.
+
+Deliberately NOT used here: the colour statistics of BCCD (the held-out third lab
+of the robustness report) and the evaluation's fixed H x1.3 / E x0.7 restain,
+which lies outside the H/E jitter range below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common import CACHE, log
+
+H_RANGE = (0.85, 1.15)
+E_RANGE = (0.85, 1.15)
+
+
+def _other_lab_stats(samples, rng, n: int = 400) -> dict[str, list[dict]]:
+    """Lab mean/std of up to n train images per source: targets for swaps."""
+    from evaluate import load_rgb, srgb_to_lab
+
+    out: dict[str, list[dict]] = {}
+    for src in sorted({s.source for s in samples}):
+        paths = [s.path for s in samples if s.source == src]
+        pick = rng.choice(len(paths), size=min(n, len(paths)), replace=False)
+        stats = []
+        for i in pick:
+            lab = srgb_to_lab(load_rgb(paths[i])).reshape(-1, 3)
+            stats.append({"mean": lab.mean(0).tolist(), "std": lab.std(0).tolist()})
+        out[src] = stats
+    return out
+
+
+def _camera(rgb: np.ndarray, rng) -> np.ndarray:
+    gain = rng.uniform(0.9, 1.1, 3)
+    gamma = rng.uniform(0.8, 1.25)
+    return np.clip((rgb * gain) ** gamma, 0, 1)
+
+
+def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE / "aug") -> list:
+    """Returns new Samples (same labels, split 'train') for augmented copies of the
+    given train samples: `copies[source]` copies each. Cached by path + seed."""
+    from evaluate import hed_restain, load_rgb, reinhard
+
+    rng = np.random.default_rng(seed)
+    stats = _other_lab_stats(samples, rng)
+    sources = sorted(stats)
+    out = []
+    made = 0
+    for s in samples:
+        for c in range(copies.get(s.source, 0)):
+            key = hashlib.md5(f"{seed}:{c}:{s.path}".encode()).hexdigest()[:16]
+            dst = root / str(seed) / f"{key}.png"
+            if not dst.exists():
+                r = np.random.default_rng(int(key, 16))
+                rgb = load_rgb(s.path)
+                kind = r.integers(3)
+                if kind == 0 and len(sources) > 1:
+                    # Into another lab's colour space.
+                    other = [x for x in sources if x != s.source]
+                    tgt = stats[other[r.integers(len(other))]]
+                    rgb = reinhard(rgb, tgt[r.integers(len(tgt))])
+                elif kind == 1:
+                    rgb = hed_restain(rgb, h=r.uniform(*H_RANGE), e=r.uniform(*E_RANGE), d_shift=r.uniform(-0.01, 0.01))
+                else:
+                    rgb = _camera(rgb, r)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)).save(dst)
+                made += 1
+            out.append(replace(s, path=str(dst), source=s.source, split="train"))
+    log(f"stain augmentation: {len(out)} copies ({made} newly written) under {root / str(seed)}")
+    return out
