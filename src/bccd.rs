@@ -188,8 +188,21 @@ impl Evaluation {
     }
     /// Adds one image's matching.
     pub fn add(&mut self, id: &str, detections: &[BBox], truth: &[BBox]) {
+        self.add_ignoring(id, detections, &[], truth);
+    }
+
+    /// Adds one image's matching where the detections flagged in `ignorable`
+    /// (e.g. cells cut by the image border, which BCCD annotates only
+    /// sometimes and a differential does not count) are true positives when
+    /// they match and neither true nor false positives when they do not.
+    pub fn add_ignoring(&mut self, id: &str, detections: &[BBox], ignorable: &[bool], truth: &[BBox]) {
         let m = match_boxes(detections, truth);
-        let false_positives: Vec<BBox> = m.unmatched_detections.iter().map(|&i| detections[i]).collect();
+        let false_positives: Vec<BBox> = m
+            .unmatched_detections
+            .iter()
+            .filter(|&&i| !ignorable.get(i).copied().unwrap_or(false))
+            .map(|&i| detections[i])
+            .collect();
         let misses: Vec<BBox> = m.unmatched_truth.iter().map(|&i| truth[i]).collect();
         self.tp += m.pairs.len() as u32;
         self.fp += false_positives.len() as u32;
@@ -298,6 +311,10 @@ mod tests {
         assert_eq!((e.tp, e.fp, e.fn_), (1, 2, 1));
         assert!((e.recall() - 0.5).abs() < 1e-9 && (e.precision() - 1.0 / 3.0).abs() < 1e-9);
         assert_eq!(e.hard_images().count(), 1);
+        // Unmatched ignorable detections are no false positives; matched ones count.
+        let mut e = Evaluation::default();
+        e.add_ignoring("c", &det, &[true, true, true], &truth);
+        assert_eq!((e.tp, e.fp, e.fn_), (1, 0, 1));
     }
 
     #[test]

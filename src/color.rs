@@ -31,8 +31,8 @@ impl Background {
         for p in img.pixels() {
             let l = p.0[0] as usize + p.0[1] as usize + p.0[2] as usize;
             if l >= lo && l <= hi {
-                for c in 0..3 {
-                    sum[c] += p.0[c] as u64;
+                for (s, &v) in sum.iter_mut().zip(&p.0) {
+                    *s += v as u64;
                 }
                 count += 1;
             }

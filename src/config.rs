@@ -101,6 +101,20 @@ mod tests {
         assert_eq!(c.count.blast_threshold_percent, 20.0);
     }
 
+    /// The documented file lists every key with its default: docs match code.
+    #[test]
+    fn board_config_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/leukoscope.toml");
+        let c = Config::load(&path).expect("board/leukoscope.toml");
+        assert_eq!(c, Config::default(), "board/leukoscope.toml disagrees with Config::default()");
+        let text = std::fs::read_to_string(&path).expect("read");
+        for key in toml::to_string(&Config::default()).expect("toml").lines().filter_map(|l| l.split(" = ").next()) {
+            if !key.starts_with('[') && !key.is_empty() {
+                assert!(text.contains(&format!("{key} =")), "board/leukoscope.toml does not document '{key}'");
+            }
+        }
+    }
+
     #[test]
     fn unknown_key_and_bad_value_are_named() {
         let e = Config::parse("[count]\nblast_treshold_percent = 10\n", Path::new("x.toml")).unwrap_err();

@@ -274,7 +274,7 @@ fn downsample(img: &RgbImage, k: u32) -> Cow<'_, RgbImage> {
             let cols = ((ox + 1) * k).min(w) - ox * k;
             let (n, recip) = if cols == k { full } else { reciprocal(n_rows as u64 * cols as u64) };
             for c in 0..3 {
-                d[c] = ((sum[c] as u64 + n / 2) * recip >> 32).min(255) as u8;
+                d[c] = (((sum[c] as u64 + n / 2) * recip) >> 32).min(255) as u8;
             }
         }
     }
@@ -282,7 +282,8 @@ fn downsample(img: &RgbImage, k: u32) -> Cow<'_, RgbImage> {
     Cow::Owned(RgbImage::from_raw(ow as u32, oh as u32, out).unwrap_or_default())
 }
 
-/// `(n, ceil(2^32 / n))` for rounded division by n, exact for sums of bytes.
+/// `(n, ceil(2^32 / n))` for rounded division of byte sums by n: exact while
+/// n < 4096 (blocks up to 64x64), off by at most one beyond.
 fn reciprocal(n: u64) -> (u64, u64) {
     let n = n.max(1);
     (n, (1u64 << 32).div_ceil(n))
@@ -305,7 +306,7 @@ fn estimate_scale(img: &RgbImage, level0: &RgbImage, k0: u32, luts: &Luts, param
     // inscribed radius by several percent.
     const MIN_DIAMETER: f32 = 24.0;
     const AIM_DIAMETER: f32 = 40.0;
-    let d0 = rbc_inscribed_diameter(level0, luts, params);
+    let d0 = rbc_diameter(level0, luts, params);
     let refine_k = match d0 {
         Some(d) if d < MIN_DIAMETER && k0 > 1 => Some(((k0 as f32 * d / AIM_DIAMETER).round() as u32).clamp(1, k0 - 1)),
         // Nothing measurable: red cells may be too small at this level.
@@ -316,21 +317,22 @@ fn estimate_scale(img: &RgbImage, level0: &RgbImage, k0: u32, luts: &Luts, param
         let (cw, ch) = (level0.width() * k, level0.height() * k);
         let (x, y) = ((img.width().saturating_sub(cw)) / 2, (img.height().saturating_sub(ch)) / 2);
         let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
-        rbc_inscribed_diameter(&downsample(&crop, k), luts, params).map(|d| d * k as f32)
+        rbc_diameter(&downsample(&crop, k), luts, params).map(|d| d * k as f32)
     });
     let diameter_px = refined.or(d0.map(|d| d * k0 as f32))?;
     Some(params.rbc_diameter_um / diameter_px).filter(|s| s.is_finite() && *s > 0.0)
 }
 
-/// Median diameter (pixels of `img`) of the red cells' inscribed circles.
+/// Median red-cell diameter in pixels of `img`, as BCCD annotates it (box
+/// size), or `None` when the field cannot tell.
 ///
 /// Red cells are the green-absorbing objects; their pale centres are filled
 /// and nuclei removed. Touching cells form one blob, so instead of components
 /// the blob is packed with discs: distance-transform maxima, largest first,
-/// each kept only outside the discs already kept. A leukocyte's cytoplasm
-/// around its removed nucleus yields only thin rings, hence small discs, and
-/// a large leukocyte contributes one disc at most: the median is robust.
-fn rbc_inscribed_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<f32> {
+/// each kept only where it overlaps no disc already kept. Discs cut by the
+/// border or lying in a leukocyte's cytoplasm are dropped; the typical
+/// inscribed diameter, times `rbc_extent_per_inscribed`, is the cell size.
+fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<f32> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let green: Vec<i32> = img.pixels().map(|p| luts.green[p.0[1] as usize]).collect();
     let nuclei = nucleus_mask(img, luts, milli(params.nucleus_od)).dilate3x3();
@@ -596,4 +598,244 @@ fn edge_gap(a: &[(i32, i32)], b: &[(i32, i32)]) -> f32 {
         }
     }
     ((best as f32).sqrt() - 1.0).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    const GLASS: [u8; 3] = [235, 232, 228];
+    const RBC: [u8; 3] = [212, 148, 158];
+    const PALLOR: [u8; 3] = [222, 172, 180];
+    const NUCLEUS: [u8; 3] = [92, 58, 165];
+    const CYTOPLASM: [u8; 3] = [214, 196, 222];
+    const PLATELET: [u8; 3] = [150, 105, 185];
+
+    /// A synthetic field at 0.1 µm/px: red cells 75 px (7.5 µm) across with
+    /// pale centres, painted in order so that later shapes cover earlier ones.
+    struct Field {
+        img: RgbImage,
+    }
+
+    impl Field {
+        fn new(w: u32, h: u32) -> Field {
+            Field { img: RgbImage::from_pixel(w, h, Rgb(GLASS)) }
+        }
+        fn disc(&mut self, cx: f32, cy: f32, r: f32, colour: [u8; 3]) {
+            let (w, h) = (self.img.width() as f32, self.img.height() as f32);
+            let (x0, x1) = ((cx - r).floor().max(0.0) as u32, (cx + r).ceil().min(w) as u32);
+            let (y0, y1) = ((cy - r).floor().max(0.0) as u32, (cy + r).ceil().min(h) as u32);
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    if (x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2) <= r * r {
+                        self.img.put_pixel(x, y, Rgb(colour));
+                    }
+                }
+            }
+        }
+        fn red_cell(&mut self, cx: f32, cy: f32) {
+            self.disc(cx, cy, 37.5, RBC);
+            self.disc(cx, cy, 12.0, PALLOR);
+        }
+        /// Red cells on a grid, except where `keep_out` (centre, radius) says.
+        fn red_cells(&mut self, keep_out: &[(f32, f32, f32)]) {
+            let (w, h) = (self.img.width() as f32, self.img.height() as f32);
+            let mut y = 40.0;
+            while y < h {
+                let mut x = 40.0;
+                while x < w {
+                    if keep_out.iter().all(|&(kx, ky, kr)| (x - kx).powi(2) + (y - ky).powi(2) > (kr + 40.0).powi(2)) {
+                        self.red_cell(x, y);
+                    }
+                    x += 82.0;
+                }
+                y += 82.0;
+            }
+        }
+    }
+
+    fn uncut(found: &FieldDetections) -> Vec<Detection> {
+        found.cells.iter().copied().filter(|c| !c.cut_by_border).collect()
+    }
+
+    /// Synthetic round cells have no annotation halo: their extent is their
+    /// inscribed diameter.
+    fn synthetic_params() -> DetectParams {
+        DetectParams { rbc_extent_per_inscribed: 1.0, ..DetectParams::default() }
+    }
+
+    #[test]
+    fn estimates_the_scale_from_red_cells() {
+        let mut f = Field::new(640, 480);
+        f.red_cells(&[]);
+        let found = detect(&f.img, &synthetic_params(), None);
+        assert_eq!(found.scale.source, ScaleSource::RedCells);
+        assert!((found.scale.um_per_px / 0.1 - 1.0).abs() < 0.1, "{:?}", found.scale);
+        assert!(found.cells.is_empty(), "{:?}", found.cells);
+        // The same field at twice the size: half the µm per pixel.
+        let big = image::imageops::resize(&f.img, 1280, 960, image::imageops::FilterType::Triangle);
+        let found = detect(&big, &synthetic_params(), None);
+        assert!((found.scale.um_per_px / 0.05 - 1.0).abs() < 0.1, "{:?}", found.scale);
+    }
+
+    #[test]
+    fn merges_lobes_rejects_platelets_and_keeps_touching_cells_apart() {
+        let mut f = Field::new(640, 480);
+        // A bilobed nucleus (lobes 1.2 µm apart), two touching leukocytes with
+        // round nuclei 3.6 µm apart, a platelet, and red cells around.
+        let (a, b, c) = ((170.0, 250.0, 65.0), (420.0, 330.0, 60.0), (540.0, 330.0, 60.0));
+        f.red_cells(&[a, b, c, (80.0, 60.0, 20.0)]);
+        for (x, y, r) in [a, b, c] {
+            f.disc(x, y, r, CYTOPLASM);
+        }
+        f.disc(140.0, 250.0, 24.0, NUCLEUS);
+        f.disc(200.0, 250.0, 24.0, NUCLEUS);
+        f.disc(432.0, 330.0, 30.0, NUCLEUS);
+        f.disc(528.0, 330.0, 30.0, NUCLEUS);
+        f.disc(80.0, 60.0, 12.0, PLATELET);
+        let found = detect(&f.img, &synthetic_params(), None);
+        let mut cells = uncut(&found);
+        cells.sort_by_key(|c| c.nucleus.x0);
+        assert_eq!(cells.len(), 3, "{cells:?}");
+        // Lobes: one nucleus box spanning both, 10.8 µm = 108 px (the working
+        // copy is ~2 px/µm, so boxes are good to a few pixels).
+        let n = cells[0].nucleus;
+        assert!(n.x0.abs_diff(116) <= 8 && n.x1.abs_diff(224) <= 8, "{n:?}");
+        // Box = nucleus + 1.3 µm on each side.
+        assert!(cells[0].bbox.x0.abs_diff(n.x0.saturating_sub(13)) <= 3, "{:?}", cells[0]);
+        assert!(cells[1].nucleus.x1 < cells[2].nucleus.x0, "{cells:?}");
+        assert!(found.rejected.small_stained >= 1, "{:?}", found.rejected);
+    }
+
+    #[test]
+    fn flags_cells_cut_by_the_border() {
+        let mut f = Field::new(640, 480);
+        f.red_cells(&[(620.0, 240.0, 60.0)]);
+        f.disc(620.0, 240.0, 60.0, CYTOPLASM);
+        f.disc(630.0, 240.0, 30.0, NUCLEUS);
+        let found = detect(&f.img, &synthetic_params(), Some(0.1));
+        assert_eq!(found.scale.source, ScaleSource::Configured);
+        assert_eq!(found.cells.len(), 1, "{:?}", found.cells);
+        assert!(found.cells[0].cut_by_border);
+        assert_eq!(found.cells[0].bbox.x1, 640);
+    }
+
+    #[test]
+    fn a_field_without_red_cells_falls_back() {
+        let mut f = Field::new(640, 480);
+        f.disc(320.0, 240.0, 60.0, CYTOPLASM);
+        f.disc(320.0, 240.0, 35.0, NUCLEUS);
+        let params = DetectParams { fallback_um_per_px: 0.1, ..DetectParams::default() };
+        let found = detect(&f.img, &params, None);
+        assert_eq!(found.scale, FieldScale { um_per_px: 0.1, source: ScaleSource::Fallback });
+        assert_eq!(uncut(&found).len(), 1, "{:?}", found.cells);
+        // A nonsense configured scale is ignored, not trusted.
+        for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            assert_eq!(detect(&f.img, &params, Some(bad)).scale.source, ScaleSource::Fallback);
+        }
+    }
+
+    #[test]
+    fn a_leukocyte_filling_the_field_gives_no_wrong_scale() {
+        // 24 x 18 µm: one 18 µm leukocyte and bits of red cells at the edges.
+        let mut f = Field::new(240, 180);
+        for (x, y) in [(10.0, 10.0), (230.0, 20.0), (20.0, 175.0), (235.0, 170.0)] {
+            f.red_cell(x, y);
+        }
+        f.disc(120.0, 90.0, 88.0, CYTOPLASM);
+        f.disc(105.0, 85.0, 45.0, NUCLEUS);
+        f.disc(150.0, 100.0, 30.0, NUCLEUS);
+        let found = detect(&f.img, &synthetic_params(), None);
+        let s = found.scale;
+        assert!(s.source == ScaleSource::Fallback || (s.um_per_px / 0.1 - 1.0).abs() < 0.15, "{s:?}");
+    }
+
+    #[test]
+    fn is_total_on_degenerate_images() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut noise = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let noisy = RgbImage::from_fn(333, 251, |_, _| {
+            let v = noise();
+            Rgb([v as u8, (v >> 8) as u8, (v >> 16) as u8])
+        });
+        let images = [
+            RgbImage::new(0, 0),
+            RgbImage::new(0, 7),
+            RgbImage::from_pixel(1, 1, Rgb([0, 0, 0])),
+            RgbImage::from_pixel(1, 1, Rgb([255, 255, 255])),
+            RgbImage::from_pixel(1, 999, Rgb([90, 60, 160])),
+            RgbImage::from_pixel(640, 480, Rgb([0, 0, 0])),
+            RgbImage::from_pixel(640, 480, Rgb([255, 255, 255])),
+            RgbImage::from_pixel(64, 48, Rgb([90, 60, 160])),
+            noisy,
+        ];
+        for img in &images {
+            for scale in [None, Some(0.1), Some(1e-6), Some(1e6)] {
+                let found = detect(img, &DetectParams::default(), scale);
+                assert!(found.scale.um_per_px.is_finite() && found.scale.um_per_px > 0.0);
+                for c in &found.cells {
+                    let b = c.bbox;
+                    assert!(b.x0 < b.x1 && b.y0 < b.y1 && b.x1 <= img.width() && b.y1 <= img.height(), "{c:?}");
+                }
+            }
+        }
+        // Uniform fields hold nothing.
+        for img in &images[5..7] {
+            assert!(detect(img, &DetectParams::default(), None).cells.is_empty());
+        }
+    }
+
+    #[test]
+    fn odd_parameters_do_not_break_it() {
+        let mut f = Field::new(320, 240);
+        f.red_cells(&[(160.0, 120.0, 50.0)]);
+        f.disc(160.0, 120.0, 30.0, NUCLEUS);
+        let odd = [
+            DetectParams { box_margin_um: -50.0, ..DetectParams::default() },
+            DetectParams { open_um: 1e9, work_px_per_um: 0.0, scale_side_px: 0, ..DetectParams::default() },
+            DetectParams {
+                rbc_min_disc_fraction: 2.0,
+                scale_min_cells: 0,
+                lobe_merge_um: 1e6,
+                ..DetectParams::default()
+            },
+            DetectParams { nucleus_od: f32::NAN, rbc_extent_per_inscribed: 0.0, ..DetectParams::default() },
+        ];
+        for p in &odd {
+            for c in detect(&f.img, p, None).cells {
+                assert!(c.bbox.x0 <= c.nucleus.x0 && c.nucleus.x1 <= c.bbox.x1, "{c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn downsampling_averages_blocks_including_partial_ones() {
+        let img = RgbImage::from_fn(5, 3, |x, y| Rgb([(10 * x + y) as u8, 100, 255]));
+        let d = downsample(&img, 2);
+        assert_eq!((d.width(), d.height()), (3, 2));
+        // Block (0,0): x 0..2, y 0..2 -> (0 + 1 + 10 + 11) / 4 = 5.5 -> 6.
+        assert_eq!(d.get_pixel(0, 0).0, [6, 100, 255]);
+        // Right column is one pixel wide: (40 + 41) / 2 = 40.5 -> 41.
+        assert_eq!(d.get_pixel(2, 0).0, [41, 100, 255]);
+        // Bottom-right corner is a single pixel.
+        assert_eq!(d.get_pixel(2, 1).0, [42, 100, 255]);
+        assert!(matches!(downsample(&img, 1), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn params_round_trip_and_reject_unknown_fields() {
+        let p = DetectParams::default();
+        let json = serde_json::to_string(&p).expect("serialise");
+        assert_eq!(serde_json::from_str::<DetectParams>(&json).expect("parse"), p);
+        let partial: DetectParams = serde_json::from_str(r#"{"box_margin_um": 2.0}"#).expect("partial");
+        assert_eq!(partial, DetectParams { box_margin_um: 2.0, ..DetectParams::default() });
+        assert!(serde_json::from_str::<DetectParams>(r#"{"box_margin": 2.0}"#).is_err());
+        assert_eq!(serde_json::to_string(&ScaleSource::RedCells).expect("serialise"), r#""red_cells""#);
+    }
 }

@@ -483,7 +483,7 @@ mod tests {
             let data = (0..w * h)
                 .map(|_| {
                     state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                    (state >> 16) % 3 != 0
+                    !(state >> 16).is_multiple_of(3)
                 })
                 .collect();
             let m = Mask { width: w, height: h, data };

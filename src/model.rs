@@ -166,9 +166,9 @@ impl Classifier {
         let mut proto = tract_onnx::onnx()
             .with_ignore_value_info(true)
             .model_for_read(&mut std::io::Cursor::new(&bytes))
-            .map_err(|e| tract_err(e.into()))?;
+            .map_err(&tract_err)?;
         // The file's declared input must agree with the card (batch may be symbolic).
-        let declared = proto.input_fact(0).map_err(|e| tract_err(e.into()))?.shape.clone();
+        let declared = proto.input_fact(0).map_err(&tract_err)?.shape.clone();
         let want = card.input.shape;
         for (axis, want_dim) in want.iter().enumerate().skip(1) {
             if let Some(Some(dim)) = declared.dims().nth(axis).map(|d| d.concretize()) {
@@ -182,16 +182,16 @@ impl Classifier {
                 }
             }
         }
-        proto = proto.with_input_fact(0, f32::fact(want).into()).map_err(|e| tract_err(e.into()))?;
-        let typed = proto.into_optimized().map_err(|e| tract_err(e.into()))?;
-        let out = typed.output_fact(0).map_err(|e| tract_err(e.into()))?.shape.as_concrete().map(|s| s.to_vec());
+        proto = proto.with_input_fact(0, f32::fact(want).into()).map_err(&tract_err)?;
+        let typed = proto.into_optimized().map_err(&tract_err)?;
+        let out = typed.output_fact(0).map_err(&tract_err)?.shape.as_concrete().map(|s| s.to_vec());
         if out.as_deref() != Some(&[1, card.classes.len()][..]) {
             return Err(ModelError::Mismatch {
                 path: card_path.into(),
                 what: format!("model output shape {out:?}, card lists {} classes", card.classes.len()),
             });
         }
-        let plan = typed.into_runnable().map_err(|e| tract_err(e.into()))?;
+        let plan = typed.into_runnable().map_err(&tract_err)?;
         Ok(Classifier { card, model_path, plan })
     }
 
@@ -200,8 +200,8 @@ impl Classifier {
         let shape = self.card.input.shape;
         let input = tract_ndarray::Array4::from_shape_vec(shape, prepared.tensor.clone())
             .map_err(|e| ModelError::Run(anyhow::anyhow!("input tensor: {e}")))?;
-        let out = self.plan.run(tvec!(Tensor::from(input).into())).map_err(|e| ModelError::Run(e.into()))?;
-        let logits = out[0].to_plain_array_view::<f32>().map_err(|e| ModelError::Run(e.into()))?;
+        let out = self.plan.run(tvec!(Tensor::from(input).into())).map_err(ModelError::Run)?;
+        let logits = out[0].to_plain_array_view::<f32>().map_err(ModelError::Run)?;
         Ok(Prediction { probs: softmax(logits.iter().copied()) })
     }
 }
