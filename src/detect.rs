@@ -78,7 +78,8 @@ pub struct DetectParams {
     /// A merged nucleus is never longer than this (µm): beyond it, nearby
     /// fragments belong to different (touching) leukocytes.
     pub max_nucleus_um: f32,
-    /// Nuclei smaller than this (µm²) are platelets or debris.
+    /// Nuclei smaller than this (µm²) are platelets or debris (BCCD platelets
+    /// measure up to ~12 µm², small lymphocyte nuclei from ~24 µm²).
     pub min_nucleus_area_um2: f32,
     /// Cell box = nucleus box grown by this much (µm) on every side.
     pub box_margin_um: f32,
