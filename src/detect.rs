@@ -7,10 +7,11 @@
 //! `OD_red - blue_weight * OD_blue` is therefore high on nuclei (and
 //! platelets) and near zero or negative on everything else.
 //!
-//! The steps, all on a box-filtered copy of a few pixels per µm:
+//! The steps, on box-filtered copies (usually one pass over the full image):
 //! 1. background colour and, unless given, the field scale from the red cells
-//!    (median inscribed-circle diameter of the filled red-cell mask = 7.5 µm);
-//! 2. nucleus mask: stain signal above a threshold, opened;
+//!    (their median size, from discs packed into the red-cell mask, is 7.5 µm;
+//!    a field that cannot tell falls back to a configured scale);
+//! 2. nucleus mask at ~2 px/µm: stain signal above a threshold, opened;
 //! 3. components merged into nuclei when closer than a lobe gap (segmented
 //!    neutrophils, bilobed eosinophils) unless the union would be larger than
 //!    one nucleus can be (two touching leukocytes stay two);
@@ -463,6 +464,8 @@ struct Fragment {
     edge: Vec<(i32, i32)>,
 }
 
+/// Steps 2-5 on the working copy (`k` input pixels per working pixel);
+/// boxes come back in input pixels, clipped to `full_w` x `full_h`.
 fn find_leukocytes(
     work: &RgbImage,
     k: u32,
