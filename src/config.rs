@@ -22,6 +22,12 @@ pub struct Config {
     pub count: CountConfig,
     pub scale: ScaleConfig,
     pub detect: crate::detect::DetectParams,
+    pub session: crate::appliance::SessionConfig,
+    pub gate: crate::gating::GateParams,
+    pub source: crate::source::SourceConfig,
+    pub camera: crate::camera::CameraConfig,
+    pub display: crate::display::DisplayConfig,
+    pub buttons: crate::gpio::ButtonsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -85,6 +91,25 @@ impl Config {
             if !(s.is_finite() && s > 0.0 && s < 10.0) {
                 return bad("scale.um_per_px", s.to_string(), "must be a positive number below 10");
             }
+        }
+        if let Err(why) = self.session.validate() {
+            return Err(ConfigError::Parse { path: path.into(), message: why });
+        }
+        if let Err(why) = self.gate.validate() {
+            return Err(ConfigError::Parse { path: path.into(), message: why });
+        }
+        if let Err((key, value, why)) = self.camera.validate() {
+            return bad(key, value, why);
+        }
+        if let Err((key, value, why)) = self.buttons.validate() {
+            return bad(key, value, why);
+        }
+        if let Err(e) = self.display.validate() {
+            return Err(ConfigError::Parse { path: path.into(), message: e.to_string() });
+        }
+        let fps = self.source.replay_fps;
+        if !(fps.is_finite() && (0.0..=1000.0).contains(&fps)) {
+            return bad("source.replay_fps", fps.to_string(), "must be between 0 and 1000");
         }
         Ok(())
     }

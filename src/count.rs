@@ -3,11 +3,11 @@
 
 use crate::model::{ModelCard, Prediction};
 use crate::stats::clopper_pearson;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What one classified object counts as.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Call {
     /// A leukocyte of a known class.

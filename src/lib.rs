@@ -16,11 +16,21 @@ pub mod preprocess;
 /// Printed with every result: the product is a screening aid.
 pub const DISCLAIMER: &str =
     "SCREENING AID ONLY - not a diagnosis. Every cell call, and blast calls above all, must be verified by a qualified person.";
+pub mod appliance;
 pub mod bccd;
 pub mod bench;
+pub mod buttons;
+pub mod camera;
+pub mod camera_check;
 pub mod config;
 pub mod count;
 pub mod detect;
+pub mod display;
+pub mod gating;
+pub mod gpio;
+pub mod keyboard;
 pub mod pipeline;
 pub mod report;
+pub mod session;
+pub mod source;
 pub mod stats;

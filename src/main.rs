@@ -72,6 +72,58 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The appliance: count leukocytes live from the camera, field by field,
+    /// with the running count on a small display and buttons to start, capture,
+    /// undo the last field and finish.
+    ///
+    /// Frames come from the V4L2 camera, or (no camera, or --replay) from image
+    /// files played as a moving stage would show them. Only sharp frames of a
+    /// still stage showing a new field are analysed. The session is journaled in
+    /// the state folder: after a power cut, `run` resumes it. FINISH writes the
+    /// same report folder as `analyze --out`. Keyboard stand-in for the buttons:
+    /// s = start, c (or Enter) = capture, u = undo, f = finish, each + Enter.
+    Run {
+        /// TOML configuration (see board/leukoscope.toml for every key).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model card (JSON); default: the config's, else the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Replay these images (or folders) instead of the camera.
+        #[arg(long, num_args = 1..)]
+        replay: Vec<PathBuf>,
+        /// Replay frame rate (0 = as fast as analysed); default: the config's.
+        #[arg(long)]
+        replay_fps: Option<f32>,
+        /// Press buttons from a script instead of the configured buttons: lines
+        /// "<poll> <start|capture|undo|finish>"; the loop polls once per frame.
+        #[arg(long)]
+        script: Option<PathBuf>,
+        /// Folder for sessions and reports; default: the config's.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Write the screen to this PNG instead of the configured display.
+        #[arg(long)]
+        screen_png: Option<PathBuf>,
+        /// Stop after the first session this run finishes.
+        #[arg(long)]
+        until_finished: bool,
+    },
+    /// Open a V4L2 camera as `run` would, list its formats and capture frames.
+    CameraCheck {
+        /// TOML configuration whose [camera] section to start from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: leukoscope::camera_check::CameraCheckArgs,
+    },
+    /// Print the configuration in effect (the defaults, or FILE checked and
+    /// completed with them) as TOML.
+    Config {
+        /// TOML configuration to check.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Turn images into model input tensors (used by the Python training pipeline,
     /// so that training sees exactly what the appliance sees).
     Preprocess {
@@ -107,6 +159,17 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bench { model, seconds, json } => bench(model, seconds, json),
         Command::Classify { model, json, inputs } => classify(model, json, &inputs),
         Command::Preprocess { list, out, card } => preprocess(&list, &out, card),
+        Command::Run { config, model, replay, replay_fps, script, state, screen_png, until_finished } => {
+            run_appliance(RunArgs { config, model, replay, replay_fps, script, state, screen_png, until_finished })
+        }
+        Command::CameraCheck { config, args } => {
+            leukoscope::camera_check::camera_check(&args, &load_config(config.as_deref())?.camera)?;
+            Ok(0)
+        }
+        Command::Config { config } => {
+            print!("{}", toml::to_string(&load_config(config.as_deref())?)?);
+            Ok(0)
+        }
     }
 }
 
@@ -128,6 +191,35 @@ fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
 fn load_classifier(model: Option<PathBuf>) -> Result<Classifier> {
     let card = model.unwrap_or_else(leukoscope::model::default_card_path);
     Classifier::load(&card).with_context(|| format!("loading model card {}", card.display()))
+}
+
+fn load_config(path: Option<&Path>) -> Result<leukoscope::config::Config> {
+    Ok(match path {
+        Some(p) => leukoscope::config::Config::load(p)?,
+        None => leukoscope::config::Config::default(),
+    })
+}
+
+/// The analysis `analyze` and `run` share: the model, the call rules (the
+/// card's, overridden by the config) and the detector settings.
+fn build_analyzer(
+    model: Option<PathBuf>,
+    config: &leukoscope::config::Config,
+) -> Result<leukoscope::pipeline::Analyzer> {
+    let clf = load_classifier(model.or(config.model.card.clone()))?;
+    let mut rules = leukoscope::count::CallRules::from_card(&clf.card);
+    if let Some(b) = &config.count.blast_classes {
+        rules.blast_classes = b.clone();
+    }
+    if let Some(c) = config.count.min_confidence {
+        rules.min_confidence = c;
+    }
+    Ok(leukoscope::pipeline::Analyzer {
+        classifier: clf,
+        rules,
+        detect: config.detect.clone(),
+        um_per_px: config.scale.um_per_px,
+    })
 }
 
 fn classify(model: Option<PathBuf>, json: bool, inputs: &[PathBuf]) -> Result<i32> {
@@ -252,65 +344,44 @@ fn analyze(
     out: Option<PathBuf>,
     inputs: Vec<PathBuf>,
 ) -> Result<i32> {
-    use leukoscope::count::{CallRules, Differential};
+    use leukoscope::count::Differential;
+    use leukoscope::report::FieldRecord;
     let config = match &config {
         Some(p) => leukoscope::config::Config::load(p)?,
         None => leukoscope::config::Config::default(),
     };
-    let clf = load_classifier(model.or(config.model.card.clone()))?;
-    let mut rules = CallRules::from_card(&clf.card);
-    if let Some(b) = &config.count.blast_classes {
-        rules.blast_classes = b.clone();
-    }
-    if let Some(c) = config.count.min_confidence {
-        rules.min_confidence = c;
-    }
     let inputs = if inputs.is_empty() { demo_inputs()? } else { inputs };
     let paths = leukoscope::input::collect_images(&inputs)?;
-    let analyzer = leukoscope::pipeline::Analyzer {
-        classifier: clf,
-        rules,
-        detect: config.detect.clone(),
-        um_per_px: config.scale.um_per_px,
-    };
+    let analyzer = build_analyzer(model, &config)?;
     let card = &analyzer.classifier.card;
-    let mut report = match &out {
-        Some(dir) => {
-            Some(leukoscope::report::ReportWriter::create(dir).with_context(|| format!("creating {}", dir.display()))?)
-        }
-        None => None,
-    };
+    if let Some(dir) = &out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut diff = Differential::default();
     let mut images = Vec::new();
+    let mut records = Vec::new();
     let mut rows = Vec::new();
     let mut failed = 0;
     let pb = progress(paths.len(), "analysing");
-    for path in &paths {
+    for (n, path) in paths.iter().enumerate() {
         pb.inc(1);
         let outcome = leukoscope::input::load_rgb(path)
             .map_err(anyhow::Error::from)
             .and_then(|img| Ok((analyzer.analyze(&img)?, img)));
         match outcome {
             Ok((field, img)) => {
-                for cell in &field.cells {
-                    if cell.cut_by_border {
-                        diff.cut_by_border += 1;
-                    } else {
-                        diff.add(&cell.call);
-                    }
-                }
-                if let Some(r) = report.as_mut() {
-                    r.add_field(card, path, &img, &field)
+                let mut record = FieldRecord::new(card, &path.display().to_string(), &field);
+                record.count_into(&mut diff);
+                if let Some(dir) = &out {
+                    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+                    record
+                        .write_crops(dir, &format!("{n:04}_{stem}"), &img)
                         .with_context(|| format!("writing crops of {}", path.display()))?;
                 }
-                let counted: Vec<String> = field
-                    .cells
-                    .iter()
-                    .filter(|c| c.counted())
-                    .map(|c| leukoscope::report::cell_json(card, c)["class"].as_str().unwrap_or("?").to_string())
-                    .collect();
-                rows.push(format!("{:<50} {:>5}  {}", path.display(), counted.len(), counted.join(" ")));
-                images.push(leukoscope::report::image_json(card, path, &field));
+                let classes: Vec<&str> = record.cells.iter().map(|c| c.class.as_str()).collect();
+                rows.push(format!("{:<50} {:>5}  {}", path.display(), classes.len(), classes.join(" ")));
+                images.push(serde_json::to_value(&record)?);
+                records.push(record);
             }
             Err(e) => {
                 failed += 1;
@@ -323,9 +394,9 @@ fn analyze(
     pb.finish_and_clear();
     let summary = diff.summary(config.count.blast_threshold_percent);
     let doc = leukoscope::report::analysis_json(card, images, &summary);
-    if let Some(r) = report {
-        r.finish(&doc).context("writing report")?;
-        log::info!("report written to {}", out.as_deref().unwrap_or(Path::new(".")).display());
+    if let Some(dir) = &out {
+        leukoscope::report::write_report(dir, &doc, &records).context("writing report")?;
+        log::info!("report written to {}", dir.display());
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -409,6 +480,86 @@ fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
         for f in &figs {
             println!("{:<66} {:>10.3} {:>7}", f.what, f.median_ms, f.runs);
         }
+    }
+    Ok(0)
+}
+
+struct RunArgs {
+    config: Option<PathBuf>,
+    model: Option<PathBuf>,
+    replay: Vec<PathBuf>,
+    replay_fps: Option<f32>,
+    script: Option<PathBuf>,
+    state: Option<PathBuf>,
+    screen_png: Option<PathBuf>,
+    until_finished: bool,
+}
+
+fn run_appliance(a: RunArgs) -> Result<i32> {
+    use leukoscope::appliance::{run_loop, Appliance, LoopOptions};
+    use leukoscope::source::{FrameSource, ReplaySource, SourceKind, StageSimulator};
+    let mut config = match &a.config {
+        Some(p) => leukoscope::config::Config::load(p)?,
+        None => leukoscope::config::Config::default(),
+    };
+    if let Some(dir) = a.state {
+        config.session.state_dir = Some(dir);
+    }
+    if let Some(png) = a.screen_png {
+        config.display.kind = leukoscope::display::DisplayKind::Png;
+        config.display.png_path = png;
+    }
+    if !a.replay.is_empty() {
+        config.source.kind = SourceKind::Replay;
+        config.source.replay = a.replay;
+    }
+    if let Some(fps) = a.replay_fps {
+        config.source.replay_fps = fps;
+    }
+    let analyzer = build_analyzer(a.model, &config)?;
+    // The display first, so that every later failure can be shown on it.
+    let mut screen = leukoscope::display::open(&config.display).context("opening the display")?;
+    let use_camera = match config.source.kind {
+        SourceKind::Camera => true,
+        SourceKind::Replay => false,
+        SourceKind::Auto => config.camera.device.exists(),
+    };
+    let mut source: Box<dyn FrameSource> = if use_camera {
+        log::info!("camera {}", config.camera.device.display());
+        Box::new(leukoscope::camera::V4l2Source::new(&config.camera))
+    } else {
+        let inputs = if config.source.replay.is_empty() { demo_inputs()? } else { config.source.replay.clone() };
+        let paths = leukoscope::input::collect_images(&inputs)?;
+        let fps = Some(config.source.replay_fps);
+        let replay = ReplaySource::new(paths, fps, config.source.replay_loop);
+        if config.source.simulate_stage {
+            Box::new(StageSimulator::new(replay, 3, 4))
+        } else {
+            Box::new(replay)
+        }
+    };
+    log::info!("frames from {}", source.describe());
+    let mut buttons: Box<dyn leukoscope::buttons::ButtonSource> = match &a.script {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading script {}", p.display()))?;
+            Box::new(leukoscope::buttons::ScriptedButtons::parse(&text)?)
+        }
+        None => leukoscope::gpio::open_buttons(&config.buttons)?,
+    };
+    let mut signal = leukoscope::gpio::open_signal(&config.buttons)?;
+    let mut app =
+        Appliance::new(analyzer, config.session.clone(), config.gate.clone(), config.count.blast_threshold_percent)?;
+    let opts = LoopOptions { exit_when_exhausted: !use_camera, until_finished: a.until_finished };
+    run_loop(
+        &mut app,
+        source.as_mut(),
+        buttons.as_mut(),
+        screen.as_mut(),
+        signal.as_mut().map(|s| s.as_mut() as &mut dyn leukoscope::buttons::Signal),
+        opts,
+    )?;
+    if let Some(s) = app.session() {
+        log::info!("session {} left open ({} cells): `run` resumes it", s.sample_id, s.diff.cells());
     }
     Ok(0)
 }

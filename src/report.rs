@@ -1,55 +1,163 @@
 //! Results as documents: the JSON of `analyze --json`, the CSV of cells, and the
 //! report folder with every cell's crop grouped for review (blasts and
 //! unidentified cells first, so a person checks those before anything else).
+//!
+//! [`FieldRecord`] is the one serialisable form of an analysed field: `analyze`
+//! prints it, the appliance journals it, and reports are built from it.
 
-use crate::count::{Call, Summary};
+use crate::count::{Call, Differential, Summary};
+use crate::detect::{FieldScale, Rejected};
 use crate::model::ModelCard;
 use crate::pipeline::{report_crop, CellResult, FieldResult};
 use image::RgbImage;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+/// One cell as reported (the CLI's JSON contract: bbox, class, label,
+/// confidence, blast) plus what the count needs to be rebuilt from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellRecord {
+    pub bbox: [u32; 4],
+    /// The class code counted, or `UNID` for an unidentified cell.
+    pub class: String,
+    pub label: String,
+    pub confidence: f32,
+    pub blast: bool,
+    /// The model's most likely class, whatever the cell counts as.
+    pub best_class: String,
+    pub call: Call,
+    /// Why the cell is not counted (`cut_by_border`, `not_a_leukocyte`); absent when counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The crop in the report folder, relative to it, once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<String>,
+}
+
+impl CellRecord {
+    pub fn new(card: &ModelCard, cell: &CellResult) -> CellRecord {
+        let (i, confidence) = cell.prediction.top();
+        let best = &card.classes[i];
+        let (code, label, blast) = match &cell.call {
+            Call::Cell { code, blast, .. } => (code.as_str(), best.name.as_str(), *blast),
+            Call::Unidentified { .. } => ("UNID", "Unidentified (low confidence)", false),
+            Call::NotLeukocyte { code } => (code.as_str(), best.name.as_str(), false),
+        };
+        let reason = if cell.cut_by_border {
+            Some("cut_by_border")
+        } else if matches!(cell.call, Call::NotLeukocyte { .. }) {
+            Some("not_a_leukocyte")
+        } else {
+            None
+        };
+        let b = cell.bbox;
+        CellRecord {
+            bbox: [b.x0, b.y0, b.x1, b.y1],
+            class: code.to_string(),
+            label: label.to_string(),
+            confidence,
+            blast,
+            best_class: best.code.clone(),
+            call: cell.call.clone(),
+            reason: reason.map(str::to_string),
+            crop: None,
+        }
+    }
+
+    /// The review folder it belongs in: blasts first, then unidentified, then the rest.
+    fn group(&self) -> String {
+        match (&self.reason, &self.call) {
+            (Some(_), _) => "4_not_counted".into(),
+            (None, Call::Cell { blast: true, .. }) => format!("1_blast_{}", self.class),
+            (None, Call::Unidentified { .. }) => "2_unidentified".into(),
+            (None, _) => format!("3_{}", self.class),
+        }
+    }
+}
+
+/// One analysed field: `analyze --json`'s entry per image, and the appliance's
+/// journal record per counted field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldRecord {
+    /// The image file, or the camera and frame it came from.
+    pub path: String,
+    pub width: u32,
+    pub height: u32,
+    /// Counted cells.
+    pub cells: Vec<CellRecord>,
+    /// Seen but not counted (cut by the border, not leukocytes), with the reason.
+    pub not_counted: Vec<CellRecord>,
+    pub scale: FieldScale,
+    pub rejected: Rejected,
+}
+
+impl FieldRecord {
+    pub fn new(card: &ModelCard, path: &str, field: &FieldResult) -> FieldRecord {
+        let (cells, not_counted) =
+            field.cells.iter().map(|c| CellRecord::new(card, c)).partition(|c: &CellRecord| c.reason.is_none());
+        FieldRecord {
+            path: path.to_string(),
+            width: field.width,
+            height: field.height,
+            cells,
+            not_counted,
+            scale: field.scale,
+            rejected: field.rejected,
+        }
+    }
+
+    /// Adds this field to a running count.
+    pub fn count_into(&self, diff: &mut Differential) {
+        for c in &self.cells {
+            diff.add(&c.call);
+        }
+        for c in &self.not_counted {
+            if c.reason.as_deref() == Some("cut_by_border") {
+                diff.cut_by_border += 1;
+            } else {
+                diff.add(&c.call);
+            }
+        }
+    }
+
+    /// Takes this field back out of a running count (undo).
+    pub fn uncount_from(&self, diff: &mut Differential) {
+        for c in &self.cells {
+            diff.remove(&c.call);
+        }
+        for c in &self.not_counted {
+            if c.reason.as_deref() == Some("cut_by_border") {
+                diff.cut_by_border = diff.cut_by_border.saturating_sub(1);
+            } else {
+                diff.remove(&c.call);
+            }
+        }
+    }
+
+    /// Writes every cell's crop under `dir/crops/<group>/` with names starting
+    /// with `stem`, and records each crop's relative path.
+    pub fn write_crops(&mut self, dir: &Path, stem: &str, img: &RgbImage) -> std::io::Result<()> {
+        for (k, cell) in self.cells.iter_mut().chain(self.not_counted.iter_mut()).enumerate() {
+            let group = cell.group();
+            let folder = dir.join("crops").join(&group);
+            std::fs::create_dir_all(&folder)?;
+            let name = format!("{stem}_c{k}_{}_{:03}.png", cell.class, (cell.confidence * 100.0).round() as u32);
+            let [x0, y0, x1, y1] = cell.bbox;
+            let b = crate::mask::BBox { x0, y0, x1, y1 };
+            let mut png = std::io::Cursor::new(Vec::new());
+            report_crop(img, b).write_to(&mut png, image::ImageFormat::Png).map_err(std::io::Error::other)?;
+            write_atomic(&folder.join(&name), png.get_ref())?;
+            cell.crop = Some(format!("crops/{group}/{name}"));
+        }
+        Ok(())
+    }
+}
 
 /// The JSON object of one cell, as in the CLI contract.
 pub fn cell_json(card: &ModelCard, cell: &CellResult) -> Value {
-    let (i, confidence) = cell.prediction.top();
-    let best = &card.classes[i];
-    let (code, label, blast) = match &cell.call {
-        Call::Cell { code, blast, .. } => (code.as_str(), best.name.as_str(), *blast),
-        Call::Unidentified { .. } => ("UNID", "Unidentified (low confidence)", false),
-        Call::NotLeukocyte { code } => (code.as_str(), best.name.as_str(), false),
-    };
-    let b = cell.bbox;
-    json!({
-        "bbox": [b.x0, b.y0, b.x1, b.y1],
-        "class": code,
-        "label": label,
-        "confidence": confidence,
-        "blast": blast,
-        "best_class": best.code,
-    })
-}
-
-/// One image's entry: counted cells, and separately what was seen but not counted.
-pub fn image_json(card: &ModelCard, path: &Path, field: &FieldResult) -> Value {
-    let (counted, not_counted): (Vec<&CellResult>, Vec<&CellResult>) = field.cells.iter().partition(|c| c.counted());
-    let not_counted: Vec<Value> = not_counted
-        .iter()
-        .map(|c| {
-            let mut v = cell_json(card, c);
-            v["reason"] = json!(if c.cut_by_border { "cut_by_border" } else { "not_a_leukocyte" });
-            v
-        })
-        .collect();
-    json!({
-        "path": path,
-        "width": field.width,
-        "height": field.height,
-        "cells": counted.iter().map(|c| cell_json(card, c)).collect::<Vec<_>>(),
-        "not_counted": not_counted,
-        "scale": {"um_per_px": field.scale.um_per_px, "source": field.scale.source},
-        "rejected": field.rejected,
-    })
+    serde_json::to_value(CellRecord::new(card, cell)).unwrap_or(Value::Null)
 }
 
 /// The whole `analyze --json` document.
@@ -95,71 +203,36 @@ pub fn summary_text(s: &Summary) -> String {
     t
 }
 
-/// Review folder of crops, written as fields are analysed (nothing is held back
-/// until the end, so an interrupted batch keeps what it did), then the JSON and
-/// CSV written atomically at the end.
-pub struct ReportWriter {
-    dir: PathBuf,
-    csv: Vec<String>,
+/// The report folder: crops are written as fields are analysed (nothing is held
+/// back, so an interrupted batch keeps what it did); `results.json` and
+/// `cells.csv` are written atomically at the end, from the field records.
+pub fn write_report(dir: &Path, document: &Value, fields: &[FieldRecord]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_string_pretty(document).map_err(std::io::Error::other)?;
+    write_atomic(&dir.join("results.json"), json.as_bytes())?;
+    write_atomic(&dir.join("cells.csv"), cells_csv(fields).as_bytes())
 }
 
-impl ReportWriter {
-    pub fn create(dir: &Path) -> std::io::Result<ReportWriter> {
-        std::fs::create_dir_all(dir.join("crops"))?;
-        Ok(ReportWriter {
-            dir: dir.to_path_buf(),
-            csv: vec!["image,cell,x0,y0,x1,y1,class,label,confidence,blast,counted,reason,crop".into()],
-        })
-    }
-
-    /// Writes the crops of one field and remembers its CSV rows.
-    pub fn add_field(
-        &mut self,
-        card: &ModelCard,
-        path: &Path,
-        img: &RgbImage,
-        field: &FieldResult,
-    ) -> std::io::Result<()> {
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
-        for (k, cell) in field.cells.iter().enumerate() {
-            let v = cell_json(card, cell);
-            let code = v["class"].as_str().unwrap_or("UNID").to_string();
-            let conf = v["confidence"].as_f64().unwrap_or(0.0);
-            let (group, reason) = match (&cell.call, cell.cut_by_border) {
-                (_, true) => ("4_not_counted".to_string(), "cut_by_border"),
-                (Call::NotLeukocyte { .. }, _) => ("4_not_counted".to_string(), "not_a_leukocyte"),
-                (Call::Cell { blast: true, .. }, _) => (format!("1_blast_{code}"), ""),
-                (Call::Unidentified { .. }, _) => ("2_unidentified".to_string(), ""),
-                (Call::Cell { .. }, _) => (format!("3_{code}"), ""),
-            };
-            let folder = self.dir.join("crops").join(&group);
-            std::fs::create_dir_all(&folder)?;
-            let name = format!("{stem}_c{k}_{code}_{:03}.png", (conf * 100.0).round() as u32);
-            let crop_path = folder.join(&name);
-            report_crop(img, cell.bbox).save(&crop_path).map_err(std::io::Error::other)?;
-            let b = cell.bbox;
-            self.csv.push(format!(
-                "{},{k},{},{},{},{},{code},{},{conf:.4},{},{},{reason},{}",
-                csv_field(&path.display().to_string()),
-                b.x0,
-                b.y0,
-                b.x1,
-                b.y1,
-                csv_field(v["label"].as_str().unwrap_or("")),
-                v["blast"].as_bool().unwrap_or(false),
-                cell.counted(),
-                csv_field(&format!("crops/{group}/{name}")),
-            ));
+/// One row per cell seen, counted or not.
+pub fn cells_csv(fields: &[FieldRecord]) -> String {
+    let mut out = String::from("image,cell,x0,y0,x1,y1,class,label,confidence,blast,counted,reason,crop\n");
+    for f in fields {
+        for (k, c) in f.cells.iter().chain(&f.not_counted).enumerate() {
+            let [x0, y0, x1, y1] = c.bbox;
+            out += &format!(
+                "{},{k},{x0},{y0},{x1},{y1},{},{},{:.4},{},{},{},{}\n",
+                csv_field(&f.path),
+                c.class,
+                csv_field(&c.label),
+                c.confidence,
+                c.blast,
+                c.reason.is_none(),
+                c.reason.as_deref().unwrap_or(""),
+                csv_field(c.crop.as_deref().unwrap_or("")),
+            );
         }
-        Ok(())
     }
-
-    /// Writes `results.json` and `cells.csv`.
-    pub fn finish(self, document: &Value) -> std::io::Result<()> {
-        let json = serde_json::to_string_pretty(document).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir.join("results.json"), json.as_bytes())?;
-        write_atomic(&self.dir.join("cells.csv"), (self.csv.join("\n") + "\n").as_bytes())
-    }
+    out
 }
 
 fn csv_field(s: &str) -> String {
@@ -179,7 +252,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// Makes a rename or a new file in `path`'s folder durable (the entry itself
+/// lives in the folder, which has to reach the disk too).
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

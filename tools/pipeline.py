@@ -152,6 +152,7 @@ def step_train(a, data: Data) -> dict:
         x, masks, groups, data.classes, rd,
         epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed, lmu_boost=a.lmu_boost,
         stain_aug=a.stain_aug, steps_per_epoch=steps, threads=a.threads,
+        init=(RUNS / a.init / "model.pt") if getattr(a, "init", None) else None,
         meta={"command": " ".join(shlex.quote(x) for x in sys.argv), "data_root": str(data_root()),
               "binary_stamp": binary_stamp(ensure_binary())},
     )
@@ -298,6 +299,8 @@ def main(argv=None) -> None:
             p.add_argument("--stain-aug", action="store_true",
                            help="experimental non-affine stain augmentation (channel mix + curves)")
             p.add_argument("--steps-per-epoch", type=int, default=None, help="default: train size / batch")
+            p.add_argument("--init", default=None,
+                           help="start from the weights of this earlier run (fine-tuning; use a lower --lr)")
             p.add_argument("--image-aug", action="store_true",
                            help="add stain-augmented copies of the train images (tools/augment.py): LMU x2, PBC x1")
 

@@ -206,6 +206,7 @@ def train(
     steps_per_epoch: int | None = None,
     threads: int = 2,
     meta: dict | None = None,
+    init: Path | None = None,
 ) -> dict:
     """Trains on x [N,3,S,S] with allowed-class masks [N,C]; writes model.pt,
     model-f32.onnx and train.json into run_dir. Fixed epochs, no model selection."""
@@ -217,6 +218,14 @@ def train(
     n = x.shape[0]
     size = x.shape[-1]
     model = CellNet(len(classes))
+    init_info = None
+    if init is not None:
+        ck = torch.load(init, map_location="cpu", weights_only=False)  # our own checkpoint
+        if ck["info"]["classes"] != classes or ck["info"]["arch"] != ARCH:
+            raise ValueError(f"{init}: classes or architecture differ from this run's")
+        model.load_state_dict(ck["state_dict"])
+        init_info = {"from": str(init), "epochs": ck["info"]["epochs"], "lr": ck["info"]["lr"]}
+        log(f"fine-tuning from {init} ({ck['info']['epochs']} epochs at lr {ck['info']['lr']})")
     macs, params = count_macs(model, size)
     log(f"model: {macs / 1e6:.1f} M MACs at {size}x{size}, {params / 1e3:.0f} k parameters, {len(classes)} classes")
     w = sampling_weights(groups, lmu_boost)
@@ -283,6 +292,7 @@ def train(
         "sampling_share": {k: round(v, 4) for k, v in sorted(gshare.items())},
         "history": hist,
         "train_seconds": secs,
+        "init": init_info,
         **(meta or {}),
     }
     torch.save({"state_dict": model.state_dict(), "info": info}, run_dir / "model.pt")

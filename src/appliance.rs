@@ -1,0 +1,359 @@
+//! The appliance: frames from the camera, buttons from the operator, a running
+//! count on the display. It uses the same analysis as `analyze` and the same
+//! report folder, with the session journaled so that nothing counted is lost.
+//!
+//! [`Appliance`] is the state machine and knows no devices; [`run_loop`] feeds
+//! it from any [`FrameSource`] and [`ButtonSource`] and shows it on any [`Display`].
+
+use crate::buttons::{Button, ButtonSource, InputError, Signal};
+use crate::display::{self, Display, View};
+use crate::gating::{Decision, FieldGate, GateParams, Skip};
+use crate::pipeline::Analyzer;
+use crate::report::FieldRecord;
+use crate::session::{self, Journal, Phase, Session, SessionError, Store};
+use crate::source::{Frame, FrameSource, SourceError};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplianceError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("analysing a field: {0}")]
+    Model(#[from] crate::model::ModelError),
+}
+
+/// `[session]` in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Leukocytes to count per sample: 100, 200 or 400. Default 100.
+    pub target: u64,
+    /// Sample identifier written into the report. Empty (default): numbered
+    /// automatically, S0001, S0002, ...
+    pub sample_id: String,
+    /// Folder for sessions and their reports. Unset: $STATE_DIRECTORY (set by
+    /// systemd, /var/lib/leukoscope on a board), else ./leukoscope-sessions.
+    pub state_dir: Option<PathBuf>,
+    /// Finish the count by itself when the target is reached, instead of
+    /// waiting for FINISH. Default false.
+    pub finish_at_target: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { target: 100, sample_id: String::new(), state_dir: None, finish_at_target: false }
+    }
+}
+
+impl SessionConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if ![100, 200, 400].contains(&self.target) {
+            return Err(format!("session.target must be 100, 200 or 400, got {}", self.target));
+        }
+        Ok(())
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("leukoscope-sessions"))
+    }
+}
+
+/// The appliance's state: the open session (if any), the gate, and what the
+/// screen should say.
+pub struct Appliance {
+    analyzer: Analyzer,
+    store: Store,
+    gate: FieldGate,
+    config: SessionConfig,
+    threshold_percent: f64,
+    open: Option<(Session, Journal)>,
+    /// The last finished session, shown until the next start.
+    finished: Option<Session>,
+    force_capture: bool,
+    skip: Option<display::Skip>,
+    camera_ok: bool,
+    message: Option<String>,
+    /// Sessions finished by this process (for `run --until-finished`).
+    pub finished_count: u32,
+}
+
+impl Appliance {
+    /// Opens the state folder and resumes a session a crash left open.
+    pub fn new(
+        analyzer: Analyzer,
+        config: SessionConfig,
+        gate: GateParams,
+        threshold_percent: f64,
+    ) -> Result<Appliance, ApplianceError> {
+        let store = Store::open(&config.state_dir())?;
+        let open = store.recover(&analyzer.classifier.card)?;
+        let mut gate = FieldGate::new(gate);
+        let mut message = None;
+        if let Some((s, _)) = &open {
+            log::info!(
+                "resuming session {} ({} fields, {} cells) in {}",
+                s.sample_id,
+                s.fields.len(),
+                s.diff.cells(),
+                s.dir.display()
+            );
+            let keep = s.thumbs.len().saturating_sub(crate::gating::REMEMBERED_FIELDS);
+            for t in s.thumbs[keep..].iter().filter_map(|t| t.unpack()) {
+                gate.counted(t);
+            }
+            message = Some(format!("resumed {}", s.sample_id));
+        }
+        Ok(Appliance {
+            analyzer,
+            store,
+            gate,
+            config,
+            threshold_percent,
+            open,
+            finished: None,
+            force_capture: false,
+            skip: None,
+            camera_ok: true,
+            message,
+            finished_count: 0,
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        match (&self.open, &self.finished) {
+            (Some((s, _)), _) => s.phase(),
+            (None, Some(_)) => Phase::Finished,
+            (None, None) => Phase::Idle,
+        }
+    }
+
+    /// The open session, if any.
+    pub fn session(&self) -> Option<&Session> {
+        self.open.as_ref().map(|(s, _)| s)
+    }
+
+    pub fn handle(&mut self, b: Button) -> Result<(), ApplianceError> {
+        log::info!("button {b:?} in phase {:?}", self.phase());
+        match (b, self.open.as_mut()) {
+            (Button::Start, None) => {
+                let (s, j) = self.store.start(
+                    &self.config.sample_id,
+                    self.config.target,
+                    self.threshold_percent,
+                    &self.analyzer.classifier.card.sha256,
+                )?;
+                log::info!("session {} started in {}", s.sample_id, s.dir.display());
+                self.message = Some(format!("started {}", s.sample_id));
+                self.open = Some((s, j));
+                self.finished = None;
+                self.gate.forget_all();
+            }
+            (Button::Start, Some(_)) => self.message = Some("already counting".into()),
+            (Button::Capture, Some(_)) => self.force_capture = true,
+            (Button::Undo, Some((s, j))) => {
+                self.message = Some(match session::undo_last(s, j)? {
+                    Some(n) => format!("undone: field {n}"),
+                    None => "nothing to undo".into(),
+                });
+                self.gate.forget_last();
+            }
+            (Button::Finish, Some(_)) => self.finish()?,
+            (_, None) => self.message = Some("press START".into()),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ApplianceError> {
+        if let Some((mut s, mut j)) = self.open.take() {
+            session::finish(&mut s, &mut j, &self.analyzer.classifier.card)?;
+            log::info!("session {} finished: report in {}", s.sample_id, s.dir.display());
+            self.message = Some("report saved".into());
+            self.finished = Some(s);
+            self.finished_count += 1;
+        }
+        Ok(())
+    }
+
+    /// One frame: gate it, and if it shows a new field while counting, analyse
+    /// and count it. Returns whether a field was counted.
+    pub fn on_frame(&mut self, frame: &Frame) -> Result<bool, ApplianceError> {
+        self.camera_ok = true;
+        let (decision, m, thumb) = self.gate.assess(&frame.image);
+        let counting = self.phase() == Phase::Counting;
+        let forced = std::mem::take(&mut self.force_capture) && counting;
+        log::debug!("frame {} {decision:?} {m:?}", frame.seq);
+        if !forced {
+            self.skip = match decision {
+                Decision::Skip(Skip::Blurred) => Some(display::Skip::Blurred),
+                Decision::Skip(Skip::Moving) => Some(display::Skip::Moving),
+                Decision::Skip(Skip::SameField) => Some(display::Skip::SameField),
+                Decision::Analyse => None,
+            };
+            if decision != Decision::Analyse || !counting {
+                return Ok(false);
+            }
+        }
+        let field = self.analyzer.analyze(&frame.image)?;
+        let record = FieldRecord::new(&self.analyzer.classifier.card, &frame.origin, &field);
+        if record.cells.is_empty() && !forced {
+            // Nothing to count here; the operator moves on. Remember it as seen
+            // so the same empty field is not analysed over and over.
+            self.skip = Some(display::Skip::NoCells);
+            self.gate.seen_empty(thumb);
+            return Ok(false);
+        }
+        let Some((s, j)) = self.open.as_mut() else { return Ok(false) };
+        let n = session::record_field(s, j, record, &frame.image, thumb.pack())?;
+        self.gate.counted(thumb);
+        log::info!("field {n} counted from {}: {} leukocytes so far", frame.origin, s.diff.cells());
+        self.message = None;
+        if s.phase() == Phase::TargetReached && self.config.finish_at_target {
+            self.finish()?;
+        }
+        Ok(true)
+    }
+
+    pub fn on_source_error(&mut self, e: &SourceError) {
+        match e {
+            SourceError::Disconnected { .. } => {
+                if self.camera_ok {
+                    log::error!("{e}");
+                }
+                self.camera_ok = false;
+                self.message = Some("camera lost".into());
+            }
+            SourceError::BadFrame { .. } => log::warn!("{e}"),
+            SourceError::Timeout(_) | SourceError::Exhausted => {}
+        }
+    }
+
+    pub fn view(&self) -> View {
+        let s = self.open.as_ref().map(|(s, _)| s).or(self.finished.as_ref());
+        let phase = match self.phase() {
+            Phase::Idle => display::Phase::Idle,
+            Phase::Counting => display::Phase::Counting,
+            Phase::TargetReached => display::Phase::TargetReached,
+            Phase::Finished => display::Phase::Finished,
+        };
+        let mut v = View {
+            phase,
+            sample_id: s.map(|s| s.sample_id.clone()).unwrap_or_default(),
+            counted: 0,
+            target: s.map_or(self.config.target, |s| s.target),
+            fields: 0,
+            blasts: 0,
+            blast_percent: None,
+            ci95: None,
+            threshold_percent: self.threshold_percent,
+            flagged: false,
+            unidentified: 0,
+            top_classes: Vec::new(),
+            skip: self.skip,
+            camera_ok: self.camera_ok,
+            message: self.message.clone(),
+        };
+        if let Some(s) = s {
+            let sum = s.summary();
+            v.counted = sum.cells;
+            v.fields = s.fields.len() as u64;
+            v.blasts = sum.blasts;
+            if sum.cells > 0 {
+                v.blast_percent = Some(sum.blast_percent);
+                v.ci95 = Some((sum.ci95[0], sum.ci95[1]));
+            }
+            v.flagged = sum.flag;
+            v.unidentified = sum.unidentified;
+            let mut top: Vec<(String, u64)> = sum.by_class.into_iter().collect();
+            top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            top.truncate(4);
+            v.top_classes = top;
+        }
+        v
+    }
+}
+
+/// When [`run_loop`] returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopOptions {
+    /// Return when the frame source has no more frames (replays).
+    pub exit_when_exhausted: bool,
+    /// Return after the first session this process finishes.
+    pub until_finished: bool,
+}
+
+/// The appliance loop: buttons first (they must never wait for the camera),
+/// then one frame, then the screen if anything on it changed.
+pub fn run_loop(
+    app: &mut Appliance,
+    source: &mut dyn FrameSource,
+    buttons: &mut dyn ButtonSource,
+    screen: &mut dyn Display,
+    mut signal: Option<&mut dyn Signal>,
+    opts: LoopOptions,
+) -> Result<(), ApplianceError> {
+    if let Some((s, _)) = app.open.as_ref() {
+        if let Some((_, last)) = s.fields.last() {
+            source.resume_after(&last.path);
+        }
+    }
+    let mut shown: Option<View> = None;
+    let mut signalled = false;
+    let mut idle_wait = Duration::ZERO;
+    loop {
+        for b in buttons.poll(idle_wait)? {
+            app.handle(b)?;
+        }
+        if opts.until_finished && app.finished_count > 0 {
+            break;
+        }
+        idle_wait = Duration::ZERO;
+        match source.next_frame() {
+            Ok(frame) => {
+                app.on_frame(&frame)?;
+            }
+            Err(SourceError::Exhausted) if opts.exit_when_exhausted => {
+                show(screen, &app.view(), &mut shown);
+                break;
+            }
+            Err(e) => {
+                app.on_source_error(&e);
+                // No frame to work on: wait on the buttons instead of spinning.
+                idle_wait = Duration::from_millis(100);
+            }
+        }
+        if opts.until_finished && app.finished_count > 0 {
+            show(screen, &app.view(), &mut shown);
+            break;
+        }
+        let view = app.view();
+        let want_signal = view.flagged || view.phase == display::Phase::TargetReached;
+        if want_signal != signalled {
+            if let Some(sig) = signal.as_deref_mut() {
+                if let Err(e) = sig.set(want_signal) {
+                    log::warn!("{e}");
+                }
+            }
+            signalled = want_signal;
+        }
+        show(screen, &view, &mut shown);
+    }
+    Ok(())
+}
+
+/// Redraws only when the view changed; a broken display is logged, never fatal:
+/// the count and its journal matter more than the screen.
+fn show(screen: &mut dyn Display, view: &View, shown: &mut Option<View>) {
+    if shown.as_ref() != Some(view) {
+        if let Err(e) = screen.show(view) {
+            log::error!("display: {e}");
+        }
+        *shown = Some(view.clone());
+    }
+}

@@ -1,0 +1,133 @@
+//! Development stand-in for the buttons: one command per line on stdin.
+//! `s` = Start, `c` or an empty line (just Enter) = Capture, `f` = Finish,
+//! `u` = Undo. Unknown input is logged and ignored; end of input (Ctrl-D, or a
+//! closed pipe) simply means no more presses.
+
+use std::io::BufRead;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+use crate::buttons::{Button, ButtonSource, InputError};
+
+/// The button a typed line stands for; `None` for anything unknown. Case and
+/// surrounding blanks are ignored; whole words ("start", "capture"...) work too.
+pub fn parse_key(line: &str) -> Option<Button> {
+    match line.trim().to_ascii_lowercase().as_str() {
+        "s" | "start" => Some(Button::Start),
+        "" | "c" | "capture" => Some(Button::Capture),
+        "f" | "finish" => Some(Button::Finish),
+        "u" | "undo" => Some(Button::Undo),
+        _ => None,
+    }
+}
+
+/// Reads lines in a background thread (stdin blocks and cannot be polled
+/// portably) and hands presses over a channel.
+pub struct KeyboardButtons {
+    rx: Receiver<Button>,
+    ended: bool,
+}
+
+impl KeyboardButtons {
+    /// Reads standard input.
+    pub fn stdin() -> KeyboardButtons {
+        KeyboardButtons::from_reader(std::io::BufReader::new(std::io::stdin()))
+    }
+
+    /// Reads any line source (tests use a byte slice).
+    pub fn from_reader<R: BufRead + Send + 'static>(reader: R) -> KeyboardButtons {
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new().name("keyboard".into()).spawn(move || {
+            for line in reader.lines() {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!("keyboard input: {e}; no more key presses");
+                        return;
+                    }
+                };
+                match parse_key(&line) {
+                    Some(button) => {
+                        debug!("key {line:?} -> {button:?}");
+                        if tx.send(button).is_err() {
+                            return; // the receiver is gone
+                        }
+                    }
+                    None => warn!("unknown key {line:?} ignored (s=start, c or Enter=capture, f=finish, u=undo)"),
+                }
+            }
+            debug!("keyboard input ended");
+        });
+        if let Err(e) = spawned {
+            warn!("cannot start the keyboard thread: {e}; no key presses");
+        }
+        KeyboardButtons { rx, ended: false }
+    }
+}
+
+impl ButtonSource for KeyboardButtons {
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, InputError> {
+        if self.ended {
+            // Keep the caller's pacing: return after the timeout, like an idle button.
+            std::thread::sleep(timeout);
+            return Ok(Vec::new());
+        }
+        let start = Instant::now();
+        let first = match self.rx.recv_timeout(timeout) {
+            Ok(b) => b,
+            Err(RecvTimeoutError::Timeout) => return Ok(Vec::new()),
+            Err(RecvTimeoutError::Disconnected) => {
+                self.ended = true;
+                std::thread::sleep(timeout.saturating_sub(start.elapsed()));
+                return Ok(Vec::new());
+            }
+        };
+        let mut presses = vec![first];
+        loop {
+            match self.rx.try_recv() {
+                Ok(b) => presses.push(b),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.ended = true;
+                    break;
+                }
+            }
+        }
+        Ok(presses)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_buttons() {
+        assert_eq!(parse_key("s"), Some(Button::Start));
+        assert_eq!(parse_key(""), Some(Button::Capture));
+        assert_eq!(parse_key("  C \r"), Some(Button::Capture));
+        assert_eq!(parse_key("f"), Some(Button::Finish));
+        assert_eq!(parse_key("Undo"), Some(Button::Undo));
+        assert_eq!(parse_key("x"), None);
+        assert_eq!(parse_key("sf"), None);
+    }
+
+    #[test]
+    fn lines_become_presses_in_order_and_eof_is_quiet() {
+        let mut kb = KeyboardButtons::from_reader(&b"s\n\nbogus\nu\nf\n"[..]);
+        let mut got = Vec::new();
+        let t = Instant::now();
+        while got.len() < 4 && t.elapsed() < Duration::from_secs(5) {
+            got.extend(kb.poll(Duration::from_millis(100)).expect("poll"));
+        }
+        assert_eq!(got, [Button::Start, Button::Capture, Button::Undo, Button::Finish]);
+        // After end of input: no error, no presses, and the timeout is still honoured.
+        for _ in 0..2 {
+            let t = Instant::now();
+            assert!(kb.poll(Duration::from_millis(30)).expect("poll after EOF").is_empty());
+            assert!(t.elapsed() >= Duration::from_millis(25));
+        }
+    }
+}

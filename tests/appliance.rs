@@ -1,0 +1,234 @@
+//! The appliance on real smear fields (BCCD, from the data folder): the field
+//! gate on a simulated moving stage, and `leukoscope run` driven by scripted
+//! buttons to the target, with its report and screens checked.
+
+use image::RgbImage;
+use leukoscope::appliance::{run_loop, Appliance, LoopOptions, SessionConfig};
+use leukoscope::buttons::ScriptedButtons;
+use leukoscope::display::{render_rgb, Display, DisplayError, Layout, View};
+use leukoscope::gating::GateParams;
+use leukoscope::source::{shift_image, Frame, FrameSource, SourceError};
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bccd_fields(n: usize, skip: usize) -> Vec<PathBuf> {
+    let root = leukoscope::input::data_dir().join("bccd/JPEGImages");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("BCCD fields missing at {} ({e}): set LEUKOSCOPE_DATA", root.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    paths.sort();
+    paths.into_iter().skip(skip).take(n).collect()
+}
+
+fn analyzer() -> leukoscope::pipeline::Analyzer {
+    let config = leukoscope::config::Config::default();
+    let classifier = leukoscope::model::Classifier::load(&leukoscope::model::default_card_path()).expect("model");
+    let rules = leukoscope::count::CallRules::from_card(&classifier.card);
+    leukoscope::pipeline::Analyzer { classifier, rules, detect: config.detect, um_per_px: None }
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("leukoscope-appliance-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Frames given in advance, each tagged with the field it shows.
+struct Frames(VecDeque<Frame>);
+
+impl FrameSource for Frames {
+    fn next_frame(&mut self) -> Result<Frame, SourceError> {
+        self.0.pop_front().ok_or(SourceError::Exhausted)
+    }
+    fn describe(&self) -> String {
+        "test frames".into()
+    }
+}
+
+/// Keeps every screen shown.
+#[derive(Default)]
+struct Screens(Vec<View>);
+
+impl Display for Screens {
+    fn show(&mut self, view: &View) -> Result<(), DisplayError> {
+        self.0.push(view.clone());
+        Ok(())
+    }
+}
+
+fn cells_per_field(doc: &Value) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for img in doc["images"].as_array().expect("images") {
+        *m.entry(img["path"].as_str().expect("path").to_string()).or_default() +=
+            img["cells"].as_array().expect("cells").len();
+    }
+    m
+}
+
+/// A technologist's stage: fields slide in blurred, come to rest, sometimes the
+/// focus is off first, and one field is revisited (shifted by a tenth). Every
+/// field with leukocytes is counted exactly once; the revisit is recognised.
+#[test]
+fn moving_stage_counts_each_field_once() {
+    let paths = bccd_fields(6, 40);
+    let fields: Vec<RgbImage> = paths.iter().map(|p| leukoscope::input::load_rgb(p).expect("field")).collect();
+    let mut frames = VecDeque::new();
+    let mut seq = 0;
+    let mut push = |img: RgbImage, origin: &str| {
+        seq += 1;
+        frames.push_back(Frame { image: img, seq, origin: origin.to_string() });
+    };
+    let mut order: Vec<(usize, i64)> = (0..fields.len()).map(|i| (i, 0)).collect();
+    order.insert(3, (2, fields[2].width() as i64 / 10)); // back to field 2, slightly shifted
+    for &(i, shift) in &order {
+        let f = shift_image(&fields[i], shift, shift / 2);
+        let origin = format!("{}#{shift}", paths[i].display());
+        for k in 0..3 {
+            let moving = shift_image(&f, (3 - k) * f.width() as i64 / 5, 0);
+            push(image::imageops::fast_blur(&moving, 3.0), &origin);
+        }
+        // Focus still being adjusted on field 1: a still but blurred frame first.
+        if i == 1 {
+            for _ in 0..3 {
+                push(image::imageops::blur(&f, 2.5), &origin);
+            }
+        }
+        for _ in 0..4 {
+            push(f.clone(), &origin);
+        }
+    }
+    let state = temp("stage");
+    let config = SessionConfig { state_dir: Some(state.clone()), ..Default::default() };
+    let mut app = Appliance::new(analyzer(), config, GateParams::default(), 20.0).expect("appliance");
+    let mut buttons = ScriptedButtons::parse("1 start").expect("script");
+    let mut screens = Screens::default();
+    let opts = LoopOptions { exit_when_exhausted: true, until_finished: false };
+    run_loop(&mut app, &mut Frames(frames), &mut buttons, &mut screens, None, opts).expect("loop");
+
+    let s = app.session().expect("session open");
+    let counted: Vec<&str> = s.fields.iter().map(|(_, r)| r.path.as_str()).collect();
+    // What `analyze` finds in each field on its own.
+    let a = analyzer();
+    let expected: Vec<String> = (0..fields.len())
+        .filter(|&i| a.analyze(&fields[i]).expect("analyze").cells.iter().any(|c| c.counted()))
+        .map(|i| format!("{}#0", paths[i].display()))
+        .collect();
+    assert!(expected.len() >= 4, "test needs fields with leukocytes: {expected:?}");
+    assert_eq!(counted, expected, "each field with leukocytes counted once, the revisit skipped");
+    // The screens said why frames were skipped.
+    let skips: Vec<_> = screens.0.iter().filter_map(|v| v.skip).collect();
+    use leukoscope::display::Skip;
+    for want in [Skip::Moving, Skip::Blurred, Skip::SameField] {
+        assert!(skips.contains(&want), "no {want:?} screen among {skips:?}");
+    }
+    let last = screens.0.last().expect("a screen");
+    assert_eq!(last.counted, s.diff.cells());
+    std::fs::remove_dir_all(&state).ok();
+}
+
+fn run_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_leukoscope")).args(args).env("RUST_LOG", "warn").output().expect("run")
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let p = dir.join("leukoscope.toml");
+    let text = format!(
+        "[session]\nstate_dir = {:?}\n{extra}\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\n\n[display]\nkind = \"png\"\npng_path = {:?}\n",
+        dir.join("state"),
+        dir.join("screen.png")
+    );
+    std::fs::write(&p, text).expect("config");
+    p
+}
+
+fn session_dirs(state: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(state.join("sessions")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `leukoscope run` on real fields with scripted buttons counts to the target
+/// of 100 and finishes by itself; the report folder matches the journal and
+/// the screen on file is the final count.
+#[test]
+fn run_reaches_the_target_and_writes_the_report() {
+    let dir = temp("target");
+    let config = write_config(&dir, "target = 100\nfinish_at_target = true");
+    let list = bccd_fields(160, 0);
+    let script = dir.join("buttons.txt");
+    std::fs::write(&script, "1 start\n60 undo\n").expect("script");
+    let mut args = vec!["run", "--config", config.to_str().unwrap(), "--script", script.to_str().unwrap()];
+    args.push("--until-finished");
+    args.push("--replay");
+    let list_s: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
+    args.extend(list_s.iter().map(String::as_str));
+    let out = run_cli(&args);
+    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sessions = session_dirs(&dir.join("state"));
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let s = &sessions[0];
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(s.join("results.json")).expect("results.json")).expect("json");
+    let n = doc["summary"]["cells"].as_u64().expect("cells");
+    let last_field =
+        doc["images"].as_array().expect("images").last().expect("a field")["cells"].as_array().expect("cells").len()
+            as u64;
+    assert!(n >= 100 && n - last_field < 100, "stopped at the field that reached 100: {n}, last field {last_field}");
+    // Each field once, in replay order.
+    let per_field = cells_per_field(&doc);
+    assert_eq!(per_field.len(), doc["images"].as_array().expect("images").len(), "a field counted twice");
+    // The report folder: one CSV row and one crop per cell seen.
+    let csv = std::fs::read_to_string(s.join("cells.csv")).expect("cells.csv");
+    let seen: usize = doc["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| i["cells"].as_array().map_or(0, Vec::len) + i["not_counted"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(csv.lines().count() - 1, seen);
+    let journal = std::fs::read_to_string(s.join("journal.jsonl")).expect("journal");
+    assert!(journal.contains(r#""t":"undo""#), "the scripted undo was journaled");
+    assert!(journal.lines().last().is_some_and(|l| l.contains(r#""t":"finish""#)));
+    // The screen on file shows the final count: compare with a rendering of
+    // the expected view.
+    let shown = image::open(dir.join("screen.png")).expect("screen.png").to_rgb8();
+    let sum = &doc["summary"];
+    let mut by_class: Vec<(String, u64)> = sum["by_class"]
+        .as_object()
+        .expect("by_class")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect();
+    by_class.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    by_class.truncate(4);
+    let ci = sum["ci95"].as_array().expect("ci");
+    let expected = View {
+        phase: leukoscope::display::Phase::Finished,
+        sample_id: "S0001".into(),
+        counted: n,
+        target: 100,
+        fields: per_field.len() as u64,
+        blasts: sum["blasts"].as_u64().unwrap_or(0),
+        blast_percent: sum["blast_percent"].as_f64(),
+        ci95: Some((ci[0].as_f64().unwrap_or(0.0), ci[1].as_f64().unwrap_or(0.0))),
+        threshold_percent: 20.0,
+        flagged: sum["flag"].as_bool().unwrap_or(false),
+        unidentified: sum["unidentified"].as_u64().unwrap_or(0),
+        top_classes: by_class,
+        skip: None,
+        camera_ok: true,
+        message: Some("report saved".into()),
+    };
+    // The skip reason of the last frame is not in the report: try each.
+    let matches = [None, Some(leukoscope::display::Skip::SameField), Some(leukoscope::display::Skip::Moving)]
+        .into_iter()
+        .any(|skip| render_rgb(Layout::Large, &View { skip, ..expected.clone() }) == shown);
+    assert!(matches, "screen.png is not the final count's screen");
+    std::fs::remove_dir_all(&dir).ok();
+}
