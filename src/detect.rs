@@ -84,6 +84,12 @@ pub struct DetectParams {
     pub min_nucleus_area_um2: f32,
     /// Cell box = nucleus box grown by this much (µm) on every side.
     pub box_margin_um: f32,
+    /// A detection whose nucleus is shorter than this (µm, longest side) and
+    /// which the classifier takes for a non-leukocyte (a platelet) is not
+    /// counted; a larger one is counted as unidentified. Two signals must agree:
+    /// a large platelet on a field whose scale came out too coarse passes the
+    /// area floor, but not both. Small lymphocyte nuclei measure from ~6.5 µm.
+    pub platelet_veto_um: f32,
 }
 
 impl Default for DetectParams {
@@ -108,6 +114,7 @@ impl Default for DetectParams {
             max_nucleus_um: 18.0,
             min_nucleus_area_um2: 15.0,
             box_margin_um: 1.3,
+            platelet_veto_um: 6.0,
         }
     }
 }

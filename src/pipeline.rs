@@ -56,9 +56,15 @@ impl Analyzer {
             let prediction = self.classifier.predict(&prepare(&region, spec, Some(found.background)))?;
             // In a field the detector, which measures the nucleus in µm, decides what
             // is a leukocyte: a detected cell the model takes for a platelet is
-            // counted as unidentified for review, never silently dropped.
+            // counted as unidentified for review, unless its nucleus is also
+            // platelet-sized and the model is sure (then it is listed as not
+            // counted, its crop kept for review).
+            let nucleus_um = d.nucleus.width().max(d.nucleus.height()) as f32 * found.scale.um_per_px;
+            let sure = prediction.top().1 >= self.rules.min_confidence;
             let call = match self.rules.call(&self.classifier.card, &prediction) {
-                Call::NotLeukocyte { code } => Call::Unidentified { best: code },
+                Call::NotLeukocyte { code } if nucleus_um >= self.detect.platelet_veto_um || !sure => {
+                    Call::Unidentified { best: code }
+                }
                 call => call,
             };
             cells.push(CellResult {
