@@ -131,8 +131,10 @@ pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Opt
     let k = (sorted.len() * 99 / 100).min(sorted.len().saturating_sub(1));
     let p99 = if sorted.is_empty() { 0.0 } else { *sorted.select_nth_unstable_by(k, f32::total_cmp).1 };
     let threshold = otsu_t.min(0.5 * p99).max(min_od);
-    let mask =
-        Mask { width: img.width(), height: img.height(), data: od.iter().map(|&v| v > threshold).collect() }.open(1);
+    // Opening with the 3x3 square (= open(1)), separable: a third of the time.
+    let mask = Mask { width: img.width(), height: img.height(), data: od.iter().map(|&v| v > threshold).collect() }
+        .erode3x3()
+        .dilate3x3();
     let labels = mask.components();
     let comps = &labels.components;
     let (w, h) = (img.width() as f32, img.height() as f32);
@@ -167,6 +169,14 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
     let x0 = cx - side / 2.0;
     let y0 = cy - side / 2.0;
     let mut lab = vec![0f32; 3 * s * s];
+    // Per-channel transmittance of every byte value: the same numbers as
+    // Background::transmittance, computed 768 times instead of per sample.
+    let mut lut = [[0f32; 256]; 3];
+    for (v, row) in (0..256).map(|v| (v, bg.transmittance([v as u8; 3]))) {
+        for c in 0..3 {
+            lut[c][v] = row[c];
+        }
+    }
     for j in 0..s {
         for i in 0..s {
             let mut acc = [0f32; 3];
@@ -174,7 +184,7 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
                 for si in 0..n {
                     let u = x0 + (i as f32 + (si as f32 + 0.5) / n as f32) * step - 0.5;
                     let v = y0 + (j as f32 + (sj as f32 + 0.5) / n as f32) * step - 0.5;
-                    let t = bilinear_transmittance(img, bg, u, v);
+                    let t = bilinear_transmittance(img, &lut, u, v);
                     for c in 0..3 {
                         acc[c] += t[c];
                     }
@@ -202,12 +212,16 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
 /// Bilinear sample of the white-balanced image. Outside the image the picture is
 /// mirrored: a constant fill would mark cells that sit close to a crop's edge,
 /// which differs between datasets and never happens inside a camera field.
-fn bilinear_transmittance(img: &RgbImage, bg: &Background, u: f32, v: f32) -> [f32; 3] {
+fn bilinear_transmittance(img: &RgbImage, lut: &[[f32; 256]; 3], u: f32, v: f32) -> [f32; 3] {
     let (w, h) = (img.width() as i64, img.height() as i64);
     let (fx, fy) = (u.floor(), v.floor());
     let (ax, ay) = (u - fx, v - fy);
     let (ix, iy) = (fx as i64, fy as i64);
-    let px = |x: i64, y: i64| -> [f32; 3] { bg.transmittance(img.get_pixel(reflect(x, w), reflect(y, h)).0) };
+    let at = |i: i64, n: i64| if (0..n).contains(&i) { i as u32 } else { reflect(i, n) };
+    let px = |x: i64, y: i64| -> [f32; 3] {
+        let p = img.get_pixel(at(x, w), at(y, h)).0;
+        [lut[0][p[0] as usize], lut[1][p[1] as usize], lut[2][p[2] as usize]]
+    };
     let (p00, p10, p01, p11) = (px(ix, iy), px(ix + 1, iy), px(ix, iy + 1), px(ix + 1, iy + 1));
     let mut out = [0f32; 3];
     for c in 0..3 {
