@@ -57,12 +57,12 @@ impl Analyzer {
             // In a field the detector, which measures the nucleus in µm, decides what
             // is a leukocyte: a detected cell the model takes for a platelet is
             // counted as unidentified for review, unless its nucleus is also
-            // platelet-sized and the model is sure (then it is listed as not
-            // counted, its crop kept for review).
+            // platelet-sized (then it is listed as not counted, its crop kept
+            // for review). No confidence floor: near it, sensor noise flipped
+            // a real platelet between the two.
             let nucleus_um = d.nucleus.width().max(d.nucleus.height()) as f32 * found.scale.um_per_px;
-            let sure = prediction.top().1 >= self.rules.min_confidence;
             let call = match self.rules.call(&self.classifier.card, &prediction) {
-                Call::NotLeukocyte { code } if nucleus_um >= self.detect.platelet_veto_um || !sure => {
+                Call::NotLeukocyte { code } if nucleus_um >= self.detect.platelet_veto_um => {
                     Call::Unidentified { best: code }
                 }
                 call => call,
