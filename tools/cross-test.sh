@@ -74,6 +74,12 @@ step() {
 
 gnu_triple() { case $1 in aarch64-*) echo aarch64-linux-gnu ;; armv7-*) echo arm-linux-gnueabihf ;; esac; }
 qemu_of() { case $1 in aarch64-*) echo qemu-aarch64 ;; armv7-*) echo qemu-arm ;; esac; }
+# The emulated core, as in .cargo/config.toml's runners: the Pi 4's Cortex-A72 (not
+# qemu's default "max", whose SVE2 no board has); armv7: a Cortex-A7 (NEON, VFPv4).
+cpu_of() { case $1 in aarch64-*) echo cortex-a72 ;; armv7-*) echo cortex-a7 ;; esac; }
+# The cores whose answers are compared with x86: also the Cortex-A76 (Pi 5; the Orin's
+# A78AE has the same dotprod/fp16 features), where tract picks other int8 kernels.
+cpus_to_compare() { case $1 in aarch64-*) echo "${CROSS_TEST_CPUS:-cortex-a72 cortex-a76}" ;; *) cpu_of "$1" ;; esac; }
 deb_arch() { case $1 in aarch64-*) echo arm64 ;; armv7-*) echo armhf ;; esac; }
 # The unit file in an unpacked package (cargo-deb puts it in /usr/lib or /lib).
 unit_in() {
@@ -83,11 +89,12 @@ unit_in() {
     done
     return 1
 }
-# The ARM binary under emulation, with the cross libc as its root for the loader.
+# run_arm TARGET CPU CMD...: an ARM binary under emulation, the cross libc as the
+# loader's root.
 run_arm() {
-    local t=$1
-    shift
-    "$(qemu_of "$t")" -L "/usr/$(gnu_triple "$t")" "$@"
+    local t=$1 cpu=$2
+    shift 2
+    "$(qemu_of "$t")" -cpu "$cpu" -L "/usr/$(gnu_triple "$t")" "$@"
 }
 
 # -- 1. setup ---------------------------------------------------------------
@@ -130,10 +137,14 @@ suite() {
     local out=$work/test-$t.log
     # libtest's per-test times (--report-time) are an unstable option: RUSTC_BOOTSTRAP
     # in the test processes' environment only (through the runner), not cargo's.
+    # QEMU_CPU and QEMU_LD_PREFIX reach the binaries that tests start (via binfmt_misc).
+    # LEUKOSCOPE_KILLS: tests/kill.rs's power cuts, 100 by default; every round replays
+    # 20 fields, ~10 min per round under qemu.
     local runner_var
     runner_var=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUNNER
-    env "$runner_var=env RUSTC_BOOTSTRAP=1 $(qemu_of "$t") -L /usr/$(gnu_triple "$t")" \
-        QEMU_LD_PREFIX="/usr/$(gnu_triple "$t")" \
+    env "$runner_var=env RUSTC_BOOTSTRAP=1 $(qemu_of "$t") -cpu $(cpu_of "$t") -L /usr/$(gnu_triple "$t")" \
+        QEMU_CPU="$(cpu_of "$t")" QEMU_LD_PREFIX="/usr/$(gnu_triple "$t")" \
+        LEUKOSCOPE_KILLS="${LEUKOSCOPE_KILLS:-KILLS_DEFAULT}" \
         cargo test --release --target "$t" --lib --bins --tests \
         -- -Z unstable-options --report-time 2>&1 | tee "$out" >&2
     rc=${PIPESTATUS[0]}
@@ -186,15 +197,15 @@ print(f"{len(crops)} crops, {len(fields)} fields")
 EOF
 }
 compare() {
-    local t=$1 arm_bin=$CARGO_TARGET_DIR/$1/release/leukoscope rc=0
+    local t=$1 cpu=$2 arm_bin=$CARGO_TARGET_DIR/$1/release/leukoscope rc=0
     mapfile -t crops <"$work/crops.txt"
     mapfile -t fields <"$work/fields.txt"
     "$host_bin" classify --json "${crops[@]}" >"$work/classify-x86_64.json" || rc=1
     "$host_bin" analyze --json "${fields[@]}" >"$work/analyze-x86_64.json" || rc=1
-    run_arm "$t" "$arm_bin" classify --json "${crops[@]}" >"$work/classify-$t.json" || rc=1
-    run_arm "$t" "$arm_bin" analyze --json "${fields[@]}" >"$work/analyze-$t.json" || rc=1
+    run_arm "$t" "$cpu" "$arm_bin" classify --json "${crops[@]}" >"$work/classify-$t-$cpu.json" || rc=1
+    run_arm "$t" "$cpu" "$arm_bin" analyze --json "${fields[@]}" >"$work/analyze-$t-$cpu.json" || rc=1
     [[ $rc -eq 0 ]] || { log "a leukoscope run failed"; return 1; }
-    python3 - "$work" "$t" <<'EOF' >&2
+    python3 - "$work" "$t-$cpu" <<'EOF' >&2
 import json, sys
 work, t = sys.argv[1:3]
 load = lambda n: json.load(open(f"{work}/{n}"))
@@ -229,7 +240,9 @@ EOF
 }
 step "pick 60 crops and 10 fields" pick_inputs
 for t in "${targets[@]}"; do
-    step "classify/analyze --json: $t (qemu) vs x86_64" compare "$t"
+    for cpu in $(cpus_to_compare "$t"); do
+        step "classify/analyze --json: $t on $cpu vs x86_64" compare "$t" "$cpu"
+    done
 done
 
 # -- 5. the Debian package --------------------------------------------------
@@ -277,10 +290,10 @@ check_deb() {
     log "  glibc floor: $("$tools_prefix-objdump" -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1); needs $("$tools_prefix-readelf" -d "$bin" | grep -o 'NEEDED.*' | grep -o '\[.*\]' | tr -d '[]' | tr '\n' ' ')"
     log "  .deb $(stat -c %s "$deb") bytes; installed binary $(stat -c %s "$bin") bytes (unstripped build: $(stat -c %s "$CARGO_TARGET_DIR/$t/release/leukoscope"))"
     # The unpacked binary, outside the source tree, reads the unpacked config and model.
-    (cd "$work" && run_arm "$t" "$bin" config --config "$root/etc/leukoscope/leukoscope.toml" >/dev/null) ||
+    (cd "$work" && run_arm "$t" "$(cpu_of "$t")" "$bin" config --config "$root/etc/leukoscope/leukoscope.toml" >/dev/null) ||
         { log "  the packaged config does not load"; rc=1; }
     (cd "$work" && LEUKOSCOPE_MODEL=$root/usr/share/leukoscope/models/leukoscope.card.json \
-        run_arm "$t" "$bin" classify --json "$(head -n 1 "$work/crops.txt" | sed "s#^[^/]#$repo/&#")" >/dev/null) ||
+        run_arm "$t" "$(cpu_of "$t")" "$bin" classify --json "$(head -n 1 "$work/crops.txt" | sed "s#^[^/]#$repo/&#")" >/dev/null) ||
         { log "  the packaged model does not load"; rc=1; }
     return $rc
 }
