@@ -51,18 +51,26 @@ pub fn crop_figures(crop: &RgbImage, models: &[(&str, &Classifier)], budget: Dur
     out
 }
 
-/// Per-field figures at the field's size: detection alone and the whole field.
-pub fn field_figures(field: &RgbImage, analyzer: &Analyzer, budget: Duration) -> Vec<Figure> {
+/// Per-field figures at the field's size: detection alone, then the whole
+/// field (detect + classify) with each analyzer given (int8, f32).
+pub fn field_figures(field: &RgbImage, analyzers: &[(&str, &Analyzer)], budget: Duration) -> Vec<Figure> {
     let (w, h) = (field.width(), field.height());
-    let cells = analyzer.analyze(field).map(|r| r.cells.len()).unwrap_or(0);
+    let Some((_, first)) = analyzers.first() else { return Vec::new() };
     let (ms, runs) = median_ms(budget, 1000, || {
-        std::hint::black_box(detect(field, &analyzer.detect, analyzer.um_per_px));
+        std::hint::black_box(detect(field, &first.detect, first.um_per_px));
     });
     let mut out = vec![Figure { what: format!("detect, {w}x{h} field"), median_ms: ms, runs }];
-    let (ms, runs) = median_ms(budget, 1000, || {
-        std::hint::black_box(analyzer.analyze(field).ok());
-    });
-    out.push(Figure { what: format!("whole field (detect + classify {cells} cells), {w}x{h}"), median_ms: ms, runs });
+    for (name, analyzer) in analyzers {
+        let cells = analyzer.analyze(field).map(|r| r.cells.len()).unwrap_or(0);
+        let (ms, runs) = median_ms(budget, 1000, || {
+            std::hint::black_box(analyzer.analyze(field).ok());
+        });
+        out.push(Figure {
+            what: format!("whole field {name} (detect + classify {cells} cells), {w}x{h}"),
+            median_ms: ms,
+            runs,
+        });
+    }
     out
 }
 

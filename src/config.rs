@@ -35,6 +35,9 @@ pub struct Config {
 pub struct ModelConfig {
     /// Model card to use; unset = the shipped model.
     pub card: Option<PathBuf>,
+    /// Which of the card's files to run: "auto" (the one the card measured
+    /// fastest on this CPU: f32 on x86_64, int8 on ARM), "int8" or "f32".
+    pub precision: crate::model::Precision,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -293,7 +293,7 @@ fn downsample(img: &RgbImage, k: u32) -> Cow<'_, RgbImage> {
 
 /// `(n, ceil(2^32 / n))` for rounded division of byte sums by n: exact while
 /// n < 4096 (blocks up to 64x64), off by at most one beyond.
-fn reciprocal(n: u64) -> (u64, u64) {
+pub(crate) fn reciprocal(n: u64) -> (u64, u64) {
     let n = n.max(1);
     (n, (1u64 << 32).div_ceil(n))
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use leukoscope::model::Classifier;
+use leukoscope::model::{Classifier, Precision};
 use leukoscope::preprocess::{prepare, PreprocessSpec};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,10 @@ enum Command {
         /// Model card (JSON); default: the config's, else the shipped model.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Which model file to run: auto (the card's fastest on this CPU), int8 or f32;
+        /// default: the config's (auto).
+        #[arg(long, value_enum)]
+        precision: Option<Precision>,
         /// TOML configuration (see board/leukoscope.toml for every key).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -51,6 +55,9 @@ enum Command {
         /// Model card (JSON); default: the shipped model.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Which model file to run: auto (the card's fastest on this CPU), int8 or f32.
+        #[arg(long, value_enum, default_value = "auto")]
+        precision: Precision,
         /// Print one JSON document instead of a table.
         #[arg(long)]
         json: bool,
@@ -89,6 +96,10 @@ enum Command {
         /// Model card (JSON); default: the config's, else the shipped model.
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Which model file to run: auto (the card's fastest on this CPU), int8 or f32;
+        /// default: the config's (auto).
+        #[arg(long, value_enum)]
+        precision: Option<Precision>,
         /// Replay these images (or folders) instead of the camera.
         #[arg(long, num_args = 1..)]
         replay: Vec<PathBuf>,
@@ -146,21 +157,49 @@ fn main() {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             2
         }
     };
     std::process::exit(code);
 }
 
+/// The error and its causes, "a: b: c", leaving out a cause whose text the
+/// message already quotes (the library's errors name their source inline).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Analyze { model, config, json, out, inputs } => analyze(model, config, json, out, inputs),
+        Command::Analyze { model, precision, config, json, out, inputs } => {
+            analyze(model, precision, config, json, out, inputs)
+        }
         Command::Bench { model, seconds, json } => bench(model, seconds, json),
-        Command::Classify { model, json, inputs } => classify(model, json, &inputs),
+        Command::Classify { model, precision, json, inputs } => classify(model, precision, json, &inputs),
         Command::Preprocess { list, out, card } => preprocess(&list, &out, card),
-        Command::Run { config, model, replay, replay_fps, script, state, screen_png, until_finished } => {
-            run_appliance(RunArgs { config, model, replay, replay_fps, script, state, screen_png, until_finished })
+        Command::Run { config, model, precision, replay, replay_fps, script, state, screen_png, until_finished } => {
+            run_appliance(RunArgs {
+                config,
+                model,
+                precision,
+                replay,
+                replay_fps,
+                script,
+                state,
+                screen_png,
+                until_finished,
+            })
         }
         Command::CameraCheck { config, args } => {
             leukoscope::camera_check::camera_check(&args, &load_config(config.as_deref())?.camera)?;
@@ -188,9 +227,12 @@ fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn load_classifier(model: Option<PathBuf>) -> Result<Classifier> {
+fn load_classifier(model: Option<PathBuf>, precision: Precision) -> Result<Classifier> {
     let card = model.unwrap_or_else(leukoscope::model::default_card_path);
-    Classifier::load(&card).with_context(|| format!("loading model card {}", card.display()))
+    let clf = Classifier::load_precision(&card, precision)
+        .with_context(|| format!("loading model card {}", card.display()))?;
+    log::debug!("model {} ({:?}, {})", clf.card.name, clf.variant, clf.model_path.display());
+    Ok(clf)
 }
 
 fn load_config(path: Option<&Path>) -> Result<leukoscope::config::Config> {
@@ -204,9 +246,10 @@ fn load_config(path: Option<&Path>) -> Result<leukoscope::config::Config> {
 /// card's, overridden by the config) and the detector settings.
 fn build_analyzer(
     model: Option<PathBuf>,
+    precision: Option<Precision>,
     config: &leukoscope::config::Config,
 ) -> Result<leukoscope::pipeline::Analyzer> {
-    let clf = load_classifier(model.or(config.model.card.clone()))?;
+    let clf = load_classifier(model.or(config.model.card.clone()), precision.unwrap_or(config.model.precision))?;
     let mut rules = leukoscope::count::CallRules::from_card(&clf.card);
     if let Some(b) = &config.count.blast_classes {
         rules.blast_classes = b.clone();
@@ -222,8 +265,8 @@ fn build_analyzer(
     })
 }
 
-fn classify(model: Option<PathBuf>, json: bool, inputs: &[PathBuf]) -> Result<i32> {
-    let clf = load_classifier(model)?;
+fn classify(model: Option<PathBuf>, precision: Precision, json: bool, inputs: &[PathBuf]) -> Result<i32> {
+    let clf = load_classifier(model, precision)?;
     let paths = leukoscope::input::collect_images(inputs)?;
     let spec = clf.card.input.preprocessing.clone();
     let pb = progress(paths.len(), "classifying");
@@ -339,6 +382,7 @@ fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
 
 fn analyze(
     model: Option<PathBuf>,
+    precision: Option<Precision>,
     config: Option<PathBuf>,
     json: bool,
     out: Option<PathBuf>,
@@ -352,7 +396,7 @@ fn analyze(
     };
     let inputs = if inputs.is_empty() { demo_inputs()? } else { inputs };
     let paths = leukoscope::input::collect_images(&inputs)?;
-    let analyzer = build_analyzer(model, &config)?;
+    let analyzer = build_analyzer(model, precision, &config)?;
     let card = &analyzer.classifier.card;
     if let Some(dir) = &out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -440,14 +484,15 @@ fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
     use std::time::{Duration, Instant};
     let card = model.unwrap_or_else(leukoscope::model::default_card_path);
     let t0 = Instant::now();
-    let int8 = Classifier::load(&card).with_context(|| format!("loading {}", card.display()))?;
+    let int8 =
+        Classifier::load_precision(&card, Precision::Int8).with_context(|| format!("loading {}", card.display()))?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let data = leukoscope::input::data_dir();
     let crop_path = data.join("lmu/MYO/MYO_0001.jpg");
     let crop = leukoscope::input::load_rgb(&crop_path)?;
     let first = int8.predict(&prepare(&crop, &int8.card.input.preprocessing, None))?;
     let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let f32_ref = Classifier::load_f32_reference(&card).ok();
+    let f32_ref = Classifier::load_precision(&card, Precision::F32).ok();
     let budget = Duration::from_secs_f64(seconds.max(0.1));
     let mut models: Vec<(&str, &Classifier)> = vec![("int8", &int8)];
     if let Some(f) = &f32_ref {
@@ -463,15 +508,20 @@ fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
     ];
     figs.extend(crop_figures(&crop, &models, budget));
     let field = leukoscope::input::load_rgb(&data.join("bccd/JPEGImages/BloodImage_00001.jpg"))?;
-    let analyzer = leukoscope::pipeline::Analyzer {
-        rules: leukoscope::count::CallRules::from_card(&int8.card),
-        classifier: int8,
+    let analyzer = |classifier: Classifier| leukoscope::pipeline::Analyzer {
+        rules: leukoscope::count::CallRules::from_card(&classifier.card),
+        classifier,
         detect: Default::default(),
         um_per_px: None,
     };
+    let mut analyzers = vec![("int8", analyzer(int8))];
+    if let Some(f) = f32_ref {
+        analyzers.push(("f32", analyzer(f)));
+    }
+    let analyzers: Vec<(&str, &leukoscope::pipeline::Analyzer)> = analyzers.iter().map(|(n, a)| (*n, a)).collect();
     for (w, h) in [(640, 480), (1280, 960), (1920, 1080)] {
         let f = if (w, h) == (field.width(), field.height()) { field.clone() } else { resized(&field, w, h) };
-        figs.extend(field_figures(&f, &analyzer, budget));
+        figs.extend(field_figures(&f, &analyzers, budget));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&figs)?);
@@ -487,6 +537,7 @@ fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
 struct RunArgs {
     config: Option<PathBuf>,
     model: Option<PathBuf>,
+    precision: Option<Precision>,
     replay: Vec<PathBuf>,
     replay_fps: Option<f32>,
     script: Option<PathBuf>,
@@ -516,7 +567,7 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
     if let Some(fps) = a.replay_fps {
         config.source.replay_fps = fps;
     }
-    let analyzer = build_analyzer(a.model, &config)?;
+    let analyzer = build_analyzer(a.model, a.precision, &config)?;
     // The display first, so that every later failure can be shown on it.
     let mut screen = leukoscope::display::open(&config.display).context("opening the display")?;
     let use_camera = match config.source.kind {

@@ -7,6 +7,7 @@
 use crate::preprocess::{Prepared, PreprocessSpec, METHOD};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -68,8 +69,45 @@ pub struct ModelCard {
     pub normal_classes: Vec<String>,
     /// Below this top-class probability a cell goes to the "unidentified" bucket.
     pub min_confidence: f32,
+    /// Which of the card's two files runs fastest on each CPU architecture
+    /// (`std::env::consts::ARCH`: "x86_64", "aarch64", "arm"), as measured by
+    /// `leukoscope bench`; an architecture not listed runs the int8 `file`.
+    /// Both files give the same classes on the validation split (model card
+    /// metrics); tract's int8 kernels are not faster than its f32 ones everywhere.
+    #[serde(default)]
+    pub precision_by_arch: BTreeMap<String, Variant>,
     #[serde(default)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One of a card's model files: `file` (int8) or `extra.f32_model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    Int8,
+    F32,
+}
+
+/// Which model file to run: the card's choice for this CPU, or one forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// The card's `precision_by_arch` entry for this CPU architecture (int8 if none).
+    #[default]
+    Auto,
+    Int8,
+    F32,
+}
+
+impl Precision {
+    /// The file variant this precision means for `card` on this machine.
+    pub fn resolve(self, card: &ModelCard) -> Variant {
+        match self {
+            Precision::Auto => card.precision_by_arch.get(std::env::consts::ARCH).copied().unwrap_or(Variant::Int8),
+            Precision::Int8 => Variant::Int8,
+            Precision::F32 => Variant::F32,
+        }
+    }
 }
 
 impl ModelCard {
@@ -128,31 +166,39 @@ impl Prediction {
 pub struct Classifier {
     pub card: ModelCard,
     pub model_path: PathBuf,
+    /// Which of the card's files this is.
+    pub variant: Variant,
     plan: Arc<TypedSimplePlan>,
 }
 
 impl Classifier {
     /// Loads the card, checks the model file's hash, loads it into tract with the
-    /// card's fixed input shape and checks the output width.
+    /// card's fixed input shape and checks the output width. Runs the file the
+    /// card names as fastest on this CPU ([`Precision::Auto`]).
     pub fn load(card_path: &Path) -> Result<Classifier, ModelError> {
-        let card = ModelCard::load(card_path)?;
-        Classifier::from_card(card, card_path)
+        Classifier::load_precision(card_path, Precision::Auto)
     }
 
-    /// The f32 reference model the card names in `extra.f32_model` (same classes,
-    /// input and preprocessing), for benchmarks and comparisons.
-    pub fn load_f32_reference(card_path: &Path) -> Result<Classifier, ModelError> {
+    /// [`Classifier::load`] with the int8 or f32 file chosen. The returned
+    /// card's `file` and `sha256` are those of the file that runs, so reports
+    /// name the model that made the calls.
+    pub fn load_precision(card_path: &Path, precision: Precision) -> Result<Classifier, ModelError> {
         let mut card = ModelCard::load(card_path)?;
-        let f32_model = card.extra.get("f32_model").cloned().unwrap_or_default();
-        let (Some(file), Some(sha)) = (f32_model["file"].as_str(), f32_model["sha256"].as_str()) else {
-            return Err(ModelError::Mismatch {
-                path: card_path.into(),
-                what: "no extra.f32_model {file, sha256}".into(),
-            });
-        };
-        card.file = file.to_string();
-        card.sha256 = sha.to_string();
-        Classifier::from_card(card, card_path)
+        let variant = precision.resolve(&card);
+        if variant == Variant::F32 {
+            let f32_model = card.extra.get("f32_model").cloned().unwrap_or_default();
+            let (Some(file), Some(sha)) = (f32_model["file"].as_str(), f32_model["sha256"].as_str()) else {
+                return Err(ModelError::Mismatch {
+                    path: card_path.into(),
+                    what: "f32 asked for, but the card has no extra.f32_model {file, sha256}".into(),
+                });
+            };
+            card.file = file.to_string();
+            card.sha256 = sha.to_string();
+        }
+        let mut clf = Classifier::from_card(card, card_path)?;
+        clf.variant = variant;
+        Ok(clf)
     }
 
     fn from_card(card: ModelCard, card_path: &Path) -> Result<Classifier, ModelError> {
@@ -192,7 +238,7 @@ impl Classifier {
             });
         }
         let plan = typed.into_runnable().map_err(&tract_err)?;
-        Ok(Classifier { card, model_path, plan })
+        Ok(Classifier { card, model_path, variant: Variant::Int8, plan })
     }
 
     /// Class probabilities (softmax of the model's logits) for one prepared crop.

@@ -2,7 +2,7 @@
 //! decide what it counts as. The appliance loop and `analyze` both call this.
 
 use crate::count::{Call, CallRules};
-use crate::detect::{detect, DetectParams, FieldScale, Rejected};
+use crate::detect::{detect, reciprocal, DetectParams, FieldScale, Rejected};
 use crate::mask::BBox;
 use crate::model::{Classifier, ModelError, Prediction};
 use crate::preprocess::{prepare, reflect};
@@ -99,22 +99,42 @@ pub fn cell_region(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
     let x0 = cx as i64 - side / 2;
     let y0 = cy as i64 - side / 2;
     let (w, h) = (img.width() as i64, img.height() as i64);
-    let out = (side / f) as u32;
-    RgbImage::from_fn(out, out, |x, y| {
-        let mut acc = [0u32; 3];
+    let out = (side / f) as usize;
+    let f = f as usize;
+    // Mirrored source columns, computed once, not per pixel. Rows are summed
+    // over the span of columns they cover first (a loop the compiler
+    // vectorises), then each block of f columns.
+    let cols: Vec<usize> = (0..(out * f) as i64).map(|k| reflect(x0 + k, w) as usize).collect();
+    let lo = cols.iter().copied().min().unwrap_or(0);
+    let hi = cols.iter().copied().max().unwrap_or(0);
+    let raw = img.as_raw();
+    let stride = w as usize * 3;
+    // Rounded means by a fixed-point reciprocal, as in detection's downsampling.
+    let (n, recip) = reciprocal((f * f) as u64);
+    let mut buf = vec![0u8; out * out * 3];
+    let mut sums = vec![0u32; (hi - lo + 1) * 3];
+    for (y, dst) in buf.chunks_exact_mut(out * 3).enumerate() {
+        sums.fill(0);
         for dy in 0..f {
-            for dx in 0..f {
-                let sx = x0 + x as i64 * f + dx;
-                let sy = y0 + y as i64 * f + dy;
-                let p = img.get_pixel(reflect(sx, w), reflect(sy, h)).0;
-                for c in 0..3 {
-                    acc[c] += p[c] as u32;
-                }
+            let row = reflect(y0 + (y * f + dy) as i64, h) as usize * stride;
+            for (a, &v) in sums.iter_mut().zip(&raw[row + lo * 3..row + (hi + 1) * 3]) {
+                *a += v as u32;
             }
         }
-        let n = (f * f) as u32;
-        image::Rgb(acc.map(|a| ((a + n / 2) / n) as u8))
-    })
+        for (d, block) in dst.chunks_exact_mut(3).zip(cols.chunks_exact(f)) {
+            let mut acc = [0u32; 3];
+            for &sx in block {
+                let p = &sums[(sx - lo) * 3..(sx - lo) * 3 + 3];
+                acc[0] += p[0];
+                acc[1] += p[1];
+                acc[2] += p[2];
+            }
+            for c in 0..3 {
+                d[c] = (((acc[c] as u64 + n / 2) * recip) >> 32) as u8;
+            }
+        }
+    }
+    RgbImage::from_raw(out as u32, out as u32, buf).expect("buffer sized for the region")
 }
 
 /// Region side (px) per downscaling step: a 560 px region (a 1280x960 camera's
@@ -130,4 +150,55 @@ pub fn report_crop(img: &RgbImage, cell: BBox) -> RgbImage {
     let x1 = (cell.x1 + m).min(img.width());
     let y1 = (cell.y1 + m).min(img.height());
     image::imageops::crop_imm(img, x0, y0, x1.saturating_sub(x0).max(1), y1.saturating_sub(y0).max(1)).to_image()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The straightforward region cut (per-pixel mirroring), kept to check the fast one.
+    fn cell_region_reference(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
+        let (cx, cy) = nucleus.center();
+        let side = (2 * cell.width().max(cell.height())).clamp(8, 4096) as i64;
+        let f = (side / REGION_SIDE_PER_STEP).max(1);
+        let x0 = cx as i64 - side / 2;
+        let y0 = cy as i64 - side / 2;
+        let (w, h) = (img.width() as i64, img.height() as i64);
+        let out = (side / f) as u32;
+        RgbImage::from_fn(out, out, |x, y| {
+            let mut acc = [0u32; 3];
+            for dy in 0..f {
+                for dx in 0..f {
+                    let p = img.get_pixel(reflect(x0 + x as i64 * f + dx, w), reflect(y0 + y as i64 * f + dy, h)).0;
+                    for c in 0..3 {
+                        acc[c] += p[c] as u32;
+                    }
+                }
+            }
+            let n = (f * f) as u32;
+            image::Rgb(acc.map(|a| ((a + n / 2) / n) as u8))
+        })
+    }
+
+    /// Same pixels as the reference for regions inside the field, across its
+    /// corners and edges, with and without averaging down, on a real field.
+    #[test]
+    fn fast_region_is_identical_on_a_real_field() {
+        let path = crate::input::data_dir().join("bccd/JPEGImages/BloodImage_00001.jpg");
+        let field = crate::input::load_rgb(&path).unwrap_or_else(|e| panic!("{e}: set LEUKOSCOPE_DATA"));
+        let big = image::imageops::resize(&field, 1280, 960, image::imageops::FilterType::Triangle);
+        for img in [&field, &big] {
+            let (w, h) = (img.width(), img.height());
+            for (x0, y0, side) in
+                [(100, 100, 90), (0, 0, 130), (w - 50, h - 70, 200), (w / 2, 3, 400), (10, h / 2, 700)]
+            {
+                let cell = BBox { x0, y0, x1: (x0 + side).min(w), y1: (y0 + side).min(h) };
+                let nucleus = BBox { x0: x0 + 5, y0: y0 + 3, x1: cell.x1.saturating_sub(4).max(x0 + 6), y1: cell.y1 };
+                let fast = cell_region(img, cell, nucleus);
+                let slow = cell_region_reference(img, cell, nucleus);
+                assert_eq!(fast.dimensions(), slow.dimensions());
+                assert!(fast == slow, "{w}x{h}: region {cell:?} differs");
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@
 //!   variance), which removes any per-channel affine stain difference in Lab
 //!   (Reinhard-style normalisation with the target folded into the model).
 
-use crate::color::{od_lut, srgb_to_lab, Background};
+use crate::color::{od_lut, Background, LabConverter};
 use crate::mask::{BBox, Mask};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -127,9 +127,8 @@ pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Opt
     // percentile alone clips pale nuclei. The lower of the two held up across
     // recoloured and rescaled crops (docs/preprocessing.md).
     let otsu_t = otsu(od.iter().copied().filter(|&v| v > 0.05)).unwrap_or(min_od);
-    let mut sorted = od.clone();
-    let k = (sorted.len() * 99 / 100).min(sorted.len().saturating_sub(1));
-    let p99 = if sorted.is_empty() { 0.0 } else { *sorted.select_nth_unstable_by(k, f32::total_cmp).1 };
+    let k = (od.len() * 99 / 100).min(od.len().saturating_sub(1));
+    let p99 = kth_smallest(&od, k);
     let threshold = otsu_t.min(0.5 * p99).max(min_od);
     // Opening with the 3x3 square (= open(1)), separable: a third of the time.
     let mask = Mask { width: img.width(), height: img.height(), data: od.iter().map(|&v| v > threshold).collect() }
@@ -158,78 +157,141 @@ pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Opt
     Some(bbox)
 }
 
+/// The `k`-th smallest (0-based) of non-negative values, exactly as a full
+/// selection would give it, in linear time without copying all of them: a
+/// histogram finds the bin that holds it (bins are monotone in the value), and
+/// only that bin's values are selected among.
+fn kth_smallest(values: &[f32], k: usize) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    const BINS: usize = 1024;
+    let max = values.iter().copied().fold(0f32, f32::max);
+    if max <= 0.0 {
+        return *values.iter().min_by(|a, b| a.total_cmp(b)).unwrap_or(&0.0);
+    }
+    let scale = BINS as f32 / max;
+    let bin = |v: f32| ((v * scale) as usize).min(BINS - 1);
+    let mut hist = [0usize; BINS];
+    for &v in values {
+        hist[bin(v)] += 1;
+    }
+    let (mut b, mut below) = (0, 0);
+    while below + hist[b] <= k {
+        below += hist[b];
+        b += 1;
+    }
+    let mut in_bin: Vec<f32> = values.iter().copied().filter(|&v| bin(v) == b).collect();
+    *in_bin.select_nth_unstable_by(k - below, f32::total_cmp).1
+}
+
 /// Samples the square window (antialiased by supersampling), white-balances,
 /// converts to Lab and standardises each channel.
+///
+/// Every subsample is a bilinear read of the white-balanced image at
+/// `x0 + (i + (si + 0.5) / n) * step - 0.5`: the same positions and weights for
+/// every row, so they are computed once per column and once per row, and the
+/// image is turned into transmittance once, not per read.
 fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32), spec: &PreprocessSpec) -> Vec<f32> {
     let s = spec.size as usize;
     let (cx, cy, side) = window;
     let step = side / s as f32;
     // Supersampling factor: enough subsamples to cover each output pixel's footprint.
     let n = (step.ceil() as usize).clamp(1, 4);
-    let x0 = cx - side / 2.0;
-    let y0 = cy - side / 2.0;
+    let (w, h) = (img.width() as i64, img.height() as i64);
     let mut lab = vec![0f32; 3 * s * s];
-    // Per-channel transmittance of every byte value: the same numbers as
-    // Background::transmittance, computed 768 times instead of per sample.
+    if w == 0 || h == 0 {
+        return lab;
+    }
+    let xs = taps(cx - side / 2.0, step, s, n, w);
+    let ys = taps(cy - side / 2.0, step, s, n, h);
+    // White-balance only the rectangle the taps read (a small window reads a
+    // fraction of the image), into a buffer indexed from its corner.
+    let span =
+        |t: &[Tap]| t.iter().fold((usize::MAX, 0), |(lo, hi), t| (lo.min(t.i0.min(t.i1)), hi.max(t.i0.max(t.i1))));
+    let ((x_lo, x_hi), (y_lo, y_hi)) = (span(&xs), span(&ys));
+    let lut = transmittance_lut(bg);
+    let raw = img.as_raw();
+    let wu = x_hi - x_lo + 1;
+    let mut t = Vec::with_capacity(wu * (y_hi - y_lo + 1));
+    for y in y_lo..=y_hi {
+        let row = &raw[(y * w as usize + x_lo) * 3..(y * w as usize + x_hi + 1) * 3];
+        t.extend(row.chunks_exact(3).map(|p| [lut[0][p[0] as usize], lut[1][p[1] as usize], lut[2][p[2] as usize]]));
+    }
+    let xs: Vec<Tap> = xs.into_iter().map(|t| Tap { i0: t.i0 - x_lo, i1: t.i1 - x_lo, a: t.a }).collect();
+    let ys: Vec<Tap> = ys.into_iter().map(|t| Tap { i0: t.i0 - y_lo, i1: t.i1 - y_lo, a: t.a }).collect();
+    let to_lab = LabConverter::shared();
+    for j in 0..s {
+        for i in 0..s {
+            let mut acc = [0f32; 3];
+            for ty in &ys[j * n..(j + 1) * n] {
+                let (r0, r1) = (ty.i0 * wu, ty.i1 * wu);
+                for tx in &xs[i * n..(i + 1) * n] {
+                    let (p00, p10) = (t[r0 + tx.i0], t[r0 + tx.i1]);
+                    let (p01, p11) = (t[r1 + tx.i0], t[r1 + tx.i1]);
+                    for c in 0..3 {
+                        let top = p00[c] * (1.0 - tx.a) + p10[c] * tx.a;
+                        let bot = p01[c] * (1.0 - tx.a) + p11[c] * tx.a;
+                        acc[c] += top * (1.0 - ty.a) + bot * ty.a;
+                    }
+                }
+            }
+            let k = (n * n) as f32;
+            let l = to_lab.lab([acc[0] / k, acc[1] / k, acc[2] / k]);
+            for c in 0..3 {
+                lab[c * s * s + j * s + i] = l[c];
+            }
+        }
+    }
+    standardise(&mut lab, s * s, spec.std_floor);
+    lab
+}
+
+/// One bilinear tap along an axis: the two (mirrored) pixel indices and the
+/// weight of the second.
+#[derive(Clone, Copy)]
+struct Tap {
+    i0: usize,
+    i1: usize,
+    a: f32,
+}
+
+/// The `n` subsample taps of each of `s` output pixels along one axis.
+fn taps(origin: f32, step: f32, s: usize, n: usize, len: i64) -> Vec<Tap> {
+    let at = |i: i64| if (0..len).contains(&i) { i as usize } else { reflect(i, len) as usize };
+    let mut out = Vec::with_capacity(s * n);
+    for i in 0..s {
+        for si in 0..n {
+            let u = origin + (i as f32 + (si as f32 + 0.5) / n as f32) * step - 0.5;
+            let f = u.floor();
+            out.push(Tap { i0: at(f as i64), i1: at(f as i64 + 1), a: u - f });
+        }
+    }
+    out
+}
+
+/// Per-channel transmittance of every byte value: the same numbers as
+/// Background::transmittance, computed 768 times instead of per pixel.
+fn transmittance_lut(bg: &Background) -> [[f32; 256]; 3] {
     let mut lut = [[0f32; 256]; 3];
     for (v, row) in (0..256).map(|v| (v, bg.transmittance([v as u8; 3]))) {
         for c in 0..3 {
             lut[c][v] = row[c];
         }
     }
-    for j in 0..s {
-        for i in 0..s {
-            let mut acc = [0f32; 3];
-            for sj in 0..n {
-                for si in 0..n {
-                    let u = x0 + (i as f32 + (si as f32 + 0.5) / n as f32) * step - 0.5;
-                    let v = y0 + (j as f32 + (sj as f32 + 0.5) / n as f32) * step - 0.5;
-                    let t = bilinear_transmittance(img, &lut, u, v);
-                    for c in 0..3 {
-                        acc[c] += t[c];
-                    }
-                }
-            }
-            let k = (n * n) as f32;
-            let l = srgb_to_lab([acc[0] / k, acc[1] / k, acc[2] / k]);
-            for c in 0..3 {
-                lab[c * s * s + j * s + i] = l[c];
-            }
-        }
-    }
-    for c in 0..3 {
-        let ch = &mut lab[c * s * s..(c + 1) * s * s];
+    lut
+}
+
+/// Zero mean, unit variance per channel (standard deviation floored).
+fn standardise(lab: &mut [f32], plane: usize, std_floor: f32) {
+    for ch in lab.chunks_exact_mut(plane) {
         let mean = ch.iter().sum::<f32>() / ch.len() as f32;
         let var = ch.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / ch.len() as f32;
-        let sd = var.sqrt().max(spec.std_floor);
+        let sd = var.sqrt().max(std_floor);
         for v in ch.iter_mut() {
             *v = (*v - mean) / sd;
         }
     }
-    lab
-}
-
-/// Bilinear sample of the white-balanced image. Outside the image the picture is
-/// mirrored: a constant fill would mark cells that sit close to a crop's edge,
-/// which differs between datasets and never happens inside a camera field.
-fn bilinear_transmittance(img: &RgbImage, lut: &[[f32; 256]; 3], u: f32, v: f32) -> [f32; 3] {
-    let (w, h) = (img.width() as i64, img.height() as i64);
-    let (fx, fy) = (u.floor(), v.floor());
-    let (ax, ay) = (u - fx, v - fy);
-    let (ix, iy) = (fx as i64, fy as i64);
-    let at = |i: i64, n: i64| if (0..n).contains(&i) { i as u32 } else { reflect(i, n) };
-    let px = |x: i64, y: i64| -> [f32; 3] {
-        let p = img.get_pixel(at(x, w), at(y, h)).0;
-        [lut[0][p[0] as usize], lut[1][p[1] as usize], lut[2][p[2] as usize]]
-    };
-    let (p00, p10, p01, p11) = (px(ix, iy), px(ix + 1, iy), px(ix, iy + 1), px(ix + 1, iy + 1));
-    let mut out = [0f32; 3];
-    for c in 0..3 {
-        let top = p00[c] * (1.0 - ax) + p10[c] * ax;
-        let bot = p01[c] * (1.0 - ax) + p11[c] * ax;
-        out[c] = top * (1.0 - ay) + bot * ay;
-    }
-    out
 }
 
 /// Mirror index into 0..n (edge pixel not repeated), for any distance outside.
@@ -245,6 +307,88 @@ pub fn reflect(i: i64, n: i64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::color::srgb_to_lab;
+
+    /// The straightforward version of [`sample_standardised`], kept to check that
+    /// the fast one gives the very same numbers. Samples the square window (antialiased by supersampling), white-balances,
+    /// converts to Lab and standardises each channel.
+    fn sample_standardised_reference(
+        img: &RgbImage,
+        bg: &Background,
+        window: (f32, f32, f32),
+        spec: &PreprocessSpec,
+    ) -> Vec<f32> {
+        let s = spec.size as usize;
+        let (cx, cy, side) = window;
+        let step = side / s as f32;
+        // Supersampling factor: enough subsamples to cover each output pixel's footprint.
+        let n = (step.ceil() as usize).clamp(1, 4);
+        let x0 = cx - side / 2.0;
+        let y0 = cy - side / 2.0;
+        let mut lab = vec![0f32; 3 * s * s];
+        // Per-channel transmittance of every byte value: the same numbers as
+        // Background::transmittance, computed 768 times instead of per sample.
+        let mut lut = [[0f32; 256]; 3];
+        for (v, row) in (0..256).map(|v| (v, bg.transmittance([v as u8; 3]))) {
+            for c in 0..3 {
+                lut[c][v] = row[c];
+            }
+        }
+        for j in 0..s {
+            for i in 0..s {
+                let mut acc = [0f32; 3];
+                for sj in 0..n {
+                    for si in 0..n {
+                        let u = x0 + (i as f32 + (si as f32 + 0.5) / n as f32) * step - 0.5;
+                        let v = y0 + (j as f32 + (sj as f32 + 0.5) / n as f32) * step - 0.5;
+                        let t = bilinear_transmittance(img, &lut, u, v);
+                        for c in 0..3 {
+                            acc[c] += t[c];
+                        }
+                    }
+                }
+                let k = (n * n) as f32;
+                let l = srgb_to_lab([acc[0] / k, acc[1] / k, acc[2] / k]);
+                for c in 0..3 {
+                    lab[c * s * s + j * s + i] = l[c];
+                }
+            }
+        }
+        for c in 0..3 {
+            let ch = &mut lab[c * s * s..(c + 1) * s * s];
+            let mean = ch.iter().sum::<f32>() / ch.len() as f32;
+            let var = ch.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / ch.len() as f32;
+            let sd = var.sqrt().max(spec.std_floor);
+            for v in ch.iter_mut() {
+                *v = (*v - mean) / sd;
+            }
+        }
+        lab
+    }
+
+    /// Bilinear sample of the white-balanced image. Outside the image the picture is
+    /// mirrored: a constant fill would mark cells that sit close to a crop's edge,
+    /// which differs between datasets and never happens inside a camera field.
+    fn bilinear_transmittance(img: &RgbImage, lut: &[[f32; 256]; 3], u: f32, v: f32) -> [f32; 3] {
+        let (w, h) = (img.width() as i64, img.height() as i64);
+        let (fx, fy) = (u.floor(), v.floor());
+        let (ax, ay) = (u - fx, v - fy);
+        let (ix, iy) = (fx as i64, fy as i64);
+        let at = |i: i64, n: i64| if (0..n).contains(&i) { i as u32 } else { reflect(i, n) };
+        let px = |x: i64, y: i64| -> [f32; 3] {
+            let p = img.get_pixel(at(x, w), at(y, h)).0;
+            [lut[0][p[0] as usize], lut[1][p[1] as usize], lut[2][p[2] as usize]]
+        };
+        let (p00, p10, p01, p11) = (px(ix, iy), px(ix + 1, iy), px(ix, iy + 1), px(ix + 1, iy + 1));
+        let mut out = [0f32; 3];
+        for c in 0..3 {
+            let top = p00[c] * (1.0 - ax) + p10[c] * ax;
+            let bot = p01[c] * (1.0 - ax) + p11[c] * ax;
+            out[c] = top * (1.0 - ay) + bot * ay;
+        }
+        out
+    }
+
     use image::Rgb;
 
     /// Synthetic crop: glass, a pink "red cell" off-centre and a purple nucleus.
@@ -286,6 +430,60 @@ mod tests {
         let diff: f32 =
             small.tensor.iter().zip(&big.tensor).map(|(a, b)| (a - b).abs()).sum::<f32>() / small.tensor.len() as f32;
         assert!(diff < 0.15, "mean abs difference {diff}");
+    }
+
+    /// The fast sampler and nucleus threshold give the numbers of the
+    /// straightforward ones, on real crops of both labs and on windows from
+    /// much smaller than the crop (one subsample) to past its border (4x4).
+    #[test]
+    fn fast_sampling_is_bit_identical_on_real_crops() {
+        let data = crate::input::data_dir();
+        let mut paths = Vec::new();
+        for dir in ["pbc/neutrophil", "pbc/platelet", "pbc/lymphocyte", "lmu/MYO", "lmu/NGS"] {
+            let d = data.join(dir);
+            let mut files: Vec<_> = std::fs::read_dir(&d)
+                .unwrap_or_else(|e| panic!("data folder {} missing ({e}): set LEUKOSCOPE_DATA", d.display()))
+                .map(|e| e.expect("dir entry").path())
+                .collect();
+            files.sort();
+            paths.extend(files.into_iter().step_by(97).take(4));
+        }
+        assert_eq!(paths.len(), 20);
+        let spec = PreprocessSpec::default();
+        let mut worst = 0f32;
+        for p in &paths {
+            let img = crate::input::load_rgb(p).expect("crop");
+            let bg = Background::estimate(&img);
+            let (w, h) = (img.width() as f32, img.height() as f32);
+            for window in [
+                (w / 2.0, h / 2.0, 40.0),
+                (w / 3.0, h / 2.5, 150.3),
+                (w / 2.0, h / 2.0, 2.2 * w),
+                (3.0, h - 2.0, 377.7),
+            ] {
+                let fast = sample_standardised(&img, &bg, window, &spec);
+                let slow = sample_standardised_reference(&img, &bg, window, &spec);
+                let d = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                worst = worst.max(d);
+            }
+            let od = nucleus_signal(&img, &bg);
+            for q in [0, 50, 99, 100] {
+                let k = (od.len() * q / 100).min(od.len() - 1);
+                let mut sorted = od.clone();
+                assert_eq!(
+                    kth_smallest(&od, k),
+                    *sorted.select_nth_unstable_by(k, f32::total_cmp).1,
+                    "{}",
+                    p.display()
+                );
+            }
+        }
+        // Same sampling, bit for bit; the Lab conversion's table and cube root
+        // differ from powf/cbrt by float rounding only.
+        eprintln!("largest tensor difference {worst} (z units)");
+        assert!(worst < 1e-4, "largest tensor difference {worst} (z units)");
+        assert_eq!(kth_smallest(&[0.0; 7], 3), 0.0);
+        assert_eq!(kth_smallest(&[], 0), 0.0);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! validation crops that training never saw: the same calls as the Python
 //! evaluation (onnxruntime on the same tensors), and blast calls that hold up.
 
-use leukoscope::model::Classifier;
+use leukoscope::model::{Classifier, Precision, Variant};
 use leukoscope::preprocess::prepare;
 use serde::Deserialize;
 use std::path::Path;
@@ -25,30 +25,31 @@ fn models() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
 }
 
-#[test]
-fn rust_runtime_matches_python_and_calls_blasts() {
-    let golden: Golden =
-        serde_json::from_slice(&std::fs::read(models().join("golden.json")).expect("models/golden.json"))
-            .expect("golden.json");
-    let clf = Classifier::load(&models().join("leukoscope.card.json")).expect("shipped model loads");
-    assert_eq!(
-        clf.card.sha256, golden.model_sha256,
-        "golden.json was made with another model: rerun tools/pipeline.py golden"
-    );
+fn golden() -> Golden {
+    serde_json::from_slice(&std::fs::read(models().join("golden.json")).expect("models/golden.json"))
+        .expect("golden.json")
+}
+
+/// Class and top probability of every golden crop, by the Rust runtime.
+fn calls(clf: &Classifier, golden: &Golden) -> Vec<(String, f32)> {
     let data = leukoscope::input::data_dir();
     assert!(data.join("lmu").is_dir(), "data folder {} missing: set LEUKOSCOPE_DATA", data.display());
     let spec = &clf.card.input.preprocessing;
-    let (mut agree, mut max_dp) = (0usize, 0f32);
+    golden
+        .items
+        .iter()
+        .map(|it| {
+            let img = leukoscope::input::load_rgb(&data.join(&it.path)).expect("golden crop readable");
+            let (k, p) = clf.predict(&prepare(&img, spec, None)).expect("inference").top();
+            (clf.card.classes[k].code.clone(), p)
+        })
+        .collect()
+}
+
+/// (blast sensitivity on LMU myeloblasts, specificity on LMU neutrophils, counts).
+fn blast_calls(clf: &Classifier, golden: &Golden, calls: &[(String, f32)]) -> (f64, f64, usize, usize) {
     let (mut myo, mut myo_hit, mut ngs, mut ngs_ok) = (0, 0, 0, 0);
-    for it in &golden.items {
-        let img = leukoscope::input::load_rgb(&data.join(&it.path)).expect("golden crop readable");
-        let pred = clf.predict(&prepare(&img, spec, None)).expect("inference");
-        let (k, p) = pred.top();
-        let code = &clf.card.classes[k].code;
-        if *code == it.class {
-            agree += 1;
-            max_dp = max_dp.max((p - it.p).abs());
-        }
+    for (it, (code, _)) in golden.items.iter().zip(calls) {
         let blast = clf.card.blast_classes.contains(code);
         if it.path.starts_with("lmu/") {
             if it.labels == ["MYO"] {
@@ -60,11 +61,52 @@ fn rust_runtime_matches_python_and_calls_blasts() {
             }
         }
     }
+    (myo_hit as f64 / myo as f64, ngs_ok as f64 / ngs as f64, myo, ngs)
+}
+
+/// The f32 file, which the card picks on x86_64 because tract runs it faster,
+/// makes the int8 model's calls: the same class on nearly every crop and the
+/// same blast calls.
+#[test]
+fn f32_variant_makes_the_int8_calls() {
+    let golden = golden();
+    let card = models().join("leukoscope.card.json");
+    let f32m = Classifier::load_precision(&card, Precision::F32).expect("f32 model loads");
+    assert_eq!(f32m.variant, Variant::F32);
+    assert_ne!(f32m.card.sha256, golden.model_sha256, "the f32 file is another file");
+    let calls = calls(&f32m, &golden);
+    let same = golden.items.iter().zip(&calls).filter(|(it, (c, _))| *c == it.class).count();
+    let agreement = same as f64 / golden.items.len() as f64;
+    let (sens, spec, myo, ngs) = blast_calls(&f32m, &golden, &calls);
+    println!("f32 vs int8 (onnxruntime) on {} crops: class agreement {agreement:.4}", golden.items.len());
+    println!("f32 blast sensitivity {sens:.4} ({myo} MYO), specificity {spec:.4} ({ngs} NGS)");
+    assert!(agreement >= 0.98, "class agreement {agreement}");
+    assert!(sens >= 0.98 && spec >= 0.98, "blast sensitivity {sens}, specificity {spec}");
+}
+
+#[test]
+fn rust_runtime_matches_python_and_calls_blasts() {
+    let golden = golden();
+    // The golden probabilities are onnxruntime's on the int8 file: compare like with like.
+    let clf = Classifier::load_precision(&models().join("leukoscope.card.json"), Precision::Int8)
+        .expect("shipped model loads");
+    assert_eq!(
+        clf.card.sha256, golden.model_sha256,
+        "golden.json was made with another model: rerun tools/pipeline.py golden"
+    );
+    let calls = calls(&clf, &golden);
+    let (mut agree, mut max_dp) = (0usize, 0f32);
+    for (it, (code, p)) in golden.items.iter().zip(&calls) {
+        if *code == it.class {
+            agree += 1;
+            max_dp = max_dp.max((p - it.p).abs());
+        }
+    }
+    let (sens, spec_, myo, ngs) = blast_calls(&clf, &golden, &calls);
     let n = golden.items.len();
     let agreement = agree as f64 / n as f64;
-    let (sens, spec_) = (myo_hit as f64 / myo as f64, ngs_ok as f64 / ngs as f64);
     println!("{n} crops: class agreement with onnxruntime {agreement:.4}, max |dp| {max_dp:.4}");
-    println!("LMU validation: blast sensitivity {sens:.4} ({myo_hit}/{myo}), specificity {spec_:.4} ({ngs_ok}/{ngs})");
+    println!("LMU validation: blast sensitivity {sens:.4} ({myo} MYO), specificity {spec_:.4} ({ngs} NGS)");
     assert!(n >= 200 && myo >= 100 && ngs >= 100, "golden set too small");
     // Skew: tract int8 vs onnxruntime int8 on the same tensors may differ by rounding
     // only; more than 0.5% disagreement means the runtime sees something else.

@@ -197,10 +197,16 @@ fn wrong_or_damaged_models_are_refused_with_the_reason() {
         (PathBuf::from("/no/such/card.json"), "/no/such/card.json"),
     ];
     for (card, want) in cases {
-        let (out, err) = run(bin().args(["classify", "--model"]).arg(&card).arg(&cell));
+        // The damaged file is the int8 one (the card's `file`).
+        let (out, err) = run(bin().args(["classify", "--precision", "int8", "--model"]).arg(&card).arg(&cell));
         assert_eq!(out.status.code(), Some(2), "{card:?}: {err}");
         assert!(err.contains(want), "{card:?}: expected '{want}' in: {err}");
     }
+    // A card whose f32 file is missing: refused when f32 is asked for, naming the file.
+    let card = tampered("nof32", |_, _| {});
+    let (out, err) = run(bin().args(["classify", "--precision", "f32", "--model"]).arg(&card).arg(&cell));
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("leukoscope-f32.onnx") && err.matches("No such file").count() == 1, "{err}");
 }
 
 #[test]

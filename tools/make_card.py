@@ -20,6 +20,9 @@ INT8_NAME = "leukoscope-int8.onnx"
 F32_NAME = "leukoscope-f32.onnx"
 MODEL_NAME = "leukoscope-cnn-v1"
 MIN_CONFIDENCE = 0.5
+# x86_64: tract's f32 kernels beat its int8 ones on the shipped net (1.7-2.1 ms vs
+# 2.2-2.6 ms per crop, docs/performance.md). ARM is not measured on a board yet: int8.
+PRECISION_BY_ARCH = {"x86_64": "f32"}
 
 CHANNELS = "CIELAB L*,a*,b* standardised per crop (zero mean, unit variance per channel)"
 
@@ -107,6 +110,9 @@ def card_dict(
         "blast_classes": list(BLAST_CLASSES),
         "normal_classes": list(NORMAL_CLASSES),
         "min_confidence": MIN_CONFIDENCE,
+        # Which file runs fastest in tract per CPU architecture (`leukoscope bench`,
+        # docs/performance.md); unlisted architectures run the int8 file.
+        "precision_by_arch": dict(PRECISION_BY_ARCH) if f32_file else {},
         "extra": extra,
     }
 
