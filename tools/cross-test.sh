@@ -208,10 +208,12 @@ compare() {
     local t=$1 cpu=$2 arm_bin=$CARGO_TARGET_DIR/$1/release/leukoscope rc=0
     mapfile -t crops <"$work/crops.txt"
     mapfile -t fields <"$work/fields.txt"
-    "$host_bin" classify --json "${crops[@]}" >"$work/classify-x86_64.json" || rc=1
-    "$host_bin" analyze --json "${fields[@]}" >"$work/analyze-x86_64.json" || rc=1
-    run_arm "$t" "$cpu" "$arm_bin" classify --json "${crops[@]}" >"$work/classify-$t-$cpu.json" || rc=1
-    run_arm "$t" "$cpu" "$arm_bin" analyze --json "${fields[@]}" >"$work/analyze-$t-$cpu.json" || rc=1
+    # The same file on both sides: the card runs f32 on x86_64 (faster in tract
+    # there) and int8 on ARM, so the int8 file is asked for explicitly.
+    "$host_bin" classify --precision int8 --json "${crops[@]}" >"$work/classify-x86_64.json" || rc=1
+    "$host_bin" analyze --precision int8 --json "${fields[@]}" >"$work/analyze-x86_64.json" || rc=1
+    run_arm "$t" "$cpu" "$arm_bin" classify --precision int8 --json "${crops[@]}" >"$work/classify-$t-$cpu.json" || rc=1
+    run_arm "$t" "$cpu" "$arm_bin" analyze --precision int8 --json "${fields[@]}" >"$work/analyze-$t-$cpu.json" || rc=1
     [[ $rc -eq 0 ]] || { log "a leukoscope run failed"; return 1; }
     python3 - "$work" "$t-$cpu" <<'EOF' >&2
 import json, sys
