@@ -256,13 +256,26 @@ fn downsample(img: &RgbImage, k: u32) -> Cow<'_, RgbImage> {
     if k <= 1 {
         return Cow::Borrowed(img);
     }
-    let (w, h, k) = (img.width() as usize, img.height() as usize, k as usize);
+    // Column sums of up to 257 rows of bytes fit in u16: twice the lanes per
+    // vector instruction of u32.
+    if k <= 257 {
+        Cow::Owned(downsample_with::<u16>(img, k as usize))
+    } else {
+        Cow::Owned(downsample_with::<u32>(img, k as usize))
+    }
+}
+
+fn downsample_with<T>(img: &RgbImage, k: usize) -> RgbImage
+where
+    T: Copy + Default + From<u8> + std::ops::AddAssign + Into<u32>,
+{
+    let (w, h) = (img.width() as usize, img.height() as usize);
     let (ow, oh) = (w.div_ceil(k), h.div_ceil(k));
     let mut out = vec![0u8; ow * oh * 3];
-    let mut column_sums = vec![0u32; w * 3];
+    let mut column_sums = vec![T::default(); w * 3];
     let src = img.as_raw();
     for (oy, dst) in out.chunks_exact_mut(ow * 3).enumerate() {
-        column_sums.fill(0);
+        column_sums.fill(T::default());
         let rows = oy * k..((oy + 1) * k).min(h);
         let n_rows = rows.len() as u32;
         // Rounded means by a fixed-point reciprocal: a division per channel
@@ -270,15 +283,15 @@ fn downsample(img: &RgbImage, k: u32) -> Cow<'_, RgbImage> {
         let full = reciprocal(n_rows as u64 * k as u64);
         for row in src[rows.start * w * 3..rows.end * w * 3].chunks_exact(w * 3) {
             for (a, &v) in column_sums.iter_mut().zip(row) {
-                *a += v as u32;
+                *a += T::from(v);
             }
         }
         for (ox, (d, block)) in dst.chunks_exact_mut(3).zip(column_sums.chunks(k * 3)).enumerate() {
             let mut sum = [0u32; 3];
             for px in block.chunks_exact(3) {
-                sum[0] += px[0];
-                sum[1] += px[1];
-                sum[2] += px[2];
+                sum[0] += px[0].into();
+                sum[1] += px[1].into();
+                sum[2] += px[2].into();
             }
             let cols = ((ox + 1) * k).min(w) - ox * k;
             let (n, recip) = if cols == k { full } else { reciprocal(n_rows as u64 * cols as u64) };
@@ -288,7 +301,7 @@ fn downsample(img: &RgbImage, k: u32) -> Cow<'_, RgbImage> {
         }
     }
     // The buffer holds exactly ow * oh * 3 bytes, so this cannot fail.
-    Cow::Owned(RgbImage::from_raw(ow as u32, oh as u32, out).unwrap_or_default())
+    RgbImage::from_raw(ow as u32, oh as u32, out).unwrap_or_default()
 }
 
 /// `(n, ceil(2^32 / n))` for rounded division of byte sums by n: exact while
@@ -837,6 +850,18 @@ mod tests {
         // Bottom-right corner is a single pixel.
         assert_eq!(d.get_pixel(2, 1).0, [42, 100, 255]);
         assert!(matches!(downsample(&img, 1), Cow::Borrowed(_)));
+        // Worst case for the u16 sums: 257 rows of 255.
+        let white = RgbImage::from_pixel(300, 260, Rgb([255, 255, 255]));
+        assert!(downsample(&white, 257).pixels().all(|p| p.0 == [255; 3]));
+    }
+
+    #[test]
+    fn narrow_and_wide_sums_downsample_a_real_field_alike() {
+        let path = crate::input::data_dir().join("bccd/JPEGImages/BloodImage_00001.jpg");
+        let field = crate::input::load_rgb(&path).unwrap_or_else(|e| panic!("{e}: set LEUKOSCOPE_DATA"));
+        for k in [2, 3, 4, 7, 16] {
+            assert!(downsample_with::<u16>(&field, k) == downsample_with::<u32>(&field, k), "k = {k}");
+        }
     }
 
     #[test]

@@ -78,6 +78,13 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Single-cell crop to time; default: lmu/MYO/MYO_0001.jpg in the data folder.
+        #[arg(long)]
+        crop: Option<PathBuf>,
+        /// Field to time (resized to each size); default: bccd/JPEGImages/BloodImage_00001.jpg
+        /// in the data folder. On a board without the data folder, copy these two images.
+        #[arg(long)]
+        field: Option<PathBuf>,
     },
     /// The appliance: count leukocytes live from the camera, field by field,
     /// with the running count on a small display and buttons to start, capture,
@@ -185,7 +192,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Analyze { model, precision, config, json, out, inputs } => {
             analyze(model, precision, config, json, out, inputs)
         }
-        Command::Bench { model, seconds, json } => bench(model, seconds, json),
+        Command::Bench { model, seconds, json, crop, field } => bench(model, seconds, json, crop, field),
         Command::Classify { model, precision, json, inputs } => classify(model, precision, json, &inputs),
         Command::Preprocess { list, out, card } => preprocess(&list, &out, card),
         Command::Run { config, model, precision, replay, replay_fps, script, state, screen_png, until_finished } => {
@@ -231,7 +238,7 @@ fn load_classifier(model: Option<PathBuf>, precision: Precision) -> Result<Class
     let card = model.unwrap_or_else(leukoscope::model::default_card_path);
     let clf = Classifier::load_precision(&card, precision)
         .with_context(|| format!("loading model card {}", card.display()))?;
-    log::debug!("model {} ({:?}, {})", clf.card.name, clf.variant, clf.model_path.display());
+    log::debug!("model {} ({}, {})", clf.card.name, clf.variant, clf.model_path.display());
     Ok(clf)
 }
 
@@ -479,7 +486,13 @@ fn demo_inputs() -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
+fn bench(
+    model: Option<PathBuf>,
+    seconds: f64,
+    json: bool,
+    crop: Option<PathBuf>,
+    field: Option<PathBuf>,
+) -> Result<i32> {
     use leukoscope::bench::{crop_figures, field_figures, resized, Figure};
     use std::time::{Duration, Instant};
     let card = model.unwrap_or_else(leukoscope::model::default_card_path);
@@ -488,7 +501,7 @@ fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
         Classifier::load_precision(&card, Precision::Int8).with_context(|| format!("loading {}", card.display()))?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let data = leukoscope::input::data_dir();
-    let crop_path = data.join("lmu/MYO/MYO_0001.jpg");
+    let crop_path = crop.unwrap_or_else(|| data.join("lmu/MYO/MYO_0001.jpg"));
     let crop = leukoscope::input::load_rgb(&crop_path)?;
     let first = int8.predict(&prepare(&crop, &int8.card.input.preprocessing, None))?;
     let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -507,7 +520,8 @@ fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
         },
     ];
     figs.extend(crop_figures(&crop, &models, budget));
-    let field = leukoscope::input::load_rgb(&data.join("bccd/JPEGImages/BloodImage_00001.jpg"))?;
+    let field =
+        leukoscope::input::load_rgb(&field.unwrap_or_else(|| data.join("bccd/JPEGImages/BloodImage_00001.jpg")))?;
     let analyzer = |classifier: Classifier| leukoscope::pipeline::Analyzer {
         rules: leukoscope::count::CallRules::from_card(&classifier.card),
         classifier,
@@ -529,6 +543,19 @@ fn bench(model: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
         println!("{:<66} {:>10} {:>7}", "figure", "median ms", "runs");
         for f in &figs {
             println!("{:<66} {:>10.3} {:>7}", f.what, f.median_ms, f.runs);
+        }
+        // Which file the card runs here, next to what was just measured: the
+        // figures a board's `precision_by_arch` entry (or [model] precision) needs.
+        let per_crop = |v: &str| figs.iter().find(|f| f.what.starts_with(&format!("inference per crop, {v}")));
+        if let (Some(i), Some(f), Some((_, a))) = (per_crop("int8"), per_crop("f32"), analyzers.first()) {
+            println!(
+                "\n{} here: the card runs {} (precision_by_arch); int8 {:.2} ms vs f32 {:.2} ms per crop: {} is faster",
+                std::env::consts::ARCH,
+                Precision::Auto.resolve(&a.classifier.card),
+                i.median_ms,
+                f.median_ms,
+                if i.median_ms <= f.median_ms { "int8" } else { "f32" }
+            );
         }
     }
     Ok(0)

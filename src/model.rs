@@ -88,6 +88,15 @@ pub enum Variant {
     F32,
 }
 
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Variant::Int8 => "int8",
+            Variant::F32 => "f32",
+        })
+    }
+}
+
 /// Which model file to run: the card's choice for this CPU, or one forced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

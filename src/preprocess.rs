@@ -216,28 +216,45 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
     let mut t = Vec::with_capacity(wu * (y_hi - y_lo + 1));
     for y in y_lo..=y_hi {
         let row = &raw[(y * w as usize + x_lo) * 3..(y * w as usize + x_hi + 1) * 3];
-        t.extend(row.chunks_exact(3).map(|p| [lut[0][p[0] as usize], lut[1][p[1] as usize], lut[2][p[2] as usize]]));
+        // A fourth, unused lane: whole pixels fit a 128-bit vector register.
+        t.extend(
+            row.chunks_exact(3).map(|p| [lut[0][p[0] as usize], lut[1][p[1] as usize], lut[2][p[2] as usize], 0.0]),
+        );
     }
     let xs: Vec<Tap> = xs.into_iter().map(|t| Tap { i0: t.i0 - x_lo, i1: t.i1 - x_lo, a: t.a }).collect();
     let ys: Vec<Tap> = ys.into_iter().map(|t| Tap { i0: t.i0 - y_lo, i1: t.i1 - y_lo, a: t.a }).collect();
     let to_lab = LabConverter::shared();
+    // Every subsample is bilinear: horizontal blends on two rows, then the
+    // vertical blend. The horizontal blends of one image row at every column
+    // tap are made in one contiguous pass and reused by the neighbouring
+    // row taps that read the same row (two rows cached); the arithmetic, and
+    // the order in which each output pixel sums its subsamples, is unchanged.
+    let mut rows = RowBlends { row: [usize::MAX; 2], blend: [vec![[0.0; 4]; xs.len()], vec![[0.0; 4]; xs.len()]] };
+    let mut acc = vec![[0f32; 4]; s];
     for j in 0..s {
-        for i in 0..s {
-            let mut acc = [0f32; 3];
-            for ty in &ys[j * n..(j + 1) * n] {
-                let (r0, r1) = (ty.i0 * wu, ty.i1 * wu);
-                for tx in &xs[i * n..(i + 1) * n] {
-                    let (p00, p10) = (t[r0 + tx.i0], t[r0 + tx.i1]);
-                    let (p01, p11) = (t[r1 + tx.i0], t[r1 + tx.i1]);
-                    for c in 0..3 {
-                        let top = p00[c] * (1.0 - tx.a) + p10[c] * tx.a;
-                        let bot = p01[c] * (1.0 - tx.a) + p11[c] * tx.a;
-                        acc[c] += top * (1.0 - ty.a) + bot * ty.a;
+        acc.iter_mut().for_each(|a| *a = [0.0; 4]);
+        for ty in &ys[j * n..(j + 1) * n] {
+            let (k0, k1) = rows.pair(ty.i0, ty.i1, |r, out| {
+                let row = &t[r * wu..(r + 1) * wu];
+                for (h, tx) in out.iter_mut().zip(&xs) {
+                    let (p0, p1) = (row[tx.i0], row[tx.i1]);
+                    for c in 0..4 {
+                        h[c] = p0[c] * (1.0 - tx.a) + p1[c] * tx.a;
+                    }
+                }
+            });
+            let (top, bot) = (&rows.blend[k0], &rows.blend[k1]);
+            for (a, (tp, bt)) in acc.iter_mut().zip(top.chunks_exact(n).zip(bot.chunks_exact(n))) {
+                for (t0, b0) in tp.iter().zip(bt) {
+                    for c in 0..4 {
+                        a[c] += t0[c] * (1.0 - ty.a) + b0[c] * ty.a;
                     }
                 }
             }
-            let k = (n * n) as f32;
-            let l = to_lab.lab([acc[0] / k, acc[1] / k, acc[2] / k]);
+        }
+        let k = (n * n) as f32;
+        for (i, a) in acc.iter().enumerate() {
+            let l = to_lab.lab([a[0] / k, a[1] / k, a[2] / k]);
             for c in 0..3 {
                 lab[c * s * s + j * s + i] = l[c];
             }
@@ -245,6 +262,39 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
     }
     standardise(&mut lab, s * s, spec.std_floor);
     lab
+}
+
+/// Horizontal blends of two image rows at every column tap, kept while
+/// consecutive row taps read the same rows.
+struct RowBlends {
+    row: [usize; 2],
+    blend: [Vec<[f32; 4]>; 2],
+}
+
+impl RowBlends {
+    /// Slots holding rows `r0` and `r1`, blending a row into a free slot with
+    /// `fill` when it is not held (never evicting `r0` for `r1`).
+    fn pair(&mut self, r0: usize, r1: usize, mut fill: impl FnMut(usize, &mut [[f32; 4]])) -> (usize, usize) {
+        let k0 = match self.row.iter().position(|&r| r == r0) {
+            Some(k) => k,
+            None => {
+                let k = if self.row[0] == r1 { 1 } else { 0 };
+                fill(r0, &mut self.blend[k]);
+                self.row[k] = r0;
+                k
+            }
+        };
+        let k1 = match self.row.iter().position(|&r| r == r1) {
+            Some(k) => k,
+            None => {
+                let k = 1 - k0;
+                fill(r1, &mut self.blend[k]);
+                self.row[k] = r1;
+                k
+            }
+        };
+        (k0, k1)
+    }
 }
 
 /// One bilinear tap along an axis: the two (mirrored) pixel indices and the

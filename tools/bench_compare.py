@@ -18,6 +18,7 @@ classification) and peak RSS are measured on subprocesses.
 import argparse
 import datetime
 import json
+import platform
 import os
 import re
 import statistics
@@ -40,6 +41,10 @@ DATA = ref_mod.DATA
 CROP = DATA / "lmu/MYO/MYO_0001.jpg"
 FIELD = DATA / "bccd/JPEGImages/BloodImage_00001.jpg"
 SIZES = [(640, 480), (1280, 960), (1920, 1080)]
+# The file the model card runs on this CPU (precision_by_arch; int8 where unlisted):
+# the whole-field rows compare that one with the reference.
+RUST_FIELD = json.loads((ROOT / "models/leukoscope.card.json").read_text()).get("precision_by_arch", {}).get(
+    platform.machine(), "int8")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", LEUKOSCOPE_DATA=str(DATA))
 
 
@@ -74,14 +79,15 @@ def rust_bench(seconds):
             figs["startup_inproc"] = f["median_ms"]
         elif w.startswith("preprocess"):
             figs["preprocess"] = f["median_ms"]
-        elif "int8" in w:
-            figs["int8"] = f["median_ms"]
-        elif "f32" in w:
-            figs["f32"] = f["median_ms"]
+        elif w.startswith("inference per crop"):
+            figs["int8" if "int8" in w else "f32"] = f["median_ms"]
         else:
             m = re.search(r"(\d+)x(\d+)", w.split(",")[-1])
-            key = ("detect" if w.startswith("detect") else "field") + f"_{m.group(1)}x{m.group(2)}"
-            figs[key] = f["median_ms"]
+            size = f"{m.group(1)}x{m.group(2)}"
+            if w.startswith("detect"):
+                figs[f"detect_{size}"] = f["median_ms"]
+            else:  # "whole field int8 (...)" / "whole field f32 (...)"
+                figs[f"field_{'int8' if ' int8 ' in w else 'f32'}_{size}"] = f["median_ms"]
     return figs
 
 
@@ -131,6 +137,7 @@ def main():
     cv2.imwrite(str(big), cv2.cvtColor(fields[(1920, 1080)], cv2.COLOR_RGB2BGR))
     ref = ref_mod.Reference()
 
+    load_before = os.getloadavg()
     rounds = []
     for r in range(a.rounds):
         row = {"rust": rust_bench(a.seconds)}
@@ -164,9 +171,13 @@ def main():
     lines.append(f"| preprocess one crop (ours, Rust only) | {med(lambda x: x['rust']['preprocess']):.2f} | - | - |")
     for w, h in SIZES:
         k = f"{w}x{h}"
-        rf = med(lambda x: x["rust"][f"field_{k}"])
-        add(f"whole field {k}, scale estimated (Rust vs reference)", rf, med(lambda x: x["py"][f"field_{k}"]))
-        add(f"whole field {k}, Rust (estimated) vs reference with known scale", rf, med(lambda x: x["py"][f"fieldknown_{k}"]))
+        rf = med(lambda x: x["rust"][f"field_{RUST_FIELD}_{k}"])
+        add(f"whole field {k}, scale estimated (Rust {RUST_FIELD} vs reference int8)", rf, med(lambda x: x["py"][f"field_{k}"]))
+        add(f"whole field {k}, Rust {RUST_FIELD} (estimated) vs reference with known scale", rf,
+            med(lambda x: x["py"][f"fieldknown_{k}"]))
+        other = "int8" if RUST_FIELD == "f32" else "f32"
+        lines.append(f"| whole field {k}, Rust {other} (the other file; Rust only) | "
+                     f"{med(lambda x: x['rust'][f'field_{other}_{k}']):.2f} | - | - |")
         add(f"detect only {k}, scale estimated", med(lambda x: x["rust"][f"detect_{k}"]), med(lambda x: x["py"][f"detect_{k}"]))
         add(f"detect only {k}, Rust (estimated) vs reference known scale",
             med(lambda x: x["rust"][f"detect_{k}"]), med(lambda x: x["py"][f"detectknown_{k}"]))
@@ -174,9 +185,9 @@ def main():
     lines.append(f"| start-up in process (bench: load + one crop; Rust only) | {med(lambda x: x['rust']['startup_inproc']):.2f} | - | - |")
     lines.append(f"| peak RSS, analyze one 1920x1080 field (MB) | {med(lambda x: x['rss_rust']):.1f} | "
                  f"{med(lambda x: x['rss_py']):.1f} | {med(lambda x: x['rss_rust']) / med(lambda x: x['rss_py']):.2f} |")
-    f1280 = med(lambda x: x["rust"]["field_1280x960"])
+    f1280 = med(lambda x: x["rust"][f"field_{RUST_FIELD}_1280x960"])
     lines.append("")
-    lines.append(f"Rust whole field 1280x960: {1000.0 / f1280:.1f} fields/s on one thread. "
+    lines.append(f"Rust whole field 1280x960 ({RUST_FIELD}, the card's choice on this CPU): {1000.0 / f1280:.1f} fields/s on one thread. "
                  f"ORT int8 vs f32 argmax agreement on the {len(agree)} crops: {sum(agree)}/{len(agree)}.")
     table = "\n".join(lines)
     print(table)
@@ -195,9 +206,10 @@ def main():
 Command (venv from `tools/requirements.txt`, binary already built with
 `cargo build --release`): `{cmd}`
 
-Machine: `nproc` = {ncpu}, `{cpu}`. **Timings were taken on 2 shared cores
-under load** (a training job was running on both): absolute figures are noisy
-upper bounds; Rust and Python were measured interleaved in the same run
+Machine: `nproc` = {ncpu}, `{cpu}`; load average (1 min) {load_before[0]:.2f} before
+the run and {os.getloadavg()[0]:.2f} after it (the run itself adds ~1): above ~1.5
+something else shared the cores and absolute figures are upper bounds. Rust
+and Python were measured interleaved in the same run
 ({a.rounds} rounds, {a.seconds} s per figure per side, median of runs, then
 median over rounds), so the ratios are the figures to read. Single thread on
 both sides (tract; ORT `intra_op_num_threads = inter_op_num_threads = 1`;

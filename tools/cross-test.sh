@@ -10,6 +10,7 @@
 #      crops, the blasts' source) and `analyze --json` on 10 BCCD test fields, the ARM
 #      binary under qemu emulating a Cortex-A72 (Pi 4) and a Cortex-A76 (Pi 5): same
 #      class for every crop, same boxes and classes per field;
+#      then `leukoscope bench` runs under qemu (correctness; qemu timings mean nothing);
 #   5. the .deb (tools/build-deb.sh): unpacked with dpkg -x into a scratch root, the
 #      expected files, conffile, stripped binary, glibc floor, sizes; the unpacked
 #      binary reads the unpacked config and model; `systemd-analyze verify` and
@@ -249,10 +250,18 @@ sys.exit(0 if ok else 1)
 EOF
 }
 step "pick 60 crops and 10 fields" pick_inputs
+# `leukoscope bench` on ARM, as a board runs it (board/README.md): under qemu for
+# correctness only, its timings mean nothing.
+arm_bench() {
+    local t=$1
+    run_arm "$t" "$(cpu_of "$t")" "$CARGO_TARGET_DIR/$t/release/leukoscope" bench --seconds 0.05 >"$work/bench-$t.txt" || return 1
+    sed 's/^/[cross-test]   /' "$work/bench-$t.txt" | tail -n 3 >&2
+}
 for t in "${targets[@]}"; do
     for cpu in $(cpus_to_compare "$t"); do
         step "classify/analyze --json: $t on $cpu vs x86_64" compare "$t" "$cpu"
     done
+    step "leukoscope bench under qemu ($t, correctness only)" arm_bench "$t"
 done
 
 # -- 5. the Debian package --------------------------------------------------
