@@ -213,48 +213,64 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
     let lut = transmittance_lut(bg);
     let raw = img.as_raw();
     let wu = x_hi - x_lo + 1;
-    let mut t = Vec::with_capacity(wu * (y_hi - y_lo + 1));
-    for y in y_lo..=y_hi {
-        let row = &raw[(y * w as usize + x_lo) * 3..(y * w as usize + x_hi + 1) * 3];
-        // A fourth, unused lane: whole pixels fit a 128-bit vector register.
-        t.extend(
-            row.chunks_exact(3).map(|p| [lut[0][p[0] as usize], lut[1][p[1] as usize], lut[2][p[2] as usize], 0.0]),
-        );
+    // One plane per channel: the blends below are then plain loops over
+    // contiguous floats, which the compiler vectorises.
+    let mut t: [Vec<f32>; 3] = std::array::from_fn(|_| vec![0f32; wu * (y_hi - y_lo + 1)]);
+    for (c, plane) in t.iter_mut().enumerate() {
+        for (y, out) in (y_lo..=y_hi).zip(plane.chunks_exact_mut(wu)) {
+            let row = &raw[(y * w as usize + x_lo) * 3..(y * w as usize + x_hi + 1) * 3];
+            for (o, p) in out.iter_mut().zip(row.chunks_exact(3)) {
+                *o = lut[c][p[c] as usize];
+            }
+        }
     }
-    let xs: Vec<Tap> = xs.into_iter().map(|t| Tap { i0: t.i0 - x_lo, i1: t.i1 - x_lo, a: t.a }).collect();
+    // Column taps reordered subsample-major (k = si * s + i), so that one
+    // subsample of every output pixel is contiguous.
+    let col = |si: usize, i: usize| {
+        let tx = &xs[i * n + si];
+        (tx.i0 - x_lo, tx.i1 - x_lo, tx.a)
+    };
+    let (ci0, ci1, ca): (Vec<usize>, Vec<usize>, Vec<f32>) = {
+        let all: Vec<_> = (0..n).flat_map(|si| (0..s).map(move |i| (si, i))).map(|(si, i)| col(si, i)).collect();
+        (all.iter().map(|c| c.0).collect(), all.iter().map(|c| c.1).collect(), all.iter().map(|c| c.2).collect())
+    };
     let ys: Vec<Tap> = ys.into_iter().map(|t| Tap { i0: t.i0 - y_lo, i1: t.i1 - y_lo, a: t.a }).collect();
     let to_lab = LabConverter::shared();
     // Every subsample is bilinear: horizontal blends on two rows, then the
     // vertical blend. The horizontal blends of one image row at every column
-    // tap are made in one contiguous pass and reused by the neighbouring
-    // row taps that read the same row (two rows cached); the arithmetic, and
-    // the order in which each output pixel sums its subsamples, is unchanged.
-    let mut rows = RowBlends { row: [usize::MAX; 2], blend: [vec![[0.0; 4]; xs.len()], vec![[0.0; 4]; xs.len()]] };
-    let mut acc = vec![[0f32; 4]; s];
+    // tap are made in one pass and reused by the neighbouring row taps that
+    // read the same row (two rows cached); the arithmetic, and the order in
+    // which each output pixel sums its subsamples, is that of a plain
+    // per-subsample loop (sj outer, si inner).
+    let m = ci0.len();
+    let mut rows = RowBlends { row: [usize::MAX; 2], blend: [vec![0.0; 3 * m], vec![0.0; 3 * m]] };
+    let mut acc = vec![0f32; 3 * s];
     for j in 0..s {
-        acc.iter_mut().for_each(|a| *a = [0.0; 4]);
+        acc.fill(0.0);
         for ty in &ys[j * n..(j + 1) * n] {
             let (k0, k1) = rows.pair(ty.i0, ty.i1, |r, out| {
-                let row = &t[r * wu..(r + 1) * wu];
-                for (h, tx) in out.iter_mut().zip(&xs) {
-                    let (p0, p1) = (row[tx.i0], row[tx.i1]);
-                    for c in 0..4 {
-                        h[c] = p0[c] * (1.0 - tx.a) + p1[c] * tx.a;
+                for (c, plane) in t.iter().enumerate() {
+                    let row = &plane[r * wu..(r + 1) * wu];
+                    for (k, h) in out[c * m..(c + 1) * m].iter_mut().enumerate() {
+                        *h = row[ci0[k]] * (1.0 - ca[k]) + row[ci1[k]] * ca[k];
                     }
                 }
             });
             let (top, bot) = (&rows.blend[k0], &rows.blend[k1]);
-            for (a, (tp, bt)) in acc.iter_mut().zip(top.chunks_exact(n).zip(bot.chunks_exact(n))) {
-                for (t0, b0) in tp.iter().zip(bt) {
-                    for c in 0..4 {
-                        a[c] += t0[c] * (1.0 - ty.a) + b0[c] * ty.a;
+            let (wt, wb) = (1.0 - ty.a, ty.a);
+            for c in 0..3 {
+                let a = &mut acc[c * s..(c + 1) * s];
+                for si in 0..n {
+                    let o = c * m + si * s;
+                    for ((a, &t0), &b0) in a.iter_mut().zip(&top[o..o + s]).zip(&bot[o..o + s]) {
+                        *a += t0 * wt + b0 * wb;
                     }
                 }
             }
         }
         let k = (n * n) as f32;
-        for (i, a) in acc.iter().enumerate() {
-            let l = to_lab.lab([a[0] / k, a[1] / k, a[2] / k]);
+        for i in 0..s {
+            let l = to_lab.lab([acc[i] / k, acc[s + i] / k, acc[2 * s + i] / k]);
             for c in 0..3 {
                 lab[c * s * s + j * s + i] = l[c];
             }
@@ -268,13 +284,13 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
 /// consecutive row taps read the same rows.
 struct RowBlends {
     row: [usize; 2],
-    blend: [Vec<[f32; 4]>; 2],
+    blend: [Vec<f32>; 2],
 }
 
 impl RowBlends {
     /// Slots holding rows `r0` and `r1`, blending a row into a free slot with
     /// `fill` when it is not held (never evicting `r0` for `r1`).
-    fn pair(&mut self, r0: usize, r1: usize, mut fill: impl FnMut(usize, &mut [[f32; 4]])) -> (usize, usize) {
+    fn pair(&mut self, r0: usize, r1: usize, mut fill: impl FnMut(usize, &mut [f32])) -> (usize, usize) {
         let k0 = match self.row.iter().position(|&r| r == r0) {
             Some(k) => k,
             None => {
