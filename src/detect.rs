@@ -286,15 +286,15 @@ where
                 *a += T::from(v);
             }
         }
-        for (ox, (d, block)) in dst.chunks_exact_mut(3).zip(column_sums.chunks(k * 3)).enumerate() {
+        for (ox, d) in dst.chunks_exact_mut(3).enumerate() {
+            let (x0, x1) = (ox * k, ((ox + 1) * k).min(w));
             let mut sum = [0u32; 3];
-            for px in block.chunks_exact(3) {
+            for px in column_sums[x0 * 3..x1 * 3].chunks_exact(3) {
                 sum[0] += px[0].into();
                 sum[1] += px[1].into();
                 sum[2] += px[2].into();
             }
-            let cols = ((ox + 1) * k).min(w) - ox * k;
-            let (n, recip) = if cols == k { full } else { reciprocal(n_rows as u64 * cols as u64) };
+            let (n, recip) = if x1 - x0 == k { full } else { reciprocal(n_rows as u64 * (x1 - x0) as u64) };
             for c in 0..3 {
                 d[c] = (((sum[c] as u64 + n / 2) * recip) >> 32).min(255) as u8;
             }
