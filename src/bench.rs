@@ -4,7 +4,7 @@
 
 use crate::detect::detect;
 use crate::model::Classifier;
-use crate::pipeline::Analyzer;
+use crate::pipeline::{cell_region, Analyzer};
 use crate::preprocess::prepare;
 use image::RgbImage;
 use serde::Serialize;
@@ -60,6 +60,21 @@ pub fn field_figures(field: &RgbImage, analyzers: &[(&str, &Analyzer)], budget: 
         std::hint::black_box(detect(field, &first.detect, first.um_per_px));
     });
     let mut out = vec![Figure { what: format!("detect, {w}x{h} field"), median_ms: ms, runs }];
+    // Between detection and inference: cutting each cell's region from the
+    // field and preparing the model input from it (nucleus search, sampling).
+    let found = detect(field, &first.detect, first.um_per_px);
+    let spec = &first.classifier.card.input.preprocessing;
+    let (ms, runs) = median_ms(budget, 1000, || {
+        for d in &found.cells {
+            let region = cell_region(field, d.bbox, d.nucleus);
+            std::hint::black_box(prepare(&region, spec, Some(found.background)));
+        }
+    });
+    out.push(Figure {
+        what: format!("cut + prepare {} cells (no inference), {w}x{h}", found.cells.len()),
+        median_ms: ms,
+        runs,
+    });
     for (name, analyzer) in analyzers {
         let cells = analyzer.analyze(field).map(|r| r.cells.len()).unwrap_or(0);
         let (ms, runs) = median_ms(budget, 1000, || {

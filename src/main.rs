@@ -318,7 +318,7 @@ fn classify(model: Option<PathBuf>, precision: Precision, json: bool, inputs: &[
             })
             .collect();
         let doc = serde_json::json!({
-            "model": {"name": card.name, "sha256": card.sha256},
+            "model": {"name": card.name, "file": card.file, "sha256": card.sha256},
             "results": items,
             "disclaimer": leukoscope::DISCLAIMER,
         });

@@ -163,7 +163,7 @@ pub fn cell_json(card: &ModelCard, cell: &CellResult) -> Value {
 /// The whole `analyze --json` document.
 pub fn analysis_json(card: &ModelCard, images: Vec<Value>, summary: &Summary) -> Value {
     json!({
-        "model": {"name": card.name, "sha256": card.sha256},
+        "model": {"name": card.name, "file": card.file, "sha256": card.sha256},
         "images": images,
         "summary": summary,
         "disclaimer": crate::DISCLAIMER,

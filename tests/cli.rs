@@ -59,6 +59,11 @@ fn a_field_with_one_neutrophil_is_one_cell_not_a_blast() {
     assert_eq!(s["cells"], 1);
     assert_eq!(s["blasts"], 0);
     assert_eq!(doc["model"]["sha256"].as_str().map(str::len), Some(64));
+    // The report names the file that made the calls, and its hash is that file's.
+    let file = doc["model"]["file"].as_str().expect("model file");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    let sha = leukoscope::model::sha256_file(&models.join(file)).expect("model file readable");
+    assert_eq!(doc["model"]["sha256"].as_str(), Some(sha.as_str()));
 }
 
 #[test]

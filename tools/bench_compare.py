@@ -86,6 +86,8 @@ def rust_bench(seconds):
             size = f"{m.group(1)}x{m.group(2)}"
             if w.startswith("detect"):
                 figs[f"detect_{size}"] = f["median_ms"]
+            elif w.startswith("cut + prepare"):
+                figs[f"prepare_{size}"] = f["median_ms"]
             else:  # "whole field int8 (...)" / "whole field f32 (...)"
                 figs[f"field_{'int8' if ' int8 ' in w else 'f32'}_{size}"] = f["median_ms"]
     return figs
@@ -175,6 +177,7 @@ def main():
         add(f"whole field {k}, scale estimated (Rust {RUST_FIELD} vs reference int8)", rf, med(lambda x: x["py"][f"field_{k}"]))
         add(f"whole field {k}, Rust {RUST_FIELD} (estimated) vs reference with known scale", rf,
             med(lambda x: x["py"][f"fieldknown_{k}"]))
+        lines.append(f"| cut + prepare the field's cells, {k} (Rust only) | {med(lambda x: x['rust'][f'prepare_{k}']):.2f} | - | - |")
         other = "int8" if RUST_FIELD == "f32" else "f32"
         lines.append(f"| whole field {k}, Rust {other} (the other file; Rust only) | "
                      f"{med(lambda x: x['rust'][f'field_{other}_{k}']):.2f} | - | - |")
