@@ -13,15 +13,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn bccd_fields(n: usize, skip: usize) -> Vec<PathBuf> {
-    let root = leukoscope::input::data_dir().join("bccd/JPEGImages");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("BCCD fields missing at {} ({e}): set LEUKOSCOPE_DATA", root.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
-        .collect();
-    paths.sort();
-    paths.into_iter().skip(skip).take(n).collect()
+    common::bccd_field_paths().into_iter().skip(skip).take(n).collect()
 }
 
 fn analyzer() -> leukoscope::pipeline::Analyzer {

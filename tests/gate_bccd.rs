@@ -5,13 +5,10 @@
 use leukoscope::gating::{focus, GateParams, Thumb};
 use leukoscope::source::shift_image;
 
+mod common;
+
 fn fields() -> Vec<image::RgbImage> {
-    let root = leukoscope::input::data_dir().join("bccd/JPEGImages");
-    let mut paths: Vec<_> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("BCCD fields missing at {} ({e}): set LEUKOSCOPE_DATA", root.display()))
-        .map(|e| e.expect("entry").path())
-        .collect();
-    paths.sort();
+    let paths = common::bccd_field_paths();
     paths.iter().step_by(12).take(30).map(|p| leukoscope::input::load_rgb(p).expect("field")).collect()
 }
 

@@ -10,15 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 fn fields() -> Vec<String> {
-    let root = leukoscope::input::data_dir().join("bccd/JPEGImages");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("BCCD fields missing at {} ({e}): set LEUKOSCOPE_DATA", root.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
-        .collect();
-    paths.sort();
-    paths.into_iter().skip(100).take(20).map(|p| p.display().to_string()).collect()
+    common::bccd_field_paths().into_iter().skip(100).take(20).map(|p| p.display().to_string()).collect()
 }
 
 struct Rig {
