@@ -67,8 +67,8 @@ def ort_session(path):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def rust_bench(seconds):
-    out = subprocess.run([str(BIN), "bench", "--json", "--seconds", str(seconds)], env=ENV,
+def rust_bench(seconds, field):
+    out = subprocess.run([str(BIN), "bench", "--json", "--seconds", str(seconds), "--field", str(field)], env=ENV,
                          capture_output=True, text=True, check=True).stdout
     figs = {}
     for f in json.loads(out):
@@ -114,6 +114,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.0, help="seconds per figure per round (both sides)")
     ap.add_argument("--write-doc", action="store_true", help="append the table to docs/performance.md")
+    ap.add_argument("--field", type=Path, default=FIELD,
+                    help="smear field both sides time, resized to each size (default: BCCD BloodImage_00001, "
+                         "whose one leukocyte is cut by the border)")
     a = ap.parse_args()
     cv2.setNumThreads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_compare_"))
@@ -130,7 +133,7 @@ def main():
     agree = [int(np.argmax(sess["int8"].run(None, {"input": tensors[i:i + 1]})[0]) ==
                  np.argmax(sess["f32"].run(None, {"input": tensors[i:i + 1]})[0])) for i in range(len(tensors))]
 
-    field = ref_mod.load_rgb(FIELD)
+    field = ref_mod.load_rgb(a.field)
     fields = {}
     for w, h in SIZES:
         f = field if (w, h) == (field.shape[1], field.shape[0]) else cv2.resize(field, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -142,7 +145,7 @@ def main():
     load_before = os.getloadavg()
     rounds = []
     for r in range(a.rounds):
-        row = {"rust": rust_bench(a.seconds)}
+        row = {"rust": rust_bench(a.seconds, a.field)}
         py = {}
         for k, s in sess.items():
             py[k] = median_ms(a.seconds, 10_000, lambda s=s: s.run(None, {"input": x0}))
@@ -190,7 +193,7 @@ def main():
                  f"{med(lambda x: x['rss_py']):.1f} | {med(lambda x: x['rss_rust']) / med(lambda x: x['rss_py']):.2f} |")
     f1280 = med(lambda x: x["rust"][f"field_{RUST_FIELD}_1280x960"])
     lines.append("")
-    lines.append(f"Rust whole field 1280x960 ({RUST_FIELD}, the card's choice on this CPU): {1000.0 / f1280:.1f} fields/s on one thread. "
+    lines.append(f"Field: `{a.field.name}`. Rust whole field 1280x960 ({RUST_FIELD}, the card's choice on this CPU): {1000.0 / f1280:.1f} fields/s on one thread. "
                  f"ORT int8 vs f32 argmax agreement on the {len(agree)} crops: {sum(agree)}/{len(agree)}.")
     table = "\n".join(lines)
     print(table)
