@@ -412,7 +412,7 @@ fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<f3
     // (platelets, smaller, are left alone).
     let min_area = 0.33 * std::f32::consts::PI * r_all * r_all;
     let nucleus_boxes: Vec<BBox> =
-        nuclei.components().components.iter().filter(|c| c.area as f32 >= min_area).map(|c| c.bbox).collect();
+        nuclei.component_stats().iter().filter(|c| c.area as f32 >= min_area).map(|c| c.bbox).collect();
     let zones: Vec<(f32, f32, f32, f32)> = nucleus_boxes
         .iter()
         .map(|b| {

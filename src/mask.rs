@@ -134,6 +134,26 @@ impl Mask {
 
     /// 8-connected components, in raster order of their first pixel.
     pub fn components(&self) -> Labels {
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (runs, mut parent) = self.joined_runs();
+        let mut labels = vec![0u32; w * h];
+        let comps = runs_to_components(&runs, &mut parent, |id, y, x0, x1| {
+            let start = y as usize * w;
+            labels[start + x0 as usize..start + x1 as usize].fill(id);
+        });
+        Labels { width: self.width, height: self.height, labels, components: comps }
+    }
+
+    /// The components of [`Mask::components`] without the label image, for
+    /// callers that need only their statistics.
+    pub fn component_stats(&self) -> Vec<Component> {
+        let (runs, mut parent) = self.joined_runs();
+        runs_to_components(&runs, &mut parent, |_, _, _, _| {})
+    }
+
+    /// Runs of foreground `(y, x0, x1 exclusive)` in raster order, and their
+    /// union-find forest (8-connected runs joined).
+    fn joined_runs(&self) -> (Vec<(u32, u32, u32)>, Vec<u32>) {
         // Run-based labelling: each row's runs of foreground are joined with
         // the runs of the row above that touch them (8-connected: overlapping
         // or diagonal), by union-find over runs. A blob costs per run, not per
@@ -157,13 +177,6 @@ impl Mask {
             }
         }
         row_start.push(runs.len());
-        fn find(parent: &mut [u32], mut a: u32) -> u32 {
-            while parent[a as usize] != a {
-                parent[a as usize] = parent[parent[a as usize] as usize];
-                a = parent[a as usize];
-            }
-            a
-        }
         let mut parent: Vec<u32> = (0..runs.len() as u32).collect();
         for y in 1..h {
             let (above, here) = (row_start[y - 1]..row_start[y], row_start[y]..row_start[y + 1]);
@@ -184,29 +197,46 @@ impl Mask {
                 }
             }
         }
-        let mut labels = vec![0u32; w * h];
-        let mut dense = vec![0u32; runs.len()];
-        let mut comps: Vec<Component> = Vec::new();
-        for (i, &(y, x0, x1)) in runs.iter().enumerate() {
-            let root = find(&mut parent, i as u32) as usize;
-            if dense[root] == 0 {
-                comps.push(Component { area: 0, bbox: BBox { x0, y0: y, x1, y1: y + 1 }, sum_x: 0, sum_y: 0 });
-                dense[root] = comps.len() as u32;
-            }
-            let id = dense[root];
-            let start = y as usize * w;
-            labels[start + x0 as usize..start + x1 as usize].fill(id);
-            let c = &mut comps[id as usize - 1];
-            let len = (x1 - x0) as u64;
-            c.area += len;
-            c.sum_x += (x0 as u64 + x1 as u64 - 1) * len / 2;
-            c.sum_y += y as u64 * len;
-            c.bbox.x0 = c.bbox.x0.min(x0);
-            c.bbox.x1 = c.bbox.x1.max(x1);
-            c.bbox.y1 = y + 1;
-        }
-        Labels { width: self.width, height: self.height, labels, components: comps }
+        (runs, parent)
     }
+}
+
+/// Root of `a` in a union-find forest (with path halving).
+fn find(parent: &mut [u32], mut a: u32) -> u32 {
+    while parent[a as usize] != a {
+        parent[a as usize] = parent[parent[a as usize] as usize];
+        a = parent[a as usize];
+    }
+    a
+}
+
+/// Dense component ids in raster order of each component's first pixel, and
+/// their statistics; `each_run(id, y, x0, x1)` sees every run with its id.
+fn runs_to_components(
+    runs: &[(u32, u32, u32)],
+    parent: &mut [u32],
+    mut each_run: impl FnMut(u32, u32, u32, u32),
+) -> Vec<Component> {
+    let mut dense = vec![0u32; runs.len()];
+    let mut comps: Vec<Component> = Vec::new();
+    for (i, &(y, x0, x1)) in runs.iter().enumerate() {
+        let root = find(parent, i as u32) as usize;
+        if dense[root] == 0 {
+            comps.push(Component { area: 0, bbox: BBox { x0, y0: y, x1, y1: y + 1 }, sum_x: 0, sum_y: 0 });
+            dense[root] = comps.len() as u32;
+        }
+        let id = dense[root];
+        each_run(id, y, x0, x1);
+        let c = &mut comps[id as usize - 1];
+        let len = (x1 - x0) as u64;
+        c.area += len;
+        c.sum_x += (x0 as u64 + x1 as u64 - 1) * len / 2;
+        c.sum_y += y as u64 * len;
+        c.bbox.x0 = c.bbox.x0.min(x0);
+        c.bbox.x1 = c.bbox.x1.max(x1);
+        c.bbox.y1 = y + 1;
+    }
+    comps
 }
 
 /// Result of labelling: `labels[i]` is 0 for background, else component id (1-based).
@@ -485,6 +515,7 @@ mod tests {
             let (fast, slow) = (m.components(), components_reference(m));
             assert_eq!(fast.labels, slow.labels, "{}x{}", m.width, m.height);
             assert_eq!(fast.components, slow.components, "{}x{}", m.width, m.height);
+            assert_eq!(m.component_stats(), slow.components, "{}x{}", m.width, m.height);
         }
         assert!(masks.last().is_some_and(|m| m.components().components.len() > 10));
     }

@@ -112,22 +112,24 @@ pub fn cell_region(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
     // Rounded means by a fixed-point reciprocal, as in detection's downsampling.
     let (n, recip) = reciprocal((f * f) as u64);
     let mut buf = vec![0u8; out * out * 3];
-    let mut sums = vec![0u32; (hi - lo + 1) * 3];
+    // f <= 4096 / REGION_SIDE_PER_STEP = 17 rows of bytes: the sums fit u16,
+    // twice the lanes per vector instruction of u32.
+    let mut sums = vec![0u16; (hi - lo + 1) * 3];
     for (y, dst) in buf.chunks_exact_mut(out * 3).enumerate() {
         sums.fill(0);
         for dy in 0..f {
             let row = reflect(y0 + (y * f + dy) as i64, h) as usize * stride;
             for (a, &v) in sums.iter_mut().zip(&raw[row + lo * 3..row + (hi + 1) * 3]) {
-                *a += v as u32;
+                *a += v as u16;
             }
         }
         for (d, block) in dst.chunks_exact_mut(3).zip(cols.chunks_exact(f)) {
             let mut acc = [0u32; 3];
             for &sx in block {
                 let p = &sums[(sx - lo) * 3..(sx - lo) * 3 + 3];
-                acc[0] += p[0];
-                acc[1] += p[1];
-                acc[2] += p[2];
+                acc[0] += p[0] as u32;
+                acc[1] += p[1] as u32;
+                acc[2] += p[2] as u32;
             }
             for c in 0..3 {
                 d[c] = (((acc[c] as u64 + n / 2) * recip) >> 32) as u8;

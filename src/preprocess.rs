@@ -134,8 +134,7 @@ pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Opt
     let mask = Mask { width: img.width(), height: img.height(), data: od.iter().map(|&v| v > threshold).collect() }
         .erode3x3()
         .dilate3x3();
-    let labels = mask.components();
-    let comps = &labels.components;
+    let comps = &mask.component_stats();
     let (w, h) = (img.width() as f32, img.height() as f32);
     let radius = w.min(h) / 2.0;
     let score = |c: &crate::mask::Component| {
