@@ -93,14 +93,9 @@ impl Analyzer {
 /// factor to at most ~2x what the 96 px model input needs: the input is the
 /// same up to resampling, and preparing the crop costs a fraction.
 pub fn cell_region(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
-    let (cx, cy) = nucleus.center();
-    let side = (2 * cell.width().max(cell.height())).clamp(8, 4096) as i64;
-    let f = (side / REGION_SIDE_PER_STEP).max(1);
-    let x0 = cx as i64 - side / 2;
-    let y0 = cy as i64 - side / 2;
+    let RegionGeometry { x0, y0, f, out } = RegionGeometry::of(cell, nucleus);
     let (w, h) = (img.width() as i64, img.height() as i64);
-    let out = (side / f) as usize;
-    let f = f as usize;
+    let (out, f) = (out as usize, f as usize);
     // Mirrored source columns, computed once, not per pixel. Rows are summed
     // over the span of columns they cover first (a loop the compiler
     // vectorises), then each block of f columns.
@@ -139,6 +134,24 @@ pub fn cell_region(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
     RgbImage::from_raw(out as u32, out as u32, buf).expect("buffer sized for the region")
 }
 
+/// Where [`cell_region`] cuts: the region's top-left corner in the field
+/// (may lie outside it), the averaging factor and the output side.
+struct RegionGeometry {
+    x0: i64,
+    y0: i64,
+    f: i64,
+    out: u32,
+}
+
+impl RegionGeometry {
+    fn of(cell: BBox, nucleus: BBox) -> RegionGeometry {
+        let (cx, cy) = nucleus.center();
+        let side = (2 * cell.width().max(cell.height())).clamp(8, 4096) as i64;
+        let f = (side / REGION_SIDE_PER_STEP).max(1);
+        RegionGeometry { x0: cx as i64 - side / 2, y0: cy as i64 - side / 2, f, out: (side / f) as u32 }
+    }
+}
+
 /// Region side (px) per downscaling step: a 560 px region (a 1280x960 camera's
 /// leukocyte) is halved to 280, where the nucleus window still spans about
 /// twice the model's 96 px input; fields at BCCD's 640x480 are not resampled.
@@ -160,13 +173,8 @@ mod tests {
 
     /// The straightforward region cut (per-pixel mirroring), kept to check the fast one.
     fn cell_region_reference(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
-        let (cx, cy) = nucleus.center();
-        let side = (2 * cell.width().max(cell.height())).clamp(8, 4096) as i64;
-        let f = (side / REGION_SIDE_PER_STEP).max(1);
-        let x0 = cx as i64 - side / 2;
-        let y0 = cy as i64 - side / 2;
+        let RegionGeometry { x0, y0, f, out } = RegionGeometry::of(cell, nucleus);
         let (w, h) = (img.width() as i64, img.height() as i64);
-        let out = (side / f) as u32;
         RgbImage::from_fn(out, out, |x, y| {
             let mut acc = [0u32; 3];
             for dy in 0..f {
