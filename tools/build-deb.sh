@@ -27,16 +27,20 @@ CARGO_DEB_VERSION=3.8.0
 log() { printf '[build-deb] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
+# shellcheck source=tools/targets.sh
+. "$repo/tools/targets.sh"
+
 setup_only=0
 targets=()
 for a in "$@"; do
     case $a in
         --setup-only) setup_only=1 ;;
-        aarch64-unknown-linux-gnu | arm64) targets+=(aarch64-unknown-linux-gnu) ;;
-        armv7-unknown-linux-gnueabihf | armhf) targets+=(armv7-unknown-linux-gnueabihf) ;;
-        all) targets+=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf) ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown target '$a' (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, all)" ;;
+        *)
+            t=$(target_triples "$a") || die "unknown target '$a' (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, all)"
+            read -ra more <<<"$t"
+            targets+=("${more[@]}")
+            ;;
     esac
 done
 [[ ${#targets[@]} -gt 0 ]] || targets=(aarch64-unknown-linux-gnu)

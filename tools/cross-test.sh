@@ -39,14 +39,18 @@ t_all=$(date +%s)
 log() { printf '[cross-test] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
 
+# shellcheck source=tools/targets.sh
+. "$repo/tools/targets.sh"
+
 targets=()
 for a in "$@"; do
     case $a in
-        aarch64-unknown-linux-gnu | arm64) targets+=(aarch64-unknown-linux-gnu) ;;
-        armv7-unknown-linux-gnueabihf | armhf) targets+=(armv7-unknown-linux-gnueabihf) ;;
-        all) targets+=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf) ;;
         -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown target '$a'" ;;
+        *)
+            t=$(target_triples "$a") || die "unknown target '$a'"
+            read -ra more <<<"$t"
+            targets+=("${more[@]}")
+            ;;
     esac
 done
 [[ ${#targets[@]} -gt 0 ]] || targets=(aarch64-unknown-linux-gnu)

@@ -1,0 +1,13 @@
+# shellcheck shell=bash
+# Sourced by tools/build-deb.sh and tools/cross-test.sh: the board targets by name.
+
+# target_triples NAME: the Rust target triple(s) NAME stands for (a triple, arm64,
+# armhf or all), space-separated; fails on an unknown name.
+target_triples() {
+    case $1 in
+        aarch64-unknown-linux-gnu | arm64) echo aarch64-unknown-linux-gnu ;;
+        armv7-unknown-linux-gnueabihf | armhf) echo armv7-unknown-linux-gnueabihf ;;
+        all) echo aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf ;;
+        *) return 1 ;;
+    esac
+}
