@@ -205,12 +205,10 @@ impl Classifier {
             card.file = file.to_string();
             card.sha256 = sha.to_string();
         }
-        let mut clf = Classifier::from_card(card, card_path)?;
-        clf.variant = variant;
-        Ok(clf)
+        Classifier::from_card(card, card_path, variant)
     }
 
-    fn from_card(card: ModelCard, card_path: &Path) -> Result<Classifier, ModelError> {
+    fn from_card(card: ModelCard, card_path: &Path, variant: Variant) -> Result<Classifier, ModelError> {
         let model_path = card_path.parent().unwrap_or(Path::new(".")).join(&card.file);
         let bytes = std::fs::read(&model_path).map_err(|source| ModelError::Io { path: model_path.clone(), source })?;
         let actual = hex(&Sha256::digest(&bytes));
@@ -247,7 +245,7 @@ impl Classifier {
             });
         }
         let plan = typed.into_runnable().map_err(&tract_err)?;
-        Ok(Classifier { card, model_path, variant: Variant::Int8, plan })
+        Ok(Classifier { card, model_path, variant, plan })
     }
 
     /// Class probabilities (softmax of the model's logits) for one prepared crop.

@@ -224,16 +224,10 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
         }
     }
     // Column taps reordered subsample-major (k = si * s + i), so that one
-    // subsample of every output pixel is contiguous.
-    let col = |si: usize, i: usize| {
-        let tx = &xs[i * n + si];
-        (tx.i0 - x_lo, tx.i1 - x_lo, tx.a)
-    };
-    let (ci0, ci1, ca): (Vec<usize>, Vec<usize>, Vec<f32>) = {
-        let all: Vec<_> = (0..n).flat_map(|si| (0..s).map(move |i| (si, i))).map(|(si, i)| col(si, i)).collect();
-        (all.iter().map(|c| c.0).collect(), all.iter().map(|c| c.1).collect(), all.iter().map(|c| c.2).collect())
-    };
-    let ys: Vec<Tap> = ys.into_iter().map(|t| Tap { i0: t.i0 - y_lo, i1: t.i1 - y_lo, a: t.a }).collect();
+    // subsample of every output pixel is contiguous; indices from the corner.
+    let cols: Vec<Tap> =
+        (0..n).flat_map(|si| (0..s).map(move |i| (si, i))).map(|(si, i)| xs[i * n + si].shifted(x_lo)).collect();
+    let ys: Vec<Tap> = ys.iter().map(|t| t.shifted(y_lo)).collect();
     let to_lab = LabConverter::shared();
     // Every subsample is bilinear: horizontal blends on two rows, then the
     // vertical blend. The horizontal blends of one image row at every column
@@ -241,7 +235,7 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
     // read the same row (two rows cached); the arithmetic, and the order in
     // which each output pixel sums its subsamples, is that of a plain
     // per-subsample loop (sj outer, si inner).
-    let m = ci0.len();
+    let m = cols.len();
     let mut rows = RowBlends { row: [usize::MAX; 2], blend: [vec![0.0; 3 * m], vec![0.0; 3 * m]] };
     let mut acc = vec![0f32; 3 * s];
     for j in 0..s {
@@ -250,8 +244,8 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
             let (k0, k1) = rows.pair(ty.i0, ty.i1, |r, out| {
                 for (c, plane) in t.iter().enumerate() {
                     let row = &plane[r * wu..(r + 1) * wu];
-                    for (k, h) in out[c * m..(c + 1) * m].iter_mut().enumerate() {
-                        *h = row[ci0[k]] * (1.0 - ca[k]) + row[ci1[k]] * ca[k];
+                    for (h, tx) in out[c * m..(c + 1) * m].iter_mut().zip(&cols) {
+                        *h = row[tx.i0] * (1.0 - tx.a) + row[tx.i1] * tx.a;
                     }
                 }
             });
@@ -321,7 +315,17 @@ struct Tap {
     a: f32,
 }
 
+impl Tap {
+    /// The same tap with indices counted from `origin`.
+    fn shifted(self, origin: usize) -> Tap {
+        Tap { i0: self.i0 - origin, i1: self.i1 - origin, a: self.a }
+    }
+}
+
 /// The `n` subsample taps of each of `s` output pixels along one axis.
+/// Outside the image the picture is mirrored: a constant fill would mark
+/// cells that sit close to a crop's edge, which differs between datasets and
+/// never happens inside a camera field.
 fn taps(origin: f32, step: f32, s: usize, n: usize, len: i64) -> Vec<Tap> {
     let at = |i: i64| if (0..len).contains(&i) { i as usize } else { reflect(i, len) as usize };
     let mut out = Vec::with_capacity(s * n);
@@ -374,9 +378,8 @@ mod tests {
     use super::*;
     use crate::color::srgb_to_lab;
 
-    /// The straightforward version of [`sample_standardised`], kept to check that
-    /// the fast one gives the very same numbers. Samples the square window (antialiased by supersampling), white-balances,
-    /// converts to Lab and standardises each channel.
+    /// The straightforward version of [`sample_standardised`] (one bilinear read
+    /// per subsample, exact Lab formula), kept to check the fast one against.
     fn sample_standardised_reference(
         img: &RgbImage,
         bg: &Background,
