@@ -36,11 +36,7 @@ for a in "$@"; do
     case $a in
         --setup-only) setup_only=1 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *)
-            t=$(target_triples "$a") || die "unknown target '$a' (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, all)"
-            read -ra more <<<"$t"
-            targets+=("${more[@]}")
-            ;;
+        *) add_targets "$a" || die "unknown target '$a' (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, all)" ;;
     esac
 done
 [[ ${#targets[@]} -gt 0 ]] || targets=(aarch64-unknown-linux-gnu)

@@ -46,11 +46,7 @@ targets=()
 for a in "$@"; do
     case $a in
         -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *)
-            t=$(target_triples "$a") || die "unknown target '$a'"
-            read -ra more <<<"$t"
-            targets+=("${more[@]}")
-            ;;
+        *) add_targets "$a" || die "unknown target '$a'" ;;
     esac
 done
 [[ ${#targets[@]} -gt 0 ]] || targets=(aarch64-unknown-linux-gnu)

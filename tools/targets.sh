@@ -11,3 +11,12 @@ target_triples() {
         *) return 1 ;;
     esac
 }
+
+# add_targets NAME: appends NAME's triple(s) to the caller's `targets` array;
+# fails (adding nothing) on an unknown name.
+add_targets() {
+    local t more
+    t=$(target_triples "$1") || return 1
+    read -ra more <<<"$t"
+    targets+=("${more[@]}")
+}
