@@ -269,7 +269,38 @@ fn downsample_with<T>(img: &RgbImage, k: usize) -> RgbImage
 where
     T: Copy + Default + From<u8> + std::ops::AddAssign + Into<u32>,
 {
-    let (w, h) = (img.width() as usize, img.height() as usize);
+    downsample_rect_with::<T>(img, Rect { x: 0, y: 0, w: img.width() as usize, h: img.height() as usize }, k)
+}
+
+/// A rectangle of an image, in pixels.
+#[derive(Debug, Clone, Copy)]
+struct Rect {
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+}
+
+/// [`downsample`] of a rectangle inside `img` (clipped to it), read in place
+/// rather than copied out first.
+fn downsample_rect(img: &RgbImage, rect: Rect, k: u32) -> RgbImage {
+    let (iw, ih) = (img.width() as usize, img.height() as usize);
+    let x = rect.x.min(iw);
+    let y = rect.y.min(ih);
+    let rect = Rect { x, y, w: rect.w.min(iw - x), h: rect.h.min(ih - y) };
+    if k <= 257 {
+        downsample_rect_with::<u16>(img, rect, k.max(1) as usize)
+    } else {
+        downsample_rect_with::<u32>(img, rect, k as usize)
+    }
+}
+
+fn downsample_rect_with<T>(img: &RgbImage, rect: Rect, k: usize) -> RgbImage
+where
+    T: Copy + Default + From<u8> + std::ops::AddAssign + Into<u32>,
+{
+    let Rect { x: rx, y: ry, w, h } = rect;
+    let stride = img.width() as usize * 3;
     let (ow, oh) = (w.div_ceil(k), h.div_ceil(k));
     let mut out = vec![0u8; ow * oh * 3];
     let mut column_sums = vec![T::default(); w * 3];
@@ -281,8 +312,9 @@ where
         // Rounded means by a fixed-point reciprocal: a division per channel
         // would cost more than all the adds.
         let full = reciprocal(n_rows as u64 * k as u64);
-        for row in src[rows.start * w * 3..rows.end * w * 3].chunks_exact(w * 3) {
-            for (a, &v) in column_sums.iter_mut().zip(row) {
+        for r in rows {
+            let start = (ry + r) * stride + rx * 3;
+            for (a, &v) in column_sums.iter_mut().zip(&src[start..start + w * 3]) {
                 *a += T::from(v);
             }
         }
@@ -338,8 +370,8 @@ fn estimate_scale(img: &RgbImage, level0: &RgbImage, k0: u32, luts: &Luts, param
     let refined = refine_k.and_then(|k| {
         let (cw, ch) = (level0.width() * k, level0.height() * k);
         let (x, y) = ((img.width().saturating_sub(cw)) / 2, (img.height().saturating_sub(ch)) / 2);
-        let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
-        rbc_diameter(&downsample(&crop, k), luts, params).map(|d| d * k as f32)
+        let rect = Rect { x: x as usize, y: y as usize, w: cw as usize, h: ch as usize };
+        rbc_diameter(&downsample_rect(img, rect, k), luts, params).map(|d| d * k as f32)
     });
     let diameter_px = refined.or(d0.map(|d| d * k0 as f32))?;
     Some(params.rbc_diameter_um / diameter_px).filter(|s| s.is_finite() && *s > 0.0)
@@ -861,6 +893,22 @@ mod tests {
         let field = crate::input::load_rgb(&path).unwrap_or_else(|e| panic!("{e}: set LEUKOSCOPE_DATA"));
         for k in [2, 3, 4, 7, 16] {
             assert!(downsample_with::<u16>(&field, k) == downsample_with::<u32>(&field, k), "k = {k}");
+        }
+    }
+
+    /// Downsampling a rectangle in place gives the pixels of downsampling a
+    /// copy of it (what scale estimation did before), clipped at the border.
+    #[test]
+    fn a_rectangle_downsamples_as_its_copy_does() {
+        let path = crate::input::data_dir().join("bccd/JPEGImages/BloodImage_00001.jpg");
+        let field = crate::input::load_rgb(&path).unwrap_or_else(|e| panic!("{e}: set LEUKOSCOPE_DATA"));
+        for (x, y, w, h) in [(0, 0, 640, 480), (160, 120, 320, 240), (17, 33, 101, 57), (600, 400, 100, 100)] {
+            let copy = image::imageops::crop_imm(&field, x, y, w, h).to_image();
+            for k in [1, 2, 3, 5] {
+                let rect = Rect { x: x as usize, y: y as usize, w: w as usize, h: h as usize };
+                let expected = downsample(&copy, k).into_owned();
+                assert!(downsample_rect(&field, rect, k) == expected, "rect {x},{y} {w}x{h}, k = {k}");
+            }
         }
     }
 

@@ -262,12 +262,14 @@ fn sample_standardised(img: &RgbImage, bg: &Background, window: (f32, f32, f32),
             }
         }
         let k = (n * n) as f32;
-        for i in 0..s {
-            let l = to_lab.lab([acc[i] / k, acc[s + i] / k, acc[2 * s + i] / k]);
-            for c in 0..3 {
-                lab[c * s * s + j * s + i] = l[c];
-            }
-        }
+        let (l_plane, rest) = lab.split_at_mut(s * s);
+        let (a_plane, b_plane) = rest.split_at_mut(s * s);
+        let row = j * s..(j + 1) * s;
+        to_lab.lab_planes(
+            [&acc[..s], &acc[s..2 * s], &acc[2 * s..]],
+            k,
+            [&mut l_plane[row.clone()], &mut a_plane[row.clone()], &mut b_plane[row]],
+        );
     }
     standardise(&mut lab, s * s, spec.std_floor);
     lab
