@@ -4,7 +4,7 @@
 
 use crate::detect::detect;
 use crate::model::Classifier;
-use crate::pipeline::{cell_region, Analyzer};
+use crate::pipeline::{cell_region, Analyzer, RegionGeometry};
 use crate::preprocess::prepare;
 use image::RgbImage;
 use serde::Serialize;
@@ -66,7 +66,7 @@ pub fn field_figures(field: &RgbImage, analyzers: &[(&str, &Analyzer)], budget: 
     let spec = &first.classifier.card.input.preprocessing;
     let (ms, runs) = median_ms(budget, 1000, || {
         for d in &found.cells {
-            let region = cell_region(field, d.bbox, d.nucleus);
+            let region = cell_region(field, RegionGeometry::of(d.bbox, d.nucleus, spec));
             std::hint::black_box(prepare(&region, spec, Some(found.background)));
         }
     });
@@ -87,6 +87,45 @@ pub fn field_figures(field: &RgbImage, analyzers: &[(&str, &Analyzer)], budget: 
         });
     }
     out
+}
+
+/// Many fields, each resized to the same size: the mean over fields of each
+/// field's median detection, cut + prepare and whole-field time. One field's
+/// cell count (one cell or four) moves the single-field figures by 2x; the mean
+/// over a set of fields is the figure to compare pipelines by.
+pub fn many_fields_figures(fields: &[RgbImage], name: &str, analyzer: &Analyzer, budget: Duration) -> Vec<Figure> {
+    let Some(first) = fields.first() else { return Vec::new() };
+    let (w, h) = (first.width(), first.height());
+    let per_field = budget / fields.len().max(1) as u32;
+    let spec = &analyzer.classifier.card.input.preprocessing;
+    let (mut detect_ms, mut prepare_ms, mut whole_ms, mut cells, mut runs) = (0.0, 0.0, 0.0, 0, 0);
+    for field in fields {
+        let (ms, n) = median_ms(per_field, 100, || {
+            std::hint::black_box(detect(field, &analyzer.detect, analyzer.um_per_px));
+        });
+        detect_ms += ms;
+        runs += n;
+        let found = detect(field, &analyzer.detect, analyzer.um_per_px);
+        cells += found.cells.len();
+        let (ms, _) = median_ms(per_field, 100, || {
+            for d in &found.cells {
+                let region = cell_region(field, RegionGeometry::of(d.bbox, d.nucleus, spec));
+                std::hint::black_box(prepare(&region, spec, Some(found.background)));
+            }
+        });
+        prepare_ms += ms;
+        let (ms, _) = median_ms(per_field, 100, || {
+            std::hint::black_box(analyzer.analyze(field).ok());
+        });
+        whole_ms += ms;
+    }
+    let n = fields.len() as f64;
+    let what = |fig: &str| format!("{fig}, mean of {} fields ({cells} cells), {w}x{h}", fields.len());
+    vec![
+        Figure { what: what("detect"), median_ms: detect_ms / n, runs },
+        Figure { what: what("cut + prepare"), median_ms: prepare_ms / n, runs },
+        Figure { what: what(&format!("whole field {name}")), median_ms: whole_ms / n, runs },
+    ]
 }
 
 /// The field resized to `w` x `h` (to benchmark camera resolutions from one image).

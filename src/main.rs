@@ -85,6 +85,15 @@ enum Command {
         /// in the data folder. On a board without the data folder, copy these two images.
         #[arg(long)]
         field: Option<PathBuf>,
+        /// Instead of the figures above: the whole field averaged over many fields
+        /// (images or folders; none named: the 72 BCCD test fields), each resized
+        /// to --size, with the file the card runs on this CPU. --seconds is then the
+        /// budget per figure for all fields together.
+        #[arg(long, num_args = 0.., conflicts_with_all = ["crop", "field"])]
+        fields: Option<Vec<PathBuf>>,
+        /// Size the --fields images are resized to, WIDTHxHEIGHT.
+        #[arg(long, default_value = "1280x960", value_parser = parse_size)]
+        size: (u32, u32),
     },
     /// The appliance: count leukocytes live from the camera, field by field,
     /// with the running count on a small display and buttons to start, capture,
@@ -192,7 +201,12 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Analyze { model, precision, config, json, out, inputs } => {
             analyze(model, precision, config, json, out, inputs)
         }
-        Command::Bench { model, seconds, json, crop, field } => bench(model, seconds, json, crop, field),
+        Command::Bench { model, seconds, json, fields: Some(fields), size, .. } => {
+            bench_fields(model, seconds, json, &fields, size)
+        }
+        Command::Bench { model, seconds, json, crop, field, fields: None, size: _ } => {
+            bench(model, seconds, json, crop, field)
+        }
         Command::Classify { model, precision, json, inputs } => classify(model, precision, json, &inputs),
         Command::Preprocess { list, out, card } => preprocess(&list, &out, card),
         Command::Run { config, model, precision, replay, replay_fps, script, state, screen_png, until_finished } => {
@@ -486,6 +500,54 @@ fn demo_inputs() -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// `WIDTHxHEIGHT`, both positive.
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let parsed = s.split_once(['x', 'X']).and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+    match parsed {
+        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(format!("{s:?} is not WIDTHxHEIGHT (e.g. 1280x960)")),
+    }
+}
+
+/// `bench --fields`: the whole field averaged over many fields.
+fn bench_fields(model: Option<PathBuf>, seconds: f64, json: bool, inputs: &[PathBuf], size: (u32, u32)) -> Result<i32> {
+    use leukoscope::bench::{many_fields_figures, resized};
+    let card = model.unwrap_or_else(leukoscope::model::default_card_path);
+    let classifier = Classifier::load(&card).with_context(|| format!("loading {}", card.display()))?;
+    let name = classifier.variant.to_string();
+    let paths = if inputs.is_empty() { demo_inputs()? } else { leukoscope::input::collect_images(inputs)? };
+    let bar = progress(paths.len(), "loading fields");
+    let mut fields = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let img = leukoscope::input::load_rgb(p)?;
+        fields.push(if img.dimensions() == size { img } else { resized(&img, size.0, size.1) });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let analyzer = leukoscope::pipeline::Analyzer {
+        rules: leukoscope::count::CallRules::from_card(&classifier.card),
+        classifier,
+        detect: Default::default(),
+        um_per_px: None,
+    };
+    let budget = std::time::Duration::from_secs_f64(seconds.max(0.1));
+    let figs = many_fields_figures(&fields, &name, &analyzer, budget);
+    print_figures(&figs, json)?;
+    Ok(0)
+}
+
+fn print_figures(figs: &[leukoscope::bench::Figure], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(figs)?);
+    } else {
+        println!("{:<66} {:>10} {:>7}", "figure", "median ms", "runs");
+        for f in figs {
+            println!("{:<66} {:>10.3} {:>7}", f.what, f.median_ms, f.runs);
+        }
+    }
+    Ok(())
+}
+
 fn bench(
     model: Option<PathBuf>,
     seconds: f64,
@@ -537,13 +599,8 @@ fn bench(
         let f = if (w, h) == (field.width(), field.height()) { field.clone() } else { resized(&field, w, h) };
         figs.extend(field_figures(&f, &analyzers, budget));
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&figs)?);
-    } else {
-        println!("{:<66} {:>10} {:>7}", "figure", "median ms", "runs");
-        for f in &figs {
-            println!("{:<66} {:>10.3} {:>7}", f.what, f.median_ms, f.runs);
-        }
+    print_figures(&figs, json)?;
+    if !json {
         // Which file the card runs here, next to what was just measured: the
         // figures a board's `precision_by_arch` entry (or [model] precision) needs.
         let per_crop = |v: &str| figs.iter().find(|f| f.what.starts_with(&format!("inference per crop, {v}")));

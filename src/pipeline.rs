@@ -5,7 +5,7 @@ use crate::count::{Call, CallRules};
 use crate::detect::{detect, reciprocal, DetectParams, FieldScale, Rejected};
 use crate::mask::BBox;
 use crate::model::{Classifier, ModelError, Prediction};
-use crate::preprocess::{prepare, reflect};
+use crate::preprocess::{prepare, reflect, PreprocessSpec};
 use image::RgbImage;
 
 /// Everything needed to analyse fields, built once.
@@ -52,7 +52,7 @@ impl Analyzer {
         let spec = &self.classifier.card.input.preprocessing;
         let mut cells = Vec::with_capacity(found.cells.len());
         for d in &found.cells {
-            let region = cell_region(img, d.bbox, d.nucleus);
+            let region = cell_region(img, RegionGeometry::of(d.bbox, d.nucleus, spec));
             let prediction = self.classifier.predict(&prepare(&region, spec, Some(found.background)))?;
             // In a field the detector, which measures the nucleus in µm, decides what
             // is a leukocyte: a detected cell the model takes for a platelet is
@@ -89,11 +89,10 @@ impl Analyzer {
 /// size, as the single-cell crops the model was trained on are. Beyond the
 /// field border the picture is mirrored, so the nucleus stays centred.
 ///
-/// Large regions (a high-resolution camera) are averaged down by an integer
-/// factor to at most ~2x what the 96 px model input needs: the input is the
-/// same up to resampling, and preparing the crop costs a fraction.
-pub fn cell_region(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
-    let RegionGeometry { x0, y0, f, out } = RegionGeometry::of(cell, nucleus);
+/// The region is averaged down by the integer factor in `geometry` (see
+/// [`RegionGeometry::of`]).
+pub fn cell_region(img: &RgbImage, geometry: RegionGeometry) -> RgbImage {
+    let RegionGeometry { x0, y0, f, out } = geometry;
     let (w, h) = (img.width() as i64, img.height() as i64);
     let (out, f) = (out as usize, f as usize);
     // Mirrored source columns, computed once, not per pixel. Rows are summed
@@ -107,7 +106,7 @@ pub fn cell_region(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
     // Rounded means by a fixed-point reciprocal, as in detection's downsampling.
     let (n, recip) = reciprocal((f * f) as u64);
     let mut buf = vec![0u8; out * out * 3];
-    // f <= 4096 / REGION_SIDE_PER_STEP = 17 rows of bytes: the sums fit u16,
+    // f <= MAX_REGION_FACTOR rows of bytes: the sums fit u16,
     // twice the lanes per vector instruction of u32.
     let mut sums = vec![0u16; (hi - lo + 1) * 3];
     for (y, dst) in buf.chunks_exact_mut(out * 3).enumerate() {
@@ -136,26 +135,45 @@ pub fn cell_region(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
 
 /// Where [`cell_region`] cuts: the region's top-left corner in the field
 /// (may lie outside it), the averaging factor and the output side.
-struct RegionGeometry {
-    x0: i64,
-    y0: i64,
-    f: i64,
-    out: u32,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionGeometry {
+    pub x0: i64,
+    pub y0: i64,
+    pub f: i64,
+    pub out: u32,
 }
 
 impl RegionGeometry {
-    fn of(cell: BBox, nucleus: BBox) -> RegionGeometry {
+    /// The region of a detected cell, averaged down by the largest factor that
+    /// leaves the model's window (`window_factor` x the nucleus extent) at least
+    /// [`MIN_WINDOW_PX_PER_INPUT_PX`] region pixels per input pixel. Every
+    /// region pixel is then an area average over field pixels, and preparing
+    /// the crop (nucleus search over the region, supersampling of the window)
+    /// costs the same at any camera resolution.
+    pub fn of(cell: BBox, nucleus: BBox, spec: &PreprocessSpec) -> RegionGeometry {
+        let window = spec.window_factor * nucleus.width().max(nucleus.height()) as f32;
+        let f = (window / (spec.size.max(1) as f32 * MIN_WINDOW_PX_PER_INPUT_PX)).floor();
+        RegionGeometry::with_factor(cell, nucleus, f as i64)
+    }
+
+    /// The square twice the cell's size around its nucleus, averaged by `f`
+    /// (1: field resolution; at most [`MAX_REGION_FACTOR`], and never below
+    /// 8 region pixels a side).
+    pub fn with_factor(cell: BBox, nucleus: BBox, f: i64) -> RegionGeometry {
         let (cx, cy) = nucleus.center();
         let side = (2 * cell.width().max(cell.height())).clamp(8, 4096) as i64;
-        let f = (side / REGION_SIDE_PER_STEP).max(1);
+        let f = f.clamp(1, MAX_REGION_FACTOR).min(side / 8);
         RegionGeometry { x0: cx as i64 - side / 2, y0: cy as i64 - side / 2, f, out: (side / f) as u32 }
     }
 }
 
-/// Region side (px) per downscaling step: a 560 px region (a 1280x960 camera's
-/// leukocyte) is halved to 280, where the nucleus window still spans about
-/// twice the model's 96 px input; fields at BCCD's 640x480 are not resampled.
-const REGION_SIDE_PER_STEP: i64 = 240;
+/// Region pixels per model input pixel that the nucleus window keeps at
+/// least, after averaging the region down.
+pub const MIN_WINDOW_PX_PER_INPUT_PX: f32 = 1.5;
+
+/// Largest averaging factor: the row sums of [`cell_region`] (f rows of bytes)
+/// stay within u16.
+const MAX_REGION_FACTOR: i64 = 64;
 
 /// Crop of a cell for the report, clipped to the field, with a margin.
 pub fn report_crop(img: &RgbImage, cell: BBox) -> RgbImage {
@@ -172,8 +190,8 @@ mod tests {
     use super::*;
 
     /// The straightforward region cut (per-pixel mirroring), kept to check the fast one.
-    fn cell_region_reference(img: &RgbImage, cell: BBox, nucleus: BBox) -> RgbImage {
-        let RegionGeometry { x0, y0, f, out } = RegionGeometry::of(cell, nucleus);
+    fn cell_region_reference(img: &RgbImage, geometry: RegionGeometry) -> RgbImage {
+        let RegionGeometry { x0, y0, f, out } = geometry;
         let (w, h) = (img.width() as i64, img.height() as i64);
         RgbImage::from_fn(out, out, |x, y| {
             let mut acc = [0u32; 3];
@@ -191,7 +209,7 @@ mod tests {
     }
 
     /// Same pixels as the reference for regions inside the field, across its
-    /// corners and edges, with and without averaging down, on a real field.
+    /// corners and edges, at several averaging factors, on a real field.
     #[test]
     fn fast_region_is_identical_on_a_real_field() {
         let path = crate::input::data_dir().join("bccd/JPEGImages/BloodImage_00001.jpg");
@@ -204,10 +222,16 @@ mod tests {
             {
                 let cell = BBox { x0, y0, x1: (x0 + side).min(w), y1: (y0 + side).min(h) };
                 let nucleus = BBox { x0: x0 + 5, y0: y0 + 3, x1: cell.x1.saturating_sub(4).max(x0 + 6), y1: cell.y1 };
-                let fast = cell_region(img, cell, nucleus);
-                let slow = cell_region_reference(img, cell, nucleus);
-                assert_eq!(fast.dimensions(), slow.dimensions());
-                assert!(fast == slow, "{w}x{h}: region {cell:?} differs");
+                let spec = PreprocessSpec::default();
+                let by_rule = RegionGeometry::of(cell, nucleus, &spec);
+                for g in
+                    [1, 2, 3, 7, 64].map(|f| RegionGeometry::with_factor(cell, nucleus, f)).into_iter().chain([by_rule])
+                {
+                    let fast = cell_region(img, g);
+                    let slow = cell_region_reference(img, g);
+                    assert_eq!(fast.dimensions(), slow.dimensions());
+                    assert!(fast == slow, "{w}x{h}: region {cell:?} averaged by {} differs", g.f);
+                }
             }
         }
     }

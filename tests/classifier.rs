@@ -115,3 +115,61 @@ fn rust_runtime_matches_python_and_calls_blasts() {
     // The issue's acceptance level for in-domain blast calls.
     assert!(sens >= 0.98 && spec_ >= 0.98, "blast sensitivity {sens}, specificity {spec_}");
 }
+
+/// A cell seen by a finer camera (the crop upscaled 2x and 3x), cut from the
+/// field and averaged down as `analyze` does (`RegionGeometry::of`: the largest
+/// factor that keeps 1.5 region pixels per input pixel across the nucleus
+/// window), gets the calls of the crop itself: the averaging that makes
+/// preparation cost the same at every camera resolution does not move them.
+#[test]
+fn averaged_down_regions_of_finer_cameras_keep_the_calls() {
+    use leukoscope::color::Background;
+    use leukoscope::mask::BBox;
+    use leukoscope::pipeline::{cell_region, RegionGeometry};
+    use leukoscope::preprocess::find_central_nucleus;
+    let clf = Classifier::load(&models().join("leukoscope.card.json")).expect("shipped model loads");
+    let golden = golden();
+    let direct = calls(&clf, &golden);
+    let (sens, spec_, _, _) = blast_calls(&clf, &golden, &direct);
+    let data = leukoscope::input::data_dir();
+    let spec = &clf.card.input.preprocessing;
+    for up in [2u32, 3] {
+        let (mut factors, mut same) = (0i64, 0usize);
+        let mut region_calls = Vec::new();
+        for (it, (code, _)) in golden.items.iter().zip(&direct) {
+            let crop = leukoscope::input::load_rgb(&data.join(&it.path)).expect("golden crop readable");
+            let (w, h) = (crop.width() * up, crop.height() * up);
+            let field = image::imageops::resize(&crop, w, h, image::imageops::FilterType::Triangle);
+            // As a detector would report it: the nucleus, and a cell box half
+            // the crop's side (the region, twice the cell, is then the crop).
+            let bg = Background::estimate(&field);
+            let nucleus = find_central_nucleus(&field, &bg, spec.min_nucleus_od).unwrap_or(BBox {
+                x0: w / 2 - 1,
+                y0: h / 2 - 1,
+                x1: w / 2 + 1,
+                y1: h / 2 + 1,
+            });
+            let cell = BBox { x0: w / 4, y0: h / 4, x1: w / 4 + w.max(h) / 2, y1: h / 4 + w.max(h) / 2 };
+            let geometry = RegionGeometry::of(cell, nucleus, spec);
+            factors += geometry.f;
+            let p = clf.predict(&prepare(&cell_region(&field, geometry), spec, Some(bg))).expect("inference");
+            let (k, top) = p.top();
+            let got = clf.card.classes[k].code.clone();
+            same += (&got == code) as usize;
+            region_calls.push((got, top));
+        }
+        let n = golden.items.len();
+        let mean_f = factors as f64 / n as f64;
+        let (s, sp, myo, ngs) = blast_calls(&clf, &golden, &region_calls);
+        eprintln!(
+            "x{up}: mean averaging factor {mean_f:.2}; same class as the crop {same}/{n}; \
+             blast sensitivity {:.1}% ({myo} MYO), specificity {:.1}% ({ngs} NGS)",
+            100.0 * s,
+            100.0 * sp
+        );
+        // The test means something only if regions were averaged down.
+        assert!(mean_f > up as f64 * 0.5, "x{up}: mean factor {mean_f:.2}: regions were not averaged down");
+        assert!(same as f64 >= 0.98 * n as f64, "x{up}: only {same}/{n} crops keep their class");
+        assert!(s >= sens - 1.0 / myo as f64 && sp >= spec_ - 1.0 / ngs as f64, "x{up}: blast calls moved: {s} {sp}");
+    }
+}

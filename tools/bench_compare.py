@@ -4,6 +4,7 @@ onnxruntime per crop and vs the Python/OpenCV reference (tools/reference_pipelin
 per field, on the same inputs, interleaved in one run.
 
     python tools/bench_compare.py [--rounds 3] [--seconds 1] [--write-doc]
+    python tools/bench_compare.py --fields [--size 1280x960] [--rounds 3] [--seconds 10]
 
 Each round runs `leukoscope bench --json --seconds S` (its own inputs: crop
 lmu/MYO/MYO_0001.jpg, field bccd BloodImage_00001 resized to 640x480, 1280x960,
@@ -14,6 +15,12 @@ which for these upscales is the same bilinear interpolation). Every figure is
 the median over repeated runs (same rule as bench.rs), then the median over
 rounds. Single thread everywhere. Start-up (process launch to first
 classification) and peak RSS are measured on subprocesses.
+
+With --fields: the whole field (and detection alone) averaged over the 72 BCCD
+test fields resized to one size, each field's figure a median over repeated
+runs; Rust via `leukoscope bench --fields`, then the reference, per round. One
+field's cell count moves the single-field figures by 2x; this is the figure to
+judge "N times faster" by.
 """
 import argparse
 import datetime
@@ -36,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import reference_pipeline as ref_mod  # noqa: E402
 
-BIN = ROOT / "target" / "release" / "leukoscope"
+# The binary under test: env LEUKOSCOPE_BIN (as for the other tools), else the release build.
+BIN = Path(os.environ.get("LEUKOSCOPE_BIN") or ROOT / "target" / "release" / "leukoscope")
 DATA = ref_mod.DATA
 CROP = DATA / "lmu/MYO/MYO_0001.jpg"
 FIELD = DATA / "bccd/JPEGImages/BloodImage_00001.jpg"
@@ -109,6 +117,59 @@ def peak_rss_mb(cmd):
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
 
+def many_fields(a):
+    """--fields: the whole field averaged over the 72 BCCD test fields at one size,
+    Rust (`leukoscope bench --fields`) and the reference interleaved, round by round."""
+    w, h = a.size
+    ids = [l.strip() for l in (DATA / "bccd/ImageSets/Main/test.txt").read_text().splitlines() if l.strip()]
+    fields = []
+    for i in ids:
+        f = ref_mod.load_rgb(DATA / f"bccd/JPEGImages/{i}.jpg")
+        fields.append(f if (f.shape[1], f.shape[0]) == (w, h) else cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR))
+    ref = ref_mod.Reference()
+    per_field = a.seconds / len(fields)
+    load_before = os.getloadavg()
+    rows = []
+    for r in range(a.rounds):
+        out = subprocess.run([str(BIN), "bench", "--fields", "--json", "--seconds", str(a.seconds), "--size", f"{w}x{h}"],
+                             env=ENV, capture_output=True, text=True, check=True).stdout
+        rust = {f["what"].split(",")[0]: f["median_ms"] for f in json.loads(out)}
+        what = next(f["what"] for f in json.loads(out) if f["what"].startswith("whole field"))
+        py_field = statistics.mean(median_ms(per_field, 100, lambda f=f: ref.analyze(f, None)) for f in fields)
+        py_detect = statistics.mean(median_ms(per_field, 100, lambda f=f: ref.detect(f, None)) for f in fields)
+        whole = next(v for k, v in rust.items() if k.startswith("whole field"))
+        rows.append({"rust_field": whole, "rust_detect": rust["detect"], "rust_prepare": rust["cut + prepare"],
+                     "py_field": py_field, "py_detect": py_detect})
+        print(f"round {r + 1}/{a.rounds}: Rust {whole:.2f} ms, reference {py_field:.2f} ms per field "
+              f"({py_field / whole:.2f}x)", file=sys.stderr)
+    med = lambda k: statistics.median(x[k] for x in rows)  # noqa: E731
+    lines = [f"| figure, mean over the {len(fields)} BCCD test fields at {w}x{h} | Rust (tract) ms | Python reference ms | reference / Rust |",
+             "|---|---|---|---|"]
+    for r_i, x in enumerate(rows):
+        lines.append(f"| whole field, scale estimated, round {r_i + 1} | {x['rust_field']:.2f} | {x['py_field']:.2f} | "
+                     f"{x['py_field'] / x['rust_field']:.2f}x |")
+    lines.append(f"| whole field, median of rounds | {med('rust_field'):.2f} | {med('py_field'):.2f} | "
+                 f"{med('py_field') / med('rust_field'):.2f}x |")
+    lines.append(f"| detection only, median of rounds | {med('rust_detect'):.2f} | {med('py_detect'):.2f} | "
+                 f"{med('py_detect') / med('rust_detect'):.2f}x |")
+    lines.append(f"| cut + prepare the cells (Rust only), median of rounds | {med('rust_prepare'):.2f} | - | - |")
+    lines.append("")
+    lines.append(f"Rust: `{what}` ({RUST_FIELD} file, the card's choice on this CPU), {1000.0 / med('rust_field'):.0f} fields/s on one thread. "
+                 f"Load average (1 min) {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after.")
+    table = "\n".join(lines)
+    print(table)
+    if a.write_doc:
+        cmd = "python tools/bench_compare.py " + " ".join(sys.argv[1:])
+        with open(ROOT / "docs/performance.md", "a") as fh:
+            fh.write(f"\n\n## {datetime.date.today().isoformat()}: many fields side by side (issue 6)\n\nCommand: `{cmd}`\n\n{table}\n")
+        print("appended to docs/performance.md", file=sys.stderr)
+
+
+def parse_size(s):
+    w, h = s.lower().split("x")
+    return int(w), int(h)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -117,8 +178,14 @@ def main():
     ap.add_argument("--field", type=Path, default=FIELD,
                     help="smear field both sides time, resized to each size (default: BCCD BloodImage_00001, "
                          "whose one leukocyte is cut by the border)")
+    ap.add_argument("--fields", action="store_true",
+                    help="instead: the whole field averaged over the 72 BCCD test fields at --size, both sides "
+                         "(--seconds is then the budget per figure per round for all fields together)")
+    ap.add_argument("--size", type=parse_size, default=(1280, 960), help="with --fields: WIDTHxHEIGHT (default 1280x960)")
     a = ap.parse_args()
     cv2.setNumThreads(1)
+    if a.fields:
+        return many_fields(a)
     tmp = Path(tempfile.mkdtemp(prefix="bench_compare_"))
 
     # Same inputs: the crop tensor from leukoscope preprocess, plus a few PBC crops.
