@@ -246,3 +246,23 @@ fn config_threshold_changes_the_flag() {
     assert_eq!(s["flag"], true, "{s}");
     assert_eq!(s["blasts"], 1);
 }
+
+/// `bench --fields` times the fields it is given at the size asked, and refuses
+/// a size that is not WIDTHxHEIGHT.
+#[test]
+fn bench_over_many_fields_reports_their_mean() {
+    let fields = [field("BloodImage_00001"), field("BloodImage_00065")];
+    let (out, err) =
+        run(bin().args(["bench", "--json", "--seconds", "0.2", "--size", "320x240", "--fields"]).args(&fields));
+    assert!(out.status.success(), "{err}");
+    let figs = json(&out);
+    let figs = figs.as_array().expect("a list of figures");
+    assert_eq!(figs.len(), 3, "{figs:?}");
+    for f in figs {
+        let what = f["what"].as_str().unwrap_or_default();
+        assert!(what.contains("mean of 2 fields") && what.ends_with("320x240"), "{what}");
+        assert!(f["median_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{f}");
+    }
+    let (out, err) = run(bin().args(["bench", "--size", "0x240", "--fields"]).args(&fields));
+    assert!(!out.status.success() && err.contains("WIDTHxHEIGHT"), "{err}");
+}
