@@ -2,10 +2,10 @@
 //! the same inputs (median of repeated runs, one thread). Figures are recorded
 //! in docs/performance.md; nothing here is asserted by tests.
 
-use crate::detect::detect;
+use crate::detect::{detect, FieldDetections};
 use crate::model::Classifier;
 use crate::pipeline::{cell_region, Analyzer, RegionGeometry};
-use crate::preprocess::prepare;
+use crate::preprocess::{prepare, PreprocessSpec};
 use image::RgbImage;
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -65,10 +65,7 @@ pub fn field_figures(field: &RgbImage, analyzers: &[(&str, &Analyzer)], budget: 
     let found = detect(field, &first.detect, first.um_per_px);
     let spec = &first.classifier.card.input.preprocessing;
     let (ms, runs) = median_ms(budget, 1000, || {
-        for d in &found.cells {
-            let region = cell_region(field, RegionGeometry::of(d.bbox, d.nucleus, spec));
-            std::hint::black_box(prepare(&region, spec, Some(found.background)));
-        }
+        cut_and_prepare(field, &found, spec);
     });
     out.push(Figure {
         what: format!("cut + prepare {} cells (no inference), {w}x{h}", found.cells.len()),
@@ -108,10 +105,7 @@ pub fn many_fields_figures(fields: &[RgbImage], name: &str, analyzer: &Analyzer,
         let found = detect(field, &analyzer.detect, analyzer.um_per_px);
         cells += found.cells.len();
         let (ms, _) = median_ms(per_field, 100, || {
-            for d in &found.cells {
-                let region = cell_region(field, RegionGeometry::of(d.bbox, d.nucleus, spec));
-                std::hint::black_box(prepare(&region, spec, Some(found.background)));
-            }
+            cut_and_prepare(field, &found, spec);
         });
         prepare_ms += ms;
         let (ms, _) = median_ms(per_field, 100, || {
@@ -126,6 +120,15 @@ pub fn many_fields_figures(fields: &[RgbImage], name: &str, analyzer: &Analyzer,
         Figure { what: what("cut + prepare"), median_ms: prepare_ms / n, runs },
         Figure { what: what(&format!("whole field {name}")), median_ms: whole_ms / n, runs },
     ]
+}
+
+/// What `Analyzer::analyze` does between detection and inference: cut each
+/// cell's region from the field and prepare the model input from it.
+fn cut_and_prepare(field: &RgbImage, found: &FieldDetections, spec: &PreprocessSpec) {
+    for d in &found.cells {
+        let region = cell_region(field, RegionGeometry::of(d.bbox, d.nucleus, spec));
+        std::hint::black_box(prepare(&region, spec, Some(found.background)));
+    }
 }
 
 /// The field resized to `w` x `h` (to benchmark camera resolutions from one image).

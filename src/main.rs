@@ -524,16 +524,21 @@ fn bench_fields(model: Option<PathBuf>, seconds: f64, json: bool, inputs: &[Path
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let analyzer = leukoscope::pipeline::Analyzer {
-        rules: leukoscope::count::CallRules::from_card(&classifier.card),
-        classifier,
-        detect: Default::default(),
-        um_per_px: None,
-    };
+    let analyzer = bench_analyzer(classifier);
     let budget = std::time::Duration::from_secs_f64(seconds.max(0.1));
     let figs = many_fields_figures(&fields, &name, &analyzer, budget);
     print_figures(&figs, json)?;
     Ok(0)
+}
+
+/// The analyzer `bench` times: default detection, scale estimated per field.
+fn bench_analyzer(classifier: Classifier) -> leukoscope::pipeline::Analyzer {
+    leukoscope::pipeline::Analyzer {
+        rules: leukoscope::count::CallRules::from_card(&classifier.card),
+        classifier,
+        detect: Default::default(),
+        um_per_px: None,
+    }
 }
 
 fn print_figures(figs: &[leukoscope::bench::Figure], json: bool) -> Result<()> {
@@ -584,15 +589,9 @@ fn bench(
     figs.extend(crop_figures(&crop, &models, budget));
     let field =
         leukoscope::input::load_rgb(&field.unwrap_or_else(|| data.join("bccd/JPEGImages/BloodImage_00001.jpg")))?;
-    let analyzer = |classifier: Classifier| leukoscope::pipeline::Analyzer {
-        rules: leukoscope::count::CallRules::from_card(&classifier.card),
-        classifier,
-        detect: Default::default(),
-        um_per_px: None,
-    };
-    let mut analyzers = vec![("int8", analyzer(int8))];
+    let mut analyzers = vec![("int8", bench_analyzer(int8))];
     if let Some(f) = f32_ref {
-        analyzers.push(("f32", analyzer(f)));
+        analyzers.push(("f32", bench_analyzer(f)));
     }
     let analyzers: Vec<(&str, &leukoscope::pipeline::Analyzer)> = analyzers.iter().map(|(n, a)| (*n, a)).collect();
     for (w, h) in [(640, 480), (1280, 960), (1920, 1080)] {
