@@ -82,6 +82,11 @@ pub struct Appliance {
     message: Option<String>,
     /// Sessions finished by this process (for `run --until-finished`).
     pub finished_count: u32,
+    /// With no configured scale: fields the session calibrates over.
+    calibrate_fields: Option<usize>,
+    /// The open session's calibration, rebuilt from its journaled fields
+    /// (on start, resume and undo) so that a restart changes nothing.
+    scale: Option<crate::calibrate::SessionScale>,
 }
 
 impl Appliance {
@@ -123,7 +128,34 @@ impl Appliance {
             camera_ok: true,
             message,
             finished_count: 0,
+            calibrate_fields: None,
+            scale: None,
         })
+    }
+
+    /// Without a configured scale, each session calibrates over its first
+    /// `fields` counted fields whose red cells give an estimate, then uses
+    /// their median for every later field.
+    pub fn calibrate_over(mut self, fields: usize) -> Appliance {
+        if self.analyzer.um_per_px.is_none() {
+            self.calibrate_fields = Some(fields);
+        }
+        self.rebuild_scale();
+        self
+    }
+
+    /// The session's calibration from its journaled fields.
+    fn rebuild_scale(&mut self) {
+        self.scale = match (self.calibrate_fields, &self.open) {
+            (Some(n), Some((s, _))) => {
+                let mut sc = crate::calibrate::SessionScale::new(n);
+                for (_, r) in &s.fields {
+                    sc.observe(&r.scale);
+                }
+                Some(sc)
+            }
+            _ => None,
+        };
     }
 
     pub fn phase(&self) -> Phase {
@@ -150,10 +182,14 @@ impl Appliance {
                     &self.analyzer.classifier.card.sha256,
                 )?;
                 log::info!("session {} started in {}", s.sample_id, s.dir.display());
-                self.message = Some(format!("started {}", s.sample_id));
+                self.message = Some(match self.calibrate_fields {
+                    Some(_) => format!("started {}, scale: estimating", s.sample_id),
+                    None => format!("started {}", s.sample_id),
+                });
                 self.open = Some((s, j));
                 self.finished = None;
                 self.gate.forget_all();
+                self.rebuild_scale();
             }
             (Button::Start, Some(_)) => self.message = Some("already counting".into()),
             (Button::Capture, Some(_)) => self.force_capture = true,
@@ -163,6 +199,7 @@ impl Appliance {
                     None => "nothing to undo".into(),
                 });
                 self.gate.forget_last();
+                self.rebuild_scale();
             }
             (Button::Finish, Some(_)) => self.finish()?,
             (_, None) => self.message = Some("press START".into()),
@@ -200,7 +237,10 @@ impl Appliance {
                 return Ok(false);
             }
         }
-        let field = self.analyzer.analyze(&frame.image)?;
+        let field = match &self.scale {
+            Some(sc) => self.analyzer.analyze_at(&frame.image, sc.given())?,
+            None => self.analyzer.analyze(&frame.image)?,
+        };
         let record = FieldRecord::new(&self.analyzer.classifier.card, &frame.origin, &field);
         if record.cells.is_empty() && !forced {
             // Nothing to count here; the operator moves on. Remember it as seen
@@ -210,10 +250,21 @@ impl Appliance {
             return Ok(false);
         }
         let Some((s, j)) = self.open.as_mut() else { return Ok(false) };
+        let scale = record.scale;
         let n = session::record_field(s, j, record, &frame.image, thumb.pack())?;
+        // Only counted (journaled) fields calibrate: a resumed session rebuilds
+        // the same calibration from its journal.
+        let mut notice = None;
+        if let Some(sc) = self.scale.as_mut() {
+            if let Some(v) = sc.observe(&scale) {
+                log::info!("scale calibrated over {} fields: {v:.4} um/px", sc.progress().0);
+                notice = Some(format!("scale {v:.3} um/px"));
+            }
+        }
         self.gate.counted(thumb);
         log::info!("field {n} counted from {}: {} leukocytes so far", frame.origin, s.diff.cells());
-        self.message = None;
+        // A calibration just finished stays on screen until the next field.
+        self.message = notice;
         if s.phase() == Phase::TargetReached && self.config.finish_at_target {
             self.finish()?;
         }

@@ -57,12 +57,38 @@ impl Default for CountConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScaleConfig {
-    /// Micrometres per pixel of the camera image; unset = estimated per field
-    /// from the red cells (median diameter ~7.5 µm).
+    /// Micrometres per pixel of the camera image, as `leukoscope calibrate
+    /// --write` measures it; unset (and no objective) = `analyze` estimates it
+    /// per field from the red cells (median diameter ~7.5 µm), `run` over the
+    /// session's first fields.
     pub um_per_px: Option<f32>,
+    /// The objective in use, a key of `objectives`; when set, its scale
+    /// replaces `um_per_px`.
+    pub objective: Option<String>,
+    /// Micrometres per pixel per objective, e.g. { "100x" = 0.071, "50x" = 0.142 }.
+    pub objectives: std::collections::BTreeMap<String, f32>,
+    /// `run` without a configured scale: fields with a red-cell estimate whose
+    /// median becomes the session's scale (earlier fields use their own).
+    pub calibrate_fields: usize,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        ScaleConfig { um_per_px: None, objective: None, objectives: Default::default(), calibrate_fields: 5 }
+    }
+}
+
+impl ScaleConfig {
+    /// The configured scale (the objective's, else `um_per_px`), if any.
+    pub fn configured(&self) -> Option<f32> {
+        match &self.objective {
+            Some(o) => self.objectives.get(o).copied(),
+            None => self.um_per_px,
+        }
+    }
 }
 
 impl Config {
@@ -90,10 +116,22 @@ impl Config {
                 return bad("count.min_confidence", c.to_string(), "must be between 0 and 1");
             }
         }
+        let scale_ok = |s: f32| s.is_finite() && s > 0.0 && s < 10.0;
         if let Some(s) = self.scale.um_per_px {
-            if !(s.is_finite() && s > 0.0 && s < 10.0) {
+            if !scale_ok(s) {
                 return bad("scale.um_per_px", s.to_string(), "must be a positive number below 10");
             }
+        }
+        if let Some((name, s)) = self.scale.objectives.iter().find(|(_, s)| !scale_ok(**s)) {
+            return bad("scale.objectives", format!("{name} = {s}"), "must be a positive number below 10");
+        }
+        if let Some(o) = &self.scale.objective {
+            if !self.scale.objectives.contains_key(o) {
+                return bad("scale.objective", o.clone(), "is not a key of [scale.objectives]");
+            }
+        }
+        if self.scale.calibrate_fields == 0 {
+            return bad("scale.calibrate_fields", "0".into(), "must be at least 1");
         }
         if let Err(why) = self.session.validate() {
             return Err(ConfigError::Parse { path: path.into(), message: why });
@@ -144,6 +182,17 @@ mod tests {
     }
 
     #[test]
+    fn the_objective_picks_the_scale() {
+        let text =
+            "[scale]\num_per_px = 0.2\nobjective = \"100x\"\n[scale.objectives]\n\"100x\" = 0.07\n\"50x\" = 0.14\n";
+        let c = Config::parse(text, Path::new("x.toml")).expect("valid");
+        assert_eq!(c.scale.configured(), Some(0.07));
+        let c = Config::parse("[scale]\num_per_px = 0.2\n", Path::new("x.toml")).expect("valid");
+        assert_eq!(c.scale.configured(), Some(0.2));
+        assert_eq!(Config::default().scale.configured(), None);
+    }
+
+    #[test]
     fn unknown_key_and_bad_value_are_named() {
         let e = Config::parse("[count]\nblast_treshold_percent = 10\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("blast_treshold_percent"), "{e}");
@@ -151,6 +200,12 @@ mod tests {
         assert!(e.to_string().contains("count.blast_threshold_percent"), "{e}");
         let e = Config::parse("[scale]\num_per_px = -1.0\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("scale.um_per_px"), "{e}");
+        let e =
+            Config::parse("[scale]\nobjective = \"40x\"\n[scale.objectives]\n\"100x\" = 0.07\n", Path::new("x.toml"))
+                .unwrap_err();
+        assert!(e.to_string().contains("scale.objective") && e.to_string().contains("40x"), "{e}");
+        let e = Config::parse("[scale.objectives]\n\"100x\" = 0.0\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("100x"), "{e}");
         let e = Config::parse("[count\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("x.toml"), "{e}");
     }

@@ -90,6 +90,10 @@ pub struct DetectParams {
     /// a large platelet on a field whose scale came out too coarse passes the
     /// area floor, but not both. Small lymphocyte nuclei measure from ~6.5 µm.
     pub platelet_veto_um: f32,
+    /// A field whose own red-cell scale differs from the configured or
+    /// calibrated one by more than this fraction is flagged (`scale.disagrees`):
+    /// a wrong objective, or a field whose red cells mislead.
+    pub scale_disagree_fraction: f32,
 }
 
 impl Default for DetectParams {
@@ -115,6 +119,7 @@ impl Default for DetectParams {
             min_nucleus_area_um2: 15.0,
             box_margin_um: 1.3,
             platelet_veto_um: 6.0,
+            scale_disagree_fraction: 0.25,
         }
     }
 }
@@ -125,6 +130,9 @@ impl Default for DetectParams {
 pub enum ScaleSource {
     /// Given by the caller (configuration).
     Configured,
+    /// Calibrated over earlier fields of the same session (median of their
+    /// red-cell estimates).
+    Calibrated,
     /// Estimated from the field's red cells.
     RedCells,
     /// Neither: [`DetectParams::fallback_um_per_px`].
@@ -136,6 +144,30 @@ pub struct FieldScale {
     /// µm per input pixel.
     pub um_per_px: f32,
     pub source: ScaleSource,
+    /// The field's own red-cell estimate when the scale was given
+    /// (configured or calibrated) and the red cells could tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub red_cells: Option<f32>,
+    /// The field's red cells disagree with the given scale by more than
+    /// [`DetectParams::scale_disagree_fraction`]: wrong objective?
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disagrees: bool,
+}
+
+impl FieldScale {
+    /// A scale from `source` with nothing to compare it with.
+    pub fn new(um_per_px: f32, source: ScaleSource) -> FieldScale {
+        FieldScale { um_per_px, source, red_cells: None, disagrees: false }
+    }
+}
+
+/// A field's scale as its red cells tell it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RedCellScale {
+    /// µm per input pixel.
+    pub um_per_px: f32,
+    /// Red cells (packed discs) the median was taken over.
+    pub cells: usize,
 }
 
 /// One leukocyte, in input pixel coordinates.
@@ -171,10 +203,16 @@ pub struct FieldDetections {
 /// Finds the leukocytes of one field. `um_per_px` is the known scale, if any;
 /// otherwise it is estimated from the red cells. Total: any image, any size.
 pub fn detect(img: &RgbImage, params: &DetectParams, um_per_px: Option<f32>) -> FieldDetections {
-    let configured = um_per_px.filter(|s| s.is_finite() && *s > 0.0);
-    let fallback = FieldScale { um_per_px: sane_scale(params.fallback_um_per_px), source: ScaleSource::Fallback };
+    detect_at(img, params, um_per_px.map(|s| FieldScale::new(s, ScaleSource::Configured)))
+}
+
+/// [`detect`] with the given scale's source kept (configured or calibrated).
+/// A given scale is still checked against the field's red cells (`disagrees`).
+pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale>) -> FieldDetections {
+    let configured = given.filter(|s| s.um_per_px.is_finite() && s.um_per_px > 0.0);
+    let fallback = FieldScale::new(sane_scale(params.fallback_um_per_px), ScaleSource::Fallback);
     if img.width() == 0 || img.height() == 0 {
-        let scale = configured.map_or(fallback, |s| FieldScale { um_per_px: s, source: ScaleSource::Configured });
+        let scale = configured.unwrap_or(fallback);
         return FieldDetections {
             cells: Vec::new(),
             scale,
@@ -189,10 +227,15 @@ pub fn detect(img: &RgbImage, params: &DetectParams, um_per_px: Option<f32>) -> 
     let background = Background::estimate(&level0);
     let luts = Luts::new(&background, params.blue_weight);
 
+    let own = estimate_scale(img, &level0, k0, &luts, params);
     let scale = match configured {
-        Some(s) => FieldScale { um_per_px: s, source: ScaleSource::Configured },
-        None => estimate_scale(img, &level0, k0, &luts, params)
-            .map_or(fallback, |s| FieldScale { um_per_px: s, source: ScaleSource::RedCells }),
+        Some(s) => {
+            let red_cells = own.map(|e| e.um_per_px);
+            let disagrees =
+                red_cells.is_some_and(|e| (e / s.um_per_px - 1.0).abs() > params.scale_disagree_fraction.max(0.0));
+            FieldScale { red_cells, disagrees, ..s }
+        }
+        None => own.map_or(fallback, |e| FieldScale::new(e.um_per_px, ScaleSource::RedCells)),
     };
 
     // Largest integer factor that keeps at least `work_px_per_um`, rounded
@@ -355,14 +398,22 @@ fn nucleus_mask(img: &RgbImage, luts: &Luts, threshold: i32) -> Mask {
 /// large sensor) are measured again at a finer level chosen to make them
 /// ~`AIM_DIAMETER` px, on a central crop of the level-0 size: a few dozen
 /// cells are enough, and the cost stays that of level 0.
-fn estimate_scale(img: &RgbImage, level0: &RgbImage, k0: u32, luts: &Luts, params: &DetectParams) -> Option<f32> {
+fn estimate_scale(
+    img: &RgbImage,
+    level0: &RgbImage,
+    k0: u32,
+    luts: &Luts,
+    params: &DetectParams,
+) -> Option<RedCellScale> {
     // Below ~24 px the 3x3 morphology and the distance quantisation bias the
     // inscribed radius by several percent.
     const MIN_DIAMETER: f32 = 24.0;
     const AIM_DIAMETER: f32 = 40.0;
     let d0 = rbc_diameter(level0, luts, params);
     let refine_k = match d0 {
-        Some(d) if d < MIN_DIAMETER && k0 > 1 => Some(((k0 as f32 * d / AIM_DIAMETER).round() as u32).clamp(1, k0 - 1)),
+        Some((d, _)) if d < MIN_DIAMETER && k0 > 1 => {
+            Some(((k0 as f32 * d / AIM_DIAMETER).round() as u32).clamp(1, k0 - 1))
+        }
         // Nothing measurable: red cells may be too small at this level.
         None if k0 > 1 => Some(1),
         _ => None,
@@ -371,14 +422,30 @@ fn estimate_scale(img: &RgbImage, level0: &RgbImage, k0: u32, luts: &Luts, param
         let (cw, ch) = (level0.width() * k, level0.height() * k);
         let (x, y) = ((img.width().saturating_sub(cw)) / 2, (img.height().saturating_sub(ch)) / 2);
         let rect = Rect { x: x as usize, y: y as usize, w: cw as usize, h: ch as usize };
-        rbc_diameter(&downsample_rect(img, rect, k), luts, params).map(|d| d * k as f32)
+        rbc_diameter(&downsample_rect(img, rect, k), luts, params).map(|(d, n)| (d * k as f32, n))
     });
-    let diameter_px = refined.or(d0.map(|d| d * k0 as f32))?;
-    Some(params.rbc_diameter_um / diameter_px).filter(|s| s.is_finite() && *s > 0.0)
+    let (diameter_px, cells) = refined.or(d0.map(|(d, n)| (d * k0 as f32, n)))?;
+    let um_per_px = params.rbc_diameter_um / diameter_px;
+    (um_per_px.is_finite() && um_per_px > 0.0).then_some(RedCellScale { um_per_px, cells })
+}
+
+/// The field's scale from its red cells alone (what [`detect`] estimates
+/// when no scale is given), or `None` when they cannot tell.
+pub fn red_cell_scale(img: &RgbImage, params: &DetectParams) -> Option<RedCellScale> {
+    if img.width() == 0 || img.height() == 0 {
+        return None;
+    }
+    let side = img.width().max(img.height());
+    let target = params.scale_side_px.max(1);
+    let k0 = ((side + target / 2) / target).max(1);
+    let level0 = downsample(img, k0);
+    let luts = Luts::new(&Background::estimate(&level0), params.blue_weight);
+    estimate_scale(img, &level0, k0, &luts, params)
 }
 
 /// Median red-cell diameter in pixels of `img`, as BCCD annotates it (box
-/// size), or `None` when the field cannot tell.
+/// size), and the number of cells it is the median of, or `None` when the
+/// field cannot tell.
 ///
 /// Red cells are the green-absorbing objects; their pale centres are filled
 /// and nuclei removed. Touching cells form one blob, so instead of components
@@ -386,7 +453,7 @@ fn estimate_scale(img: &RgbImage, level0: &RgbImage, k0: u32, luts: &Luts, param
 /// each kept only where it overlaps no disc already kept. Discs cut by the
 /// border or lying in a leukocyte's cytoplasm are dropped; the typical
 /// inscribed diameter, times `rbc_extent_per_inscribed`, is the cell size.
-fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<f32> {
+fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<(f32, usize)> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let green: Vec<i32> = img.pixels().map(|p| luts.green[p.0[1] as usize]).collect();
     let nuclei = nucleus_mask(img, luts, milli(params.nucleus_od)).dilate3x3();
@@ -437,7 +504,7 @@ fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<f3
     }
     // Cells touching the border are cut: their inscribed circle says nothing.
     discs.retain(|&(x, y, r)| x >= r && y >= r && x + r < w as f32 && y + r < h as f32);
-    let r_all = cell_radius(discs.iter().map(|d| d.2).collect(), params)?;
+    let (r_all, _) = cell_radius(discs.iter().map(|d| d.2).collect(), params)?;
     // A leukocyte's cytoplasm and granules stay in the mask around its
     // removed nucleus: discs centred within a quarter nucleus extent of a
     // nucleus at least a third of a red cell's area are not red cells
@@ -454,23 +521,24 @@ fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<f3
         .collect();
     let in_zone = |x: f32, y: f32| zones.iter().any(|&(x0, y0, x1, y1)| x >= x0 && x < x1 && y >= y0 && y < y1);
     let radii: Vec<f32> = discs.iter().filter(|&&(x, y, _)| !in_zone(x, y)).map(|d| d.2).collect();
-    let diameter = 2.0 * cell_radius(radii, params)? * params.rbc_extent_per_inscribed;
+    let (r, n) = cell_radius(radii, params)?;
+    let diameter = 2.0 * r * params.rbc_extent_per_inscribed;
     // Self-check: no nucleus is much longer than the longest possible one in
     // red-cell diameters. A field filled by a leukocyte, with only fragments
     // of red cells left, fails here rather than giving a wrong scale.
     let longest = nucleus_boxes.iter().map(|b| b.width().max(b.height())).max().unwrap_or(0) as f32;
     let limit = 1.25 * params.max_nucleus_um / params.rbc_diameter_um * diameter;
-    (longest <= limit).then_some(diameter)
+    (longest <= limit).then_some((diameter, n))
 }
 
-/// Typical radius of the cells among packed discs, `None` if fewer than
-/// `scale_min_cells` cell-sized discs.
+/// Typical radius of the cells among packed discs and how many cell-sized
+/// discs it is the median of, `None` if fewer than `scale_min_cells`.
 ///
 /// The small discs that fill the gaps between packed cells are many but
 /// cover little: the area-weighted median finds the cell size, then the
 /// plain median of the discs near it measures it (a few big discs from
 /// clumps of overlapping cells would pull an area-weighted figure up).
-fn cell_radius(mut radii: Vec<f32>, params: &DetectParams) -> Option<f32> {
+fn cell_radius(mut radii: Vec<f32>, params: &DetectParams) -> Option<(f32, usize)> {
     radii.sort_by(f32::total_cmp);
     let total: f32 = radii.iter().map(|r| r * r).sum();
     let mut acc = 0.0;
@@ -482,7 +550,7 @@ fn cell_radius(mut radii: Vec<f32>, params: &DetectParams) -> Option<f32> {
     if cells.len() < params.scale_min_cells {
         return None;
     }
-    cells.get(cells.len() / 2).copied()
+    cells.get(cells.len() / 2).map(|&r| (r, cells.len()))
 }
 
 /// Fills the pale centres of red cells: holes of the cell mask that are round
@@ -784,7 +852,7 @@ mod tests {
         f.disc(320.0, 240.0, 35.0, NUCLEUS);
         let params = DetectParams { fallback_um_per_px: 0.1, ..DetectParams::default() };
         let found = detect(&f.img, &params, None);
-        assert_eq!(found.scale, FieldScale { um_per_px: 0.1, source: ScaleSource::Fallback });
+        assert_eq!(found.scale, FieldScale::new(0.1, ScaleSource::Fallback));
         assert_eq!(uncut(&found).len(), 1, "{:?}", found.cells);
         // A nonsense configured scale is ignored, not trusted.
         for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {

@@ -20,6 +20,7 @@ pub mod appliance;
 pub mod bccd;
 pub mod bench;
 pub mod buttons;
+pub mod calibrate;
 pub mod camera;
 pub mod camera_check;
 pub mod config;

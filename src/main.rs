@@ -136,6 +136,35 @@ enum Command {
         #[arg(long)]
         until_finished: bool,
     },
+    /// Measure the camera's scale (µm per pixel): the median of the red-cell
+    /// estimates of many fields (with their spread), or a stage micrometer.
+    /// With --write, store it in the config's [scale] table (per objective with
+    /// --objective), keeping the file's comments.
+    Calibrate {
+        /// TOML configuration to write into (--write); created if missing.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Objective the scale belongs to (e.g. 100x): written to
+        /// [scale.objectives] and made the one in use.
+        #[arg(long)]
+        objective: Option<String>,
+        /// Store the result in the config file.
+        #[arg(long, requires = "config")]
+        write: bool,
+        /// Stage micrometer: the length of a ruling in pixels...
+        #[arg(long, requires = "micrometer_um", conflicts_with = "fields")]
+        micrometer_px: Option<f32>,
+        /// ...and its length in µm.
+        #[arg(long, requires = "micrometer_px")]
+        micrometer_um: Option<f32>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Field images (or folders) from this camera and objective; 20 or more
+        /// fields with red cells make a steady median.
+        #[arg(required_unless_present = "micrometer_px")]
+        fields: Vec<PathBuf>,
+    },
     /// Open a V4L2 camera as `run` would, list its formats and capture frames.
     CameraCheck {
         /// TOML configuration whose [camera] section to start from.
@@ -222,6 +251,9 @@ fn run(cli: Cli) -> Result<i32> {
                 until_finished,
             })
         }
+        Command::Calibrate { config, objective, write, micrometer_px, micrometer_um, json, fields } => {
+            calibrate(config, objective, write, micrometer_px.zip(micrometer_um), json, &fields)
+        }
         Command::CameraCheck { config, args } => {
             leukoscope::camera_check::camera_check(&args, &load_config(config.as_deref())?.camera)?;
             Ok(0)
@@ -282,7 +314,7 @@ fn build_analyzer(
         classifier: clf,
         rules,
         detect: config.detect.clone(),
-        um_per_px: config.scale.um_per_px,
+        um_per_px: config.scale.configured(),
     })
 }
 
@@ -458,7 +490,8 @@ fn analyze(
     }
     pb.finish_and_clear();
     let summary = diff.summary(config.count.blast_threshold_percent);
-    let doc = leukoscope::report::analysis_json(card, images, &summary);
+    let scale = leukoscope::report::ScaleSummary::of(&records);
+    let doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
     if let Some(dir) = &out {
         leukoscope::report::write_report(dir, &doc, &records).context("writing report")?;
         log::info!("report written to {}", dir.display());
@@ -472,6 +505,7 @@ fn analyze(
             writeln!(o, "{r}")?;
         }
         writeln!(o, "\n{}", leukoscope::report::summary_text(&summary))?;
+        writeln!(o, "{}", scale.text())?;
         writeln!(o, "{}", leukoscope::DISCLAIMER)?;
     }
     if failed > 0 {
@@ -479,6 +513,79 @@ fn analyze(
         return Ok(1);
     }
     Ok(0)
+}
+
+fn calibrate(
+    config: Option<PathBuf>,
+    objective: Option<String>,
+    write: bool,
+    micrometer: Option<(f32, f32)>,
+    json: bool,
+    inputs: &[PathBuf],
+) -> Result<i32> {
+    use leukoscope::calibrate::Calibration;
+    // The detector parameters (assumed red-cell size) come from the config.
+    let cfg = match &config {
+        Some(p) if p.exists() => leukoscope::config::Config::load(p)?,
+        _ => leukoscope::config::Config::default(),
+    };
+    let mut failed = 0;
+    let c = match micrometer {
+        Some((px, um)) => Calibration::from_micrometer(px, um)?,
+        None => {
+            let paths = leukoscope::input::collect_images(inputs)?;
+            let pb = progress(paths.len(), "measuring red cells");
+            let mut estimates = Vec::with_capacity(paths.len());
+            for p in &paths {
+                pb.inc(1);
+                match leukoscope::input::load_rgb(p) {
+                    Ok(img) => {
+                        let e = leukoscope::detect::red_cell_scale(&img, &cfg.detect);
+                        log::debug!("{}: {e:?}", p.display());
+                        estimates.push(e);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        pb.suspend(|| log::error!("{e}"));
+                    }
+                }
+            }
+            pb.finish_and_clear();
+            Calibration::from_fields(&estimates)?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    } else {
+        println!("scale: {:.4} um/px ({:.1} px/um)", c.um_per_px, 1.0 / c.um_per_px);
+        if c.method == "red_cells" {
+            println!(
+                "median of {} fields with red-cell estimates (of {} read; {} red cells), IQR {:.4}-{:.4} ({:.1}% of the median), MAD {:.4}",
+                c.fields_used,
+                c.fields_total,
+                c.cells,
+                c.q1,
+                c.q3,
+                100.0 * c.relative_iqr(),
+                c.mad
+            );
+            if c.fields_used < 10 {
+                println!("few fields: name 20 or more for a steady figure");
+            }
+        } else {
+            println!("from a stage micrometer");
+        }
+    }
+    if write {
+        let path = config.context("--write needs --config FILE")?;
+        leukoscope::calibrate::write_scale(&path, objective.as_deref(), c.um_per_px)?;
+        let which = match leukoscope::config::Config::load(&path)?.scale.objective {
+            Some(o) => format!("[scale.objectives] \"{o}\" (objective in use)"),
+            None => "[scale] um_per_px".into(),
+        };
+        println!("written to {} as {which}", path.display());
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
 }
 
 /// The built-in demonstration input: the BCCD test fields of the data folder.
@@ -682,7 +789,8 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
     };
     let mut signal = leukoscope::gpio::open_signal(&config.buttons)?;
     let mut app =
-        Appliance::new(analyzer, config.session.clone(), config.gate.clone(), config.count.blast_threshold_percent)?;
+        Appliance::new(analyzer, config.session.clone(), config.gate.clone(), config.count.blast_threshold_percent)?
+            .calibrate_over(config.scale.calibrate_fields);
     let opts = LoopOptions { exit_when_exhausted: !use_camera, until_finished: a.until_finished };
     run_loop(
         &mut app,

@@ -2,7 +2,7 @@
 //! decide what it counts as. The appliance loop and `analyze` both call this.
 
 use crate::count::{Call, CallRules};
-use crate::detect::{detect, reciprocal, DetectParams, FieldScale, Rejected};
+use crate::detect::{detect_at, reciprocal, DetectParams, FieldScale, Rejected, ScaleSource};
 use crate::mask::BBox;
 use crate::model::{Classifier, ModelError, Prediction};
 use crate::preprocess::{prepare, reflect, PreprocessSpec};
@@ -47,8 +47,14 @@ pub struct FieldResult {
 }
 
 impl Analyzer {
+    /// One field at the configured scale (or its own, when none is configured).
     pub fn analyze(&self, img: &RgbImage) -> Result<FieldResult, ModelError> {
-        let found = detect(img, &self.detect, self.um_per_px);
+        self.analyze_at(img, self.um_per_px.map(|s| FieldScale::new(s, ScaleSource::Configured)))
+    }
+
+    /// One field at a given scale (`None`: the field's own red cells tell).
+    pub fn analyze_at(&self, img: &RgbImage, scale: Option<FieldScale>) -> Result<FieldResult, ModelError> {
+        let found = detect_at(img, &self.detect, scale);
         let spec = &self.classifier.card.input.preprocessing;
         let mut cells = Vec::with_capacity(found.cells.len());
         for d in &found.cells {

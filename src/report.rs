@@ -6,7 +6,7 @@
 //! prints it, the appliance journals it, and reports are built from it.
 
 use crate::count::{Call, Differential, Summary};
-use crate::detect::{FieldScale, Rejected};
+use crate::detect::{FieldScale, Rejected, ScaleSource};
 use crate::model::ModelCard;
 use crate::pipeline::{report_crop, CellResult, FieldResult};
 use image::RgbImage;
@@ -160,8 +160,60 @@ pub fn cell_json(card: &ModelCard, cell: &CellResult) -> Value {
     serde_json::to_value(CellRecord::new(card, cell)).unwrap_or(Value::Null)
 }
 
-/// The whole `analyze --json` document.
-pub fn analysis_json(card: &ModelCard, images: Vec<Value>, summary: &Summary) -> Value {
+/// Where the fields' scales came from: a count on the fallback scale (the
+/// red cells could not tell, nothing configured) or disagreeing with the
+/// configured one means the counts rest on a guessed scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ScaleSummary {
+    pub fields: u64,
+    pub configured: u64,
+    pub calibrated: u64,
+    pub red_cells: u64,
+    pub fallback: u64,
+    /// Fields whose red cells disagree with the configured/calibrated scale.
+    pub disagrees: u64,
+}
+
+impl ScaleSummary {
+    pub fn of<'a>(fields: impl IntoIterator<Item = &'a FieldRecord>) -> ScaleSummary {
+        let mut s = ScaleSummary::default();
+        for f in fields {
+            s.fields += 1;
+            match f.scale.source {
+                ScaleSource::Configured => s.configured += 1,
+                ScaleSource::Calibrated => s.calibrated += 1,
+                ScaleSource::RedCells => s.red_cells += 1,
+                ScaleSource::Fallback => s.fallback += 1,
+            }
+            s.disagrees += f.scale.disagrees as u64;
+        }
+        s
+    }
+
+    /// One line for people, e.g. "Scale: 70 fields from their red cells, 2 on the fallback scale".
+    pub fn text(&self) -> String {
+        let parts: Vec<String> = [
+            (self.configured, "configured"),
+            (self.calibrated, "calibrated over the first fields"),
+            (self.red_cells, "from their own red cells"),
+            (self.fallback, "on the FALLBACK scale (red cells could not tell)"),
+            (self.disagrees, "whose red cells DISAGREE with the scale (wrong objective?)"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        format!("Scale of {} fields: {}", self.fields, parts.join(", "))
+    }
+}
+
+/// The whole `analyze --json` document; `summary.scale` counts the fields by
+/// scale source.
+pub fn analysis_json(card: &ModelCard, images: Vec<Value>, summary: &Summary, scale: &ScaleSummary) -> Value {
+    let mut summary = serde_json::to_value(summary).unwrap_or(Value::Null);
+    if let Some(o) = summary.as_object_mut() {
+        o.insert("scale".into(), json!(scale));
+    }
     json!({
         "model": {"name": card.name, "file": card.file, "sha256": card.sha256},
         "images": images,

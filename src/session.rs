@@ -148,7 +148,8 @@ impl Session {
     /// The report document: `analyze --json`'s shape plus the session's facts.
     pub fn document(&self, card: &crate::model::ModelCard) -> serde_json::Value {
         let images = self.fields.iter().filter_map(|(_, r)| serde_json::to_value(r).ok()).collect();
-        let mut doc = report::analysis_json(card, images, &self.summary());
+        let scale = report::ScaleSummary::of(self.fields.iter().map(|(_, r)| r));
+        let mut doc = report::analysis_json(card, images, &self.summary(), &scale);
         doc["session"] = serde_json::json!({
             "sample_id": self.sample_id,
             "target": self.target,
@@ -398,7 +399,7 @@ mod tests {
             height: 64,
             cells,
             not_counted: vec![],
-            scale: FieldScale { um_per_px: 0.1, source: ScaleSource::Configured },
+            scale: FieldScale::new(0.1, ScaleSource::Configured),
             rejected: Rejected::default(),
         }
     }

@@ -31,6 +31,8 @@ EXAMPLES = {
     ("count", "blast_classes"): '["MYO", "MOB"]',
     ("count", "min_confidence"): "0.5",
     ("scale", "um_per_px"): "0.1",
+    ("scale", "objective"): '"100x"',
+    ("scale", "objectives"): '{ "100x" = 0.071, "50x" = 0.142 }',
     ("session", "state_dir"): '"/var/lib/leukoscope"',
     ("display", "reset_line"): "27",
     ("display", "backlight_line"): "18",

@@ -1,0 +1,286 @@
+//! The camera's scale (µm per pixel) from many fields or a stage micrometer,
+//! and writing it into the configuration.
+//!
+//! One field's red cells give a noisy scale (a clump, a pale field, a field
+//! filled by one leukocyte); the median over many fields of the same camera
+//! and objective is what a clinic calibrates once and configures. `run`
+//! does the same over a session's first fields when nothing is configured
+//! ([`SessionScale`]).
+
+use crate::detect::{FieldScale, RedCellScale, ScaleSource};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrationError {
+    #[error("no field gave a red-cell scale ({fields} fields): name fields with red cells, or use a stage micrometer")]
+    NoEstimates { fields: usize },
+    #[error("stage micrometer: {0}")]
+    Micrometer(&'static str),
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write config {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+}
+
+/// A calibrated scale and how much the fields behind it agree.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Calibration {
+    /// µm per pixel: the median of the per-field estimates (or the micrometer's).
+    pub um_per_px: f32,
+    /// `red_cells` (median over fields) or `micrometer`.
+    pub method: &'static str,
+    /// Interquartile range of the per-field estimates, µm per pixel.
+    pub q1: f32,
+    pub q3: f32,
+    /// Median absolute deviation of the per-field estimates, µm per pixel.
+    pub mad: f32,
+    /// Fields whose red cells gave an estimate, and fields looked at.
+    pub fields_used: usize,
+    pub fields_total: usize,
+    /// Red cells behind the estimates, all fields together.
+    pub cells: usize,
+}
+
+impl Calibration {
+    /// The robust median of per-field red-cell estimates (`None`: the field
+    /// could not tell).
+    pub fn from_fields(estimates: &[Option<RedCellScale>]) -> Result<Calibration, CalibrationError> {
+        let mut v: Vec<f32> = estimates.iter().flatten().map(|e| e.um_per_px).collect();
+        if v.is_empty() {
+            return Err(CalibrationError::NoEstimates { fields: estimates.len() });
+        }
+        v.sort_by(f32::total_cmp);
+        let median = quantile(&v, 0.5);
+        let mut dev: Vec<f32> = v.iter().map(|x| (x - median).abs()).collect();
+        dev.sort_by(f32::total_cmp);
+        Ok(Calibration {
+            um_per_px: median,
+            method: "red_cells",
+            q1: quantile(&v, 0.25),
+            q3: quantile(&v, 0.75),
+            mad: quantile(&dev, 0.5),
+            fields_used: v.len(),
+            fields_total: estimates.len(),
+            cells: estimates.iter().flatten().map(|e| e.cells).sum(),
+        })
+    }
+
+    /// A stage micrometer: a ruling `len_um` long measures `len_px` pixels.
+    pub fn from_micrometer(len_px: f32, len_um: f32) -> Result<Calibration, CalibrationError> {
+        if !(len_px.is_finite() && len_px > 0.0) {
+            return Err(CalibrationError::Micrometer("the length in pixels must be a positive number"));
+        }
+        if !(len_um.is_finite() && len_um > 0.0) {
+            return Err(CalibrationError::Micrometer("the length in µm must be a positive number"));
+        }
+        let s = len_um / len_px;
+        Ok(Calibration {
+            um_per_px: s,
+            method: "micrometer",
+            q1: s,
+            q3: s,
+            mad: 0.0,
+            fields_used: 0,
+            fields_total: 0,
+            cells: 0,
+        })
+    }
+
+    /// Interquartile range relative to the median: how much fields disagree.
+    pub fn relative_iqr(&self) -> f32 {
+        (self.q3 - self.q1) / self.um_per_px
+    }
+}
+
+/// Linear-interpolated quantile of sorted, non-empty values.
+fn quantile(sorted: &[f32], p: f32) -> f32 {
+    let pos = p.clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f32)
+}
+
+/// A value with 4 significant digits, as written into the config: the
+/// estimate is good to a few percent, more digits would only look precise.
+pub fn rounded(um_per_px: f32) -> f64 {
+    let v = um_per_px as f64;
+    if !(v.is_finite() && v > 0.0) {
+        return v;
+    }
+    let scale = 10f64.powi(3 - v.log10().floor() as i32);
+    (v * scale).round() / scale
+}
+
+/// Writes the scale into the config file's `[scale]` table, keeping the
+/// rest of the file (comments included) as it is. With an objective (given,
+/// or the file's `[scale] objective`), the value goes to
+/// `[scale.objectives]` under its name and the objective becomes the one in
+/// use; without, to `[scale] um_per_px`. A missing file is created. The
+/// result is checked by loading it as the program would.
+pub fn write_scale(path: &Path, objective: Option<&str>, um_per_px: f32) -> Result<String, CalibrationError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(CalibrationError::Read { path: path.into(), source }),
+    };
+    let config_err = |message: String| CalibrationError::Config { path: path.into(), message };
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| config_err(e.to_string()))?;
+    let scale = doc.entry("scale").or_insert(toml_edit::table());
+    let scale = scale.as_table_like_mut().ok_or_else(|| config_err("[scale] is not a table".into()))?;
+    let in_file = scale.get("objective").and_then(|o| o.as_str()).map(str::to_string);
+    let value = toml_edit::value(rounded(um_per_px));
+    match objective.map(str::to_string).or(in_file) {
+        Some(name) => {
+            set(scale, "objective", toml_edit::value(name.clone()));
+            let objectives = scale.entry("objectives").or_insert(toml_edit::table());
+            let objectives =
+                objectives.as_table_like_mut().ok_or_else(|| config_err("[scale.objectives] is not a table".into()))?;
+            set(objectives, &name, value);
+        }
+        None => {
+            set(scale, "um_per_px", value);
+        }
+    }
+    let out = doc.to_string();
+    crate::config::Config::parse(&out, path).map_err(|e| config_err(e.to_string()))?;
+    crate::report::write_atomic(path, out.as_bytes())
+        .map_err(|source| CalibrationError::Write { path: path.into(), source })?;
+    Ok(out)
+}
+
+/// Sets a key, keeping the comment above it when it exists (`insert` would drop it).
+fn set(table: &mut dyn toml_edit::TableLike, key: &str, item: toml_edit::Item) {
+    match table.get_mut(key) {
+        Some(old) => *old = item,
+        None => {
+            table.insert(key, item);
+        }
+    }
+}
+
+/// The appliance's own calibration when no scale is configured: fields use
+/// their own red cells until `fields` of them have given an estimate, then
+/// the median of those for every later field.
+#[derive(Debug, Clone)]
+pub struct SessionScale {
+    need: usize,
+    estimates: Vec<f32>,
+    calibrated: Option<f32>,
+}
+
+impl SessionScale {
+    pub fn new(fields: usize) -> SessionScale {
+        SessionScale { need: fields.max(1), estimates: Vec::new(), calibrated: None }
+    }
+
+    /// The scale to give the detector for the next field; `None` while estimating.
+    pub fn given(&self) -> Option<FieldScale> {
+        self.calibrated.map(|s| FieldScale::new(s, ScaleSource::Calibrated))
+    }
+
+    /// Learns from an analysed field's scale; returns the calibrated value
+    /// when this field completed the calibration.
+    pub fn observe(&mut self, scale: &FieldScale) -> Option<f32> {
+        if self.calibrated.is_some() || scale.source != ScaleSource::RedCells {
+            return None;
+        }
+        self.estimates.push(scale.um_per_px);
+        if self.estimates.len() < self.need {
+            return None;
+        }
+        let mut v = self.estimates.clone();
+        v.sort_by(f32::total_cmp);
+        self.calibrated = Some(quantile(&v, 0.5));
+        self.calibrated
+    }
+
+    /// Fields with an estimate so far, and how many the calibration needs.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.estimates.len(), self.need)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn est(v: f32) -> Option<RedCellScale> {
+        Some(RedCellScale { um_per_px: v, cells: 10 })
+    }
+
+    #[test]
+    fn median_and_spread_ignore_fields_without_an_estimate() {
+        let c = Calibration::from_fields(&[est(0.07), None, est(0.08), est(0.072), est(0.5), None]).expect("estimates");
+        assert!((c.um_per_px - 0.076).abs() < 1e-6, "{c:?}");
+        assert_eq!((c.fields_used, c.fields_total, c.cells), (4, 6, 40));
+        assert!(c.q1 <= c.um_per_px && c.um_per_px <= c.q3);
+        // One wild field moves the median and MAD little.
+        assert!(c.mad < 0.01, "{c:?}");
+        assert!(matches!(Calibration::from_fields(&[None, None]), Err(CalibrationError::NoEstimates { fields: 2 })));
+    }
+
+    #[test]
+    fn micrometer() {
+        let c = Calibration::from_micrometer(1000.0, 100.0).expect("valid");
+        assert_eq!((c.um_per_px, c.method), (0.1, "micrometer"));
+        assert!(Calibration::from_micrometer(0.0, 100.0).is_err());
+        assert!(Calibration::from_micrometer(10.0, f32::NAN).is_err());
+    }
+
+    #[test]
+    fn rounds_to_four_significant_digits() {
+        assert_eq!(rounded(0.0712345), 0.07123);
+        assert_eq!(rounded(1.23456), 1.235);
+    }
+
+    #[test]
+    fn writes_the_scale_keeping_comments() {
+        let dir = std::env::temp_dir().join(format!("leukoscope-calibrate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "# my microscope\n[count]\nblast_threshold_percent = 10.0\n\n[scale]\n# old\num_per_px = 0.2\n",
+        )
+        .expect("write");
+        let text = write_scale(&path, None, 0.0712345).expect("writes");
+        assert!(text.contains("# my microscope") && text.contains("# old"), "{text}");
+        let c = crate::config::Config::load(&path).expect("loads");
+        assert_eq!(c.scale.configured(), Some(0.07123));
+        assert_eq!(c.count.blast_threshold_percent, 10.0);
+        // Per objective: the objective in use is the one just calibrated.
+        write_scale(&path, Some("100x"), 0.05).expect("writes");
+        write_scale(&path, Some("40x"), 0.125).expect("writes");
+        let c = crate::config::Config::load(&path).expect("loads");
+        assert_eq!(c.scale.objective.as_deref(), Some("40x"));
+        assert_eq!(c.scale.objectives.get("100x"), Some(&0.05));
+        assert_eq!(c.scale.configured(), Some(0.125));
+        // Without --objective, the file's objective is the one calibrated.
+        write_scale(&path, None, 0.126).expect("writes");
+        assert_eq!(crate::config::Config::load(&path).expect("loads").scale.configured(), Some(0.126));
+        // A new file is created; a broken one is an error that names it.
+        let fresh = dir.join("new.toml");
+        let _ = std::fs::remove_file(&fresh);
+        write_scale(&fresh, None, 0.1).expect("creates");
+        assert_eq!(crate::config::Config::load(&fresh).expect("loads").scale.configured(), Some(0.1));
+        std::fs::write(&path, "[scale\n").expect("write");
+        assert!(write_scale(&path, None, 0.1).unwrap_err().to_string().contains("c.toml"));
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
+
+    #[test]
+    fn a_session_calibrates_on_its_first_estimated_fields() {
+        let mut s = SessionScale::new(3);
+        assert_eq!(s.given(), None);
+        assert_eq!(s.observe(&FieldScale::new(0.073, ScaleSource::Fallback)), None);
+        assert_eq!(s.observe(&FieldScale::new(0.07, ScaleSource::RedCells)), None);
+        assert_eq!(s.observe(&FieldScale::new(0.09, ScaleSource::RedCells)), None);
+        assert_eq!(s.progress(), (2, 3));
+        assert_eq!(s.observe(&FieldScale::new(0.071, ScaleSource::RedCells)), Some(0.071));
+        assert_eq!(s.given(), Some(FieldScale::new(0.071, ScaleSource::Calibrated)));
+        assert_eq!(s.observe(&FieldScale::new(0.2, ScaleSource::RedCells)), None);
+        assert_eq!(s.given().map(|g| g.um_per_px), Some(0.071));
+    }
+}
