@@ -1,5 +1,6 @@
-//! The BCCD blood-smear field dataset (Pascal VOC layout) and the detection
-//! evaluation used to tune and check [`crate::detect`].
+//! The BCCD blood-smear field dataset (Pascal VOC layout), the TXL-PBC field
+//! sets (YOLO labels beside each image) and the detection evaluation used to
+//! tune and check [`crate::detect`].
 //!
 //! Annotation quirks handled here: some boxes run outside the image (clipped to
 //! it) and a few are degenerate (empty or a few pixels wide after clipping).
@@ -153,6 +154,103 @@ pub fn parse_voc(id: &str, xml: &str) -> Result<Annotation, String> {
     Ok(Annotation { id: id.to_string(), width, height, objects })
 }
 
+/// Parses a YOLO label file (`class cx cy w h` per line, normalised to the
+/// image size) as TXL-PBC writes it: class 0 = WBC, 1 = RBC, 2 = platelet.
+/// Boxes are clipped and flagged like VOC ones; blank lines are skipped, an
+/// unknown class or a malformed line is an error.
+pub fn parse_yolo(id: &str, text: &str, width: u32, height: u32) -> Result<Annotation, String> {
+    if width == 0 || height == 0 {
+        return Err(format!("bad image size {width}x{height}"));
+    }
+    let mut objects = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let bad = || format!("line {}: expected `class cx cy w h`, got {line:?}", n + 1);
+        if parts.len() != 5 {
+            return Err(bad());
+        }
+        let class = match parts[0] {
+            "0" => Class::Wbc,
+            "1" => Class::Rbc,
+            "2" => Class::Platelet,
+            c => return Err(format!("line {}: unknown class {c:?}", n + 1)),
+        };
+        let v: Vec<f64> = parts[1..].iter().map(|p| p.parse::<f64>()).collect::<Result<_, _>>().map_err(|_| bad())?;
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(bad());
+        }
+        let (w, h) = (width as f64, height as f64);
+        let raw = [(v[0] - v[2] / 2.0) * w, (v[1] - v[3] / 2.0) * h, (v[0] + v[2] / 2.0) * w, (v[1] + v[3] / 2.0) * h];
+        let clip = |x: f64, hi: u32| x.round().clamp(0.0, hi as f64) as u32;
+        let bbox = BBox {
+            x0: clip(raw[0], width),
+            y0: clip(raw[1], height),
+            x1: clip(raw[2], width),
+            y1: clip(raw[3], height),
+        };
+        // Normalised coordinates round to a pixel or so beyond the edge.
+        let clipped = raw[0] < -1.0 || raw[1] < -1.0 || raw[2] > w + 1.0 || raw[3] > h + 1.0;
+        let degenerate = bbox.width() < DEGENERATE_SIDE || bbox.height() < DEGENERATE_SIDE;
+        objects.push(Object { class, bbox, clipped, degenerate });
+    }
+    Ok(Annotation { id: id.to_string(), width, height, objects })
+}
+
+/// A folder of fields with YOLO labels beside them (`x.jpg` + `x.txt`), as
+/// in TXL-PBC's `bcd/` and `pbc/`.
+#[derive(Debug, Clone)]
+pub struct YoloSet {
+    pub root: PathBuf,
+}
+
+impl YoloSet {
+    /// Image files that have a label file beside them, sorted.
+    pub fn images(&self) -> Result<Vec<PathBuf>, BccdError> {
+        let err = |source| BccdError::Io { path: self.root.clone(), source };
+        let mut out: Vec<PathBuf> = std::fs::read_dir(&self.root)
+            .map_err(err)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?
+            .into_iter()
+            .filter(|p| {
+                p.extension().is_some_and(|e| e.eq_ignore_ascii_case("jpg")) && p.with_extension("txt").is_file()
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The annotation of one image, given its size (YOLO labels are normalised).
+    pub fn annotation(&self, image: &Path, width: u32, height: u32) -> Result<Annotation, BccdError> {
+        let path = image.with_extension("txt");
+        let text = std::fs::read_to_string(&path).map_err(|source| BccdError::Io { path: path.clone(), source })?;
+        let id = image.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        parse_yolo(id, &text, width, height).map_err(|msg| BccdError::Malformed { path, msg })
+    }
+}
+
+/// A box within `margin` px of the image border: the object is (probably)
+/// cut by it. Used to leave border-cut ground truth out of recall, as
+/// border-cut detections are left out of the count.
+pub fn touches_border(b: &BBox, width: u32, height: u32, margin: u32) -> bool {
+    b.x0 <= margin || b.y0 <= margin || b.x1 + margin >= width || b.y1 + margin >= height
+}
+
+/// Boxes without duplicates: a box overlapping an earlier one at IoU >=
+/// [`MATCH_IOU`] is the same object annotated twice (TXL-PBC holds such
+/// duplicates, up to five boxes on one cell), and one detection can match
+/// only one of them.
+pub fn without_duplicates(boxes: &[BBox]) -> Vec<BBox> {
+    let mut out: Vec<BBox> = Vec::with_capacity(boxes.len());
+    for b in boxes {
+        if out.iter().all(|o| o.intersection_over_union(b) < MATCH_IOU) {
+            out.push(*b);
+        }
+    }
+    out
+}
+
 /// Matching result of one image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageEval {
@@ -196,6 +294,20 @@ impl Evaluation {
     /// sometimes and a differential does not count) are true positives when
     /// they match and neither true nor false positives when they do not.
     pub fn add_ignoring(&mut self, id: &str, detections: &[BBox], ignorable: &[bool], truth: &[BBox]) {
+        self.add_ignoring_both(id, detections, ignorable, truth, &[]);
+    }
+
+    /// [`Evaluation::add_ignoring`] with ignorable ground truth too: a truth box
+    /// flagged in `truth_ignorable` (cut by the border) is a hit when matched and
+    /// no miss when not.
+    pub fn add_ignoring_both(
+        &mut self,
+        id: &str,
+        detections: &[BBox],
+        ignorable: &[bool],
+        truth: &[BBox],
+        truth_ignorable: &[bool],
+    ) {
         let m = match_boxes(detections, truth);
         let false_positives: Vec<BBox> = m
             .unmatched_detections
@@ -203,7 +315,12 @@ impl Evaluation {
             .filter(|&&i| !ignorable.get(i).copied().unwrap_or(false))
             .map(|&i| detections[i])
             .collect();
-        let misses: Vec<BBox> = m.unmatched_truth.iter().map(|&i| truth[i]).collect();
+        let misses: Vec<BBox> = m
+            .unmatched_truth
+            .iter()
+            .filter(|&&i| !truth_ignorable.get(i).copied().unwrap_or(false))
+            .map(|&i| truth[i])
+            .collect();
         self.tp += m.pairs.len() as u32;
         self.fp += false_positives.len() as u32;
         self.fn_ += misses.len() as u32;
@@ -314,6 +431,38 @@ mod tests {
         // Unmatched ignorable detections are no false positives; matched ones count.
         let mut e = Evaluation::default();
         e.add_ignoring("c", &det, &[true, true, true], &truth);
+        assert_eq!((e.tp, e.fp, e.fn_), (1, 0, 1));
+    }
+
+    #[test]
+    fn parses_yolo_labels() {
+        let a = parse_yolo("y", "0 0.5 0.5 0.25 0.5\n\n1 0.01 0.5 0.1 0.1\n2 0.9 0.9 0.001 0.1\n", 400, 200)
+            .expect("parses");
+        assert_eq!(a.objects.len(), 3);
+        assert_eq!(a.boxes(Class::Wbc), vec![b(150, 50, 250, 150)]);
+        assert_eq!(a.objects[1].bbox, b(0, 90, 24, 110));
+        assert!(a.objects[1].clipped && !a.objects[0].clipped);
+        assert!(a.objects[2].degenerate);
+        assert!(touches_border(&a.objects[1].bbox, 400, 200, 1) && !touches_border(&a.objects[0].bbox, 400, 200, 1));
+        assert!(parse_yolo("y", "3 0.5 0.5 0.1 0.1", 10, 10).unwrap_err().contains("unknown class"));
+        assert!(parse_yolo("y", "0 0.5 0.5 0.1", 10, 10).is_err());
+        assert!(parse_yolo("y", "0 0.5 x 0.1 0.1", 10, 10).is_err());
+        assert!(parse_yolo("y", "0 0.5 0.5 0.1 0.1", 0, 10).is_err());
+    }
+
+    #[test]
+    fn duplicates_are_dropped() {
+        let boxes = [b(0, 0, 10, 10), b(1, 0, 11, 10), b(20, 20, 30, 30), b(0, 0, 10, 10)];
+        assert_eq!(without_duplicates(&boxes), vec![b(0, 0, 10, 10), b(20, 20, 30, 30)]);
+    }
+
+    #[test]
+    fn ignorable_truth_is_no_miss() {
+        let truth = [b(0, 0, 10, 10), b(100, 100, 120, 120)];
+        let mut e = Evaluation::default();
+        e.add_ignoring_both("a", &[b(0, 0, 10, 10)], &[], &truth, &[true, true]);
+        assert_eq!((e.tp, e.fp, e.fn_), (1, 0, 0));
+        e.add_ignoring_both("b", &[], &[], &truth, &[false, true]);
         assert_eq!((e.tp, e.fp, e.fn_), (1, 0, 1));
     }
 

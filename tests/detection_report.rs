@@ -1,0 +1,450 @@
+//! Leukocyte detection on every camera we have data for: BCCD (test split),
+//! TXL-PBC `bcd/` (another camera, soft focus) and TXL-PBC `pbc/` (CellaVision
+//! crops), each with the scale estimated per field and with the scale
+//! calibrated once for the camera (median of red-cell estimates over fields
+//! not evaluated: BCCD `trainval`, the txl sets' tune half).
+//!
+//! Run `cargo test --release --test detection_report -- --nocapture` for the
+//! report; with `LEUKOSCOPE_UPDATE_DOCS=1` it also rewrites its section of
+//! `docs/detection.md`; with `LEUKOSCOPE_FAILURE_PNGS=DIR` it draws the boxes
+//! of every field with a miss or a false alarm into DIR (green: annotated
+//! WBC, blue: counted, red: missed, yellow: detected but not counted).
+//! For tuning the detector, `LEUKOSCOPE_TUNE=1` adds BCCD `trainval` (what
+//! the defaults were tuned on) and `LEUKOSCOPE_DETECT_PARAMS='{"key": value}'`
+//! overrides detector parameters; look at the tune rows only.
+//!
+//! Matching (as tests/detect_bccd.rs): IoU >= 0.5; a detection cut by the
+//! border and an annotated WBC touching the border are hits when matched and
+//! ignored when not (neither the annotators nor the count treat cut cells
+//! alike); WBC boxes annotated twice (IoU >= 0.5 with another) count once.
+//! txl is split by file name (first byte of its SHA-256 even: tune,
+//! odd: held-out); detector changes may look at the tune half only, and
+//! BCCD's test split is never tuned on.
+
+use image::{Rgb, RgbImage};
+use leukoscope::bccd::{touches_border, without_duplicates, Annotation, Bccd, Class, Evaluation, YoloSet, MATCH_IOU};
+use leukoscope::calibrate::Calibration;
+use leukoscope::count::{Call, CallRules};
+use leukoscope::detect::{red_cell_scale, DetectParams, FieldScale, ScaleSource};
+use leukoscope::input::{data_dir, load_rgb};
+use leukoscope::mask::BBox;
+use leukoscope::model::{default_card_path, Classifier};
+use leukoscope::pipeline::{Analyzer, FieldResult};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Annotated boxes this close to the border (px) are cut by it.
+const BORDER_MARGIN: u32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    /// Each field's own red cells (fallback when they cannot tell): `analyze` unconfigured.
+    PerField,
+    /// One scale for the camera, as `calibrate` measures it and a clinic configures it.
+    Calibrated,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::PerField => "per field",
+            Mode::Calibrated => "calibrated",
+        }
+    }
+}
+
+struct Field {
+    path: PathBuf,
+    annotation: Annotation,
+    /// txl: in the held-out half. BCCD test: always.
+    held_out: bool,
+}
+
+struct Set {
+    name: &'static str,
+    fields: Vec<Field>,
+    /// Fields of the same camera the calibration is measured on.
+    calibration_fields: Vec<PathBuf>,
+}
+
+/// Figures of one set (or part of it) in one mode.
+#[derive(Default, Clone)]
+struct Figures {
+    fields: usize,
+    /// Cells counted by the pipeline (classified, platelets vetoed).
+    counted: Evaluation,
+    /// Every detection (before the classifier's veto).
+    detected: Evaluation,
+    /// Counted, with annotated WBCs at the border counted as misses when unmatched.
+    counted_strict: Evaluation,
+    /// Counted cells that match an annotated red cell or platelet and no WBC.
+    non_wbc_counted: usize,
+    sources: BTreeMap<&'static str, usize>,
+    disagrees: usize,
+}
+
+struct SetReport {
+    name: &'static str,
+    calibration: Calibration,
+    /// (mode, part) -> figures; part is "all", "tune" or "held-out".
+    figures: BTreeMap<(Mode, &'static str), Figures>,
+}
+
+fn held_out(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    Sha256::digest(name.as_bytes())[0] % 2 == 1
+}
+
+fn sets() -> Vec<Set> {
+    let dir = data_dir();
+    let b = Bccd::new(&dir);
+    let ids =
+        |split: &str| b.split(split).unwrap_or_else(|e| panic!("{e}: set LEUKOSCOPE_DATA to the shared data folder"));
+    let test: Vec<Field> = ids("test")
+        .iter()
+        .map(|id| Field {
+            path: b.image_path(id),
+            annotation: b.annotation(id).unwrap_or_else(|e| panic!("{e}")),
+            held_out: true,
+        })
+        .collect();
+    assert_eq!(test.len(), 72, "BCCD test split");
+    let mut out = vec![Set {
+        name: "BCCD test",
+        fields: test,
+        calibration_fields: ids("trainval").iter().map(|id| b.image_path(id)).collect(),
+    }];
+    if std::env::var_os("LEUKOSCOPE_TUNE").is_some() {
+        let trainval: Vec<String> = ids("trainval");
+        out.push(Set {
+            name: "BCCD trainval",
+            fields: trainval
+                .iter()
+                .map(|id| Field {
+                    path: b.image_path(id),
+                    annotation: b.annotation(id).unwrap_or_else(|e| panic!("{e}")),
+                    held_out: false,
+                })
+                .collect(),
+            calibration_fields: trainval.iter().map(|id| b.image_path(id)).collect(),
+        });
+    }
+    for (name, sub, n) in [("txl/bcd", "txl/bcd", 219), ("txl/pbc", "txl/pbc", 500)] {
+        let set = YoloSet { root: dir.join(sub) };
+        let images = set.images().unwrap_or_else(|e| panic!("{e}: set LEUKOSCOPE_DATA to the shared data folder"));
+        assert_eq!(images.len(), n, "{name}");
+        let fields: Vec<Field> = images
+            .iter()
+            .map(|p| {
+                let (w, h) = image::image_dimensions(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                Field {
+                    annotation: set.annotation(p, w, h).unwrap_or_else(|e| panic!("{e}")),
+                    held_out: held_out(p),
+                    path: p.clone(),
+                }
+            })
+            .collect();
+        let calibration_fields = fields.iter().filter(|f| !f.held_out).map(|f| f.path.clone()).collect();
+        out.push(Set { name, fields, calibration_fields });
+    }
+    out
+}
+
+fn analyzer() -> Analyzer {
+    let classifier = Classifier::load(&default_card_path()).expect("shipped model");
+    let rules = CallRules::from_card(&classifier.card);
+    let detect = match std::env::var("LEUKOSCOPE_DETECT_PARAMS") {
+        Ok(json) => serde_json::from_str(&json).unwrap_or_else(|e| panic!("LEUKOSCOPE_DETECT_PARAMS: {e}")),
+        Err(_) => DetectParams::default(),
+    };
+    Analyzer { classifier, rules, detect, um_per_px: None }
+}
+
+fn source_name(s: ScaleSource) -> &'static str {
+    match s {
+        ScaleSource::Configured => "configured",
+        ScaleSource::Calibrated => "calibrated",
+        ScaleSource::RedCells => "red cells",
+        ScaleSource::Fallback => "fallback",
+    }
+}
+
+fn is_counted(c: &leukoscope::pipeline::CellResult) -> bool {
+    !matches!(c.call, Call::NotLeukocyte { .. })
+}
+
+impl Figures {
+    fn add(&mut self, f: &Field, r: &FieldResult) {
+        let a = &f.annotation;
+        let truth = without_duplicates(&a.boxes(Class::Wbc));
+        let truth_cut: Vec<bool> = truth.iter().map(|b| touches_border(b, a.width, a.height, BORDER_MARGIN)).collect();
+        let id = f.path.display().to_string();
+        let kept: Vec<_> = r.cells.iter().filter(|c| is_counted(c)).collect();
+        let boxes: Vec<BBox> = kept.iter().map(|c| c.bbox).collect();
+        let cut: Vec<bool> = kept.iter().map(|c| c.cut_by_border).collect();
+        self.counted.add_ignoring_both(&id, &boxes, &cut, &truth, &truth_cut);
+        self.counted_strict.add_ignoring(&id, &boxes, &cut, &truth);
+        let all: Vec<BBox> = r.cells.iter().map(|c| c.bbox).collect();
+        let all_cut: Vec<bool> = r.cells.iter().map(|c| c.cut_by_border).collect();
+        self.detected.add_ignoring_both(&id, &all, &all_cut, &truth, &truth_cut);
+        let others: Vec<BBox> = a.boxes(Class::Rbc).into_iter().chain(a.boxes(Class::Platelet)).collect();
+        for c in kept.iter().filter(|c| c.counted()) {
+            let wbc = truth.iter().any(|t| c.bbox.intersection_over_union(t) >= MATCH_IOU);
+            if !wbc && others.iter().any(|o| c.bbox.intersection_over_union(o) >= MATCH_IOU) {
+                self.non_wbc_counted += 1;
+            }
+        }
+        *self.sources.entry(source_name(r.scale.source)).or_default() += 1;
+        self.disagrees += r.scale.disagrees as usize;
+        self.fields += 1;
+    }
+
+    fn sources_text(&self) -> String {
+        let mut t: Vec<String> = self.sources.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        if self.disagrees > 0 {
+            t.push(format!("disagree {}", self.disagrees));
+        }
+        t.join(", ")
+    }
+}
+
+/// Every set analysed in both modes, once for all tests.
+fn report() -> &'static [SetReport] {
+    static REPORT: OnceLock<Vec<SetReport>> = OnceLock::new();
+    REPORT.get_or_init(|| {
+        let analyzer = analyzer();
+        let pngs = std::env::var_os("LEUKOSCOPE_FAILURE_PNGS").map(PathBuf::from);
+        sets()
+            .into_iter()
+            .map(|set| {
+                let estimates: Vec<_> = set
+                    .calibration_fields
+                    .iter()
+                    .map(|p| red_cell_scale(&load_rgb(p).unwrap_or_else(|e| panic!("{e}")), &analyzer.detect))
+                    .collect();
+                let calibration = Calibration::from_fields(&estimates).unwrap_or_else(|e| panic!("{}: {e}", set.name));
+                let mut figures: BTreeMap<(Mode, &'static str), Figures> = BTreeMap::new();
+                for f in &set.fields {
+                    let img = load_rgb(&f.path).unwrap_or_else(|e| panic!("{e}"));
+                    for mode in [Mode::PerField, Mode::Calibrated] {
+                        let given = match mode {
+                            Mode::PerField => None,
+                            Mode::Calibrated => Some(FieldScale::new(calibration.um_per_px, ScaleSource::Configured)),
+                        };
+                        let r =
+                            analyzer.analyze_at(&img, given).unwrap_or_else(|e| panic!("{}: {e}", f.path.display()));
+                        let part = if set.name == "BCCD test" {
+                            "test"
+                        } else if set.name == "BCCD trainval" {
+                            "tune"
+                        } else if f.held_out {
+                            "held-out"
+                        } else {
+                            "tune"
+                        };
+                        figures.entry((mode, part)).or_default().add(f, &r);
+                        if part != "test" {
+                            figures.entry((mode, "all")).or_default().add(f, &r);
+                        }
+                        if let Some(dir) = &pngs {
+                            draw_failures(dir, set.name, mode, f, &img, &r);
+                        }
+                    }
+                }
+                SetReport { name: set.name, calibration, figures }
+            })
+            .collect()
+    })
+}
+
+/// Writes the field with its boxes drawn when it has a miss or a false alarm.
+fn draw_failures(dir: &Path, set: &str, mode: Mode, f: &Field, img: &RgbImage, r: &FieldResult) {
+    let mut e = Figures::default();
+    e.add(f, r);
+    let Some(ev) = e.counted.hard_images().next() else { return };
+    let mut out = img.clone();
+    for t in f.annotation.boxes(Class::Wbc) {
+        draw_box(&mut out, t, Rgb([0, 200, 0]), 1);
+    }
+    for c in &r.cells {
+        let colour = if is_counted(c) { Rgb([0, 0, 255]) } else { Rgb([230, 200, 0]) };
+        draw_box(&mut out, c.bbox, colour, 2);
+    }
+    for m in &ev.misses {
+        draw_box(&mut out, *m, Rgb([255, 0, 0]), 3);
+    }
+    let sub = dir.join(set.replace('/', "_")).join(mode.name().replace(' ', "_"));
+    let stem = f.path.file_stem().and_then(|s| s.to_str()).unwrap_or("field");
+    let scale = format!("{:.3}_{}", r.scale.um_per_px, source_name(r.scale.source).replace(' ', "_"));
+    if std::fs::create_dir_all(&sub).is_ok() {
+        let _ = out.save(sub.join(format!("{stem}_{scale}.png")));
+    }
+}
+
+fn draw_box(img: &mut RgbImage, b: BBox, colour: Rgb<u8>, inset: u32) {
+    let (w, h) = img.dimensions();
+    let (x0, y0) = ((b.x0 + inset).min(w - 1), (b.y0 + inset).min(h - 1));
+    let (x1, y1) = (b.x1.saturating_sub(inset + 1).clamp(x0, w - 1), b.y1.saturating_sub(inset + 1).clamp(y0, h - 1));
+    for x in x0..=x1 {
+        img.put_pixel(x, y0, colour);
+        img.put_pixel(x, y1, colour);
+    }
+    for y in y0..=y1 {
+        img.put_pixel(x0, y, colour);
+        img.put_pixel(x1, y, colour);
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+/// The report as Markdown: one table row per set, part and mode, the
+/// calibrations, and the worst fields.
+fn markdown(report: &[SetReport]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| set | part | scale | fields | WBC | counted recall | counted precision | detected recall | detected precision | recall, border WBC included | red cells/platelets counted | scale sources |"
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for s in report {
+        for ((mode, part), f) in &s.figures {
+            let c = &f.counted;
+            let d = &f.detected;
+            let _ = writeln!(
+                t,
+                "| {} | {part} | {} | {} | {} | {} ({}/{}) | {} ({} fp) | {} | {} | {} | {} | {} |",
+                s.name,
+                mode.name(),
+                f.fields,
+                c.tp + c.fn_,
+                pct(c.recall()),
+                c.tp,
+                c.tp + c.fn_,
+                pct(c.precision()),
+                c.fp,
+                pct(d.recall()),
+                pct(d.precision()),
+                pct(f.counted_strict.recall()),
+                f.non_wbc_counted,
+                f.sources_text()
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\nCalibrated scale per camera (`leukoscope calibrate` on the fields named; not the evaluated ones):\n"
+    );
+    let _ = writeln!(t, "| set | calibrated on | µm/px | IQR | fields used | red cells |");
+    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    for s in report {
+        let c = &s.calibration;
+        let on = if s.name == "BCCD test" { "BCCD trainval" } else { "tune half" };
+        let _ = writeln!(
+            t,
+            "| {} | {on} | {:.4} | {:.4}-{:.4} ({:.0}%) | {}/{} | {} |",
+            s.name,
+            c.um_per_px,
+            c.q1,
+            c.q3,
+            100.0 * c.relative_iqr(),
+            c.fields_used,
+            c.fields_total,
+            c.cells
+        );
+    }
+    let _ = writeln!(t, "\nWorst fields (counted, per-field scale; misses + false alarms):\n");
+    for s in report {
+        for ((mode, part), f) in &s.figures {
+            if *mode != Mode::PerField || *part == "all" {
+                continue;
+            }
+            let mut hard: Vec<_> = f.counted.hard_images().collect();
+            hard.sort_by_key(|e| std::cmp::Reverse(e.misses.len() + e.false_positives.len()));
+            let names: Vec<String> = hard
+                .iter()
+                .take(6)
+                .map(|e| {
+                    let name = Path::new(&e.id).file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_string();
+                    format!("`{name}` ({} missed, {} false)", e.misses.len(), e.false_positives.len())
+                })
+                .collect();
+            let _ = writeln!(t, "- {} {part}: {} fields with errors; {}", s.name, hard.len(), names.join(", "));
+        }
+    }
+    t
+}
+
+const BEGIN: &str = "<!-- detection-report:begin (generated by tests/detection_report.rs) -->";
+const END: &str = "<!-- detection-report:end -->";
+
+#[test]
+fn detection_report_over_every_camera() {
+    let report = report();
+    let md = markdown(report);
+    println!("{md}");
+    if std::env::var_os("LEUKOSCOPE_UPDATE_DOCS").is_some() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/detection.md");
+        let text = std::fs::read_to_string(&path).expect("docs/detection.md");
+        let (Some(i), Some(j)) = (text.find(BEGIN), text.find(END)) else {
+            panic!("docs/detection.md lacks the {BEGIN} ... {END} markers")
+        };
+        let new = format!("{}{BEGIN}\n\n{md}\n{}", &text[..i], &text[j..]);
+        std::fs::write(&path, new).expect("write docs/detection.md");
+        println!("updated {}", path.display());
+    }
+}
+
+/// Counted recall and precision of one set's part in one mode.
+fn figures(set: &str, mode: Mode, part: &'static str) -> &'static Figures {
+    let s = report().iter().find(|s| s.name == set).unwrap_or_else(|| panic!("no set {set}"));
+    s.figures.get(&(mode, part)).unwrap_or_else(|| panic!("{set}: no {part} in mode {}", mode.name()))
+}
+
+fn check(set: &str, mode: Mode, part: &'static str, min_recall: f64, min_precision: f64) {
+    let f = figures(set, mode, part);
+    let (r, p) = (f.counted.recall(), f.counted.precision());
+    println!("{set} {part} ({}): counted recall {r:.4} precision {p:.4}", mode.name());
+    assert!(r >= min_recall, "{set} {part} ({}): recall {r:.4} < {min_recall}", mode.name());
+    assert!(p >= min_precision, "{set} {part} ({}): precision {p:.4} < {min_precision}", mode.name());
+}
+
+// Floors a little below the figures measured (docs/detection.md): a
+// regression on any camera fails here.
+
+#[test]
+fn bccd_test_holds() {
+    check("BCCD test", Mode::PerField, "test", 0.98, 0.98);
+    check("BCCD test", Mode::Calibrated, "test", 0.98, 0.98);
+    assert_eq!(figures("BCCD test", Mode::PerField, "test").non_wbc_counted, 0);
+}
+
+#[test]
+fn txl_bcd_holds() {
+    check("txl/bcd", Mode::PerField, "held-out", 0.93, 0.95);
+    check("txl/bcd", Mode::Calibrated, "held-out", 0.93, 0.97);
+}
+
+#[test]
+fn txl_pbc_holds() {
+    check("txl/pbc", Mode::PerField, "held-out", 0.96, 0.95);
+    check("txl/pbc", Mode::Calibrated, "held-out", 0.95, 0.95);
+}
+
+/// With a scale given, no field falls back, and the red cells of nearly every
+/// field of the camera's own set agree with its calibration.
+#[test]
+fn a_configured_scale_never_falls_back() {
+    for s in report() {
+        for ((mode, part), f) in &s.figures {
+            if *mode == Mode::Calibrated {
+                assert_eq!(f.sources.get("fallback"), None, "{} {part}: {:?}", s.name, f.sources);
+                assert_eq!(f.sources.get("configured"), Some(&f.fields), "{} {part}", s.name);
+            }
+        }
+    }
+}
