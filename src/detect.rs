@@ -69,6 +69,16 @@ pub struct DetectParams {
     pub blue_weight: f32,
     /// Stain signal (optical density) above which a pixel is nucleus.
     pub nucleus_od: f32,
+    /// Faint fields (soft focus, nuclei stained magenta rather than blue):
+    /// the nucleus threshold drops to this fraction of the field's strongest
+    /// stain (99.7th percentile of the stain signal), never above
+    /// `nucleus_od` nor below `nucleus_od_floor`. Only with a given scale
+    /// (configured or calibrated): on soft fields a single field's red cells
+    /// can be off several-fold, and a low threshold at a wrong scale finds
+    /// leukocytes in red-cell clumps (txl/bcd tune half).
+    pub nucleus_od_fraction: f32,
+    /// Lowest nucleus threshold a faint field gets.
+    pub nucleus_od_floor: f32,
     /// Radius (µm) of the opening that removes specks from the nucleus mask.
     pub open_um: f32,
     /// Fragments of the nucleus mask smaller than this (µm²) are ignored.
@@ -112,6 +122,8 @@ impl Default for DetectParams {
             work_px_per_um: 1.7,
             blue_weight: 1.0,
             nucleus_od: 0.12,
+            nucleus_od_fraction: 0.35,
+            nucleus_od_floor: 0.04,
             open_um: 0.3,
             min_fragment_um2: 1.0,
             lobe_merge_um: 2.5,
@@ -248,7 +260,11 @@ pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale
     } else {
         (ideal, downsample(img, ideal))
     };
-    let (cells, rejected) = find_leukocytes(&work, k, px_per_um, &luts, params, img.width(), img.height());
+    let threshold = match scale.source {
+        ScaleSource::Configured | ScaleSource::Calibrated => nucleus_threshold(&level0, &luts, params),
+        ScaleSource::RedCells | ScaleSource::Fallback => milli(params.nucleus_od),
+    };
+    let (cells, rejected) = find_leukocytes(&work, k, px_per_um, &luts, threshold, params, img.width(), img.height());
     FieldDetections { cells, scale, background, rejected }
 }
 
@@ -384,6 +400,35 @@ where
 pub(crate) fn reciprocal(n: u64) -> (u64, u64) {
     let n = n.max(1);
     (n, (1u64 << 32).div_ceil(n))
+}
+
+/// The field's nucleus threshold (milli-OD): `nucleus_od`, lowered in faint
+/// fields to a fraction of their strongest stain (see
+/// [`DetectParams::nucleus_od_fraction`]). Measured on the level-0 copy.
+fn nucleus_threshold(level0: &RgbImage, luts: &Luts, params: &DetectParams) -> i32 {
+    let hi = milli(params.nucleus_od);
+    let lo = milli(params.nucleus_od_floor).min(hi);
+    if lo >= hi || level0.width() == 0 {
+        return hi;
+    }
+    // The 99.7th percentile by a histogram over the range that matters.
+    let n = (level0.width() * level0.height()) as usize;
+    let skip = n - n * 997 / 1000;
+    let top_range = (hi * 4).max(1) as usize;
+    let mut hist = vec![0u32; top_range + 1];
+    for p in level0.pixels() {
+        hist[luts.stain(p.0).clamp(0, top_range as i32) as usize] += 1;
+    }
+    let mut seen = 0usize;
+    let mut top = 0i32;
+    for (v, &c) in hist.iter().enumerate().rev() {
+        seen += c as usize;
+        if seen > skip {
+            top = v as i32;
+            break;
+        }
+    }
+    ((top as f32 * params.nucleus_od_fraction) as i32).clamp(lo, hi)
 }
 
 /// Nucleus stain mask of an image.
@@ -586,11 +631,13 @@ struct Fragment {
 
 /// Steps 2-5 on the working copy (`k` input pixels per working pixel);
 /// boxes come back in input pixels, clipped to `full_w` x `full_h`.
+#[allow(clippy::too_many_arguments)]
 fn find_leukocytes(
     work: &RgbImage,
     k: u32,
     px_per_um: f32,
     luts: &Luts,
+    threshold: i32,
     params: &DetectParams,
     full_w: u32,
     full_h: u32,
@@ -598,7 +645,7 @@ fn find_leukocytes(
     // Pixels per µm of the working copy.
     let ppu = px_per_um / k as f32;
     let um2 = |a: u64| a as f32 / (ppu * ppu);
-    let mask = open(nucleus_mask(work, luts, milli(params.nucleus_od)), (params.open_um * ppu).round() as u32);
+    let mask = open(nucleus_mask(work, luts, threshold), (params.open_um * ppu).round() as u32);
     let labels = mask.components();
     let mut rejected = Rejected::default();
     let (w, h) = (labels.width as usize, labels.height as usize);
@@ -830,6 +877,33 @@ mod tests {
         assert!(cells[0].bbox.x0.abs_diff(n.x0.saturating_sub(13)) <= 3, "{:?}", cells[0]);
         assert!(cells[1].nucleus.x1 < cells[2].nucleus.x0, "{cells:?}");
         assert!(found.rejected.small_stained >= 1, "{:?}", found.rejected);
+    }
+
+    /// A pale, magenta-stained nucleus (stain ~0.08, below `nucleus_od`)
+    /// is found when the scale is given, not on a field's own estimate.
+    #[test]
+    fn faint_nuclei_are_found_at_a_given_scale() {
+        const FAINT: [u8; 3] = [205, 120, 215];
+        let mut f = Field::new(640, 480);
+        f.red_cells(&[(320.0, 240.0, 60.0)]);
+        f.disc(320.0, 240.0, 60.0, CYTOPLASM);
+        f.disc(320.0, 240.0, 32.0, FAINT);
+        let params = synthetic_params();
+        let given = detect(&f.img, &params, Some(0.1));
+        assert_eq!(uncut(&given).len(), 1, "{:?}", given.cells);
+        assert!(!given.scale.disagrees, "{:?}", given.scale);
+        let own = detect(&f.img, &params, None);
+        assert_eq!(own.scale.source, ScaleSource::RedCells);
+        assert!(uncut(&own).is_empty(), "{:?}", own.cells);
+        // A field with strongly stained nuclei keeps the full threshold.
+        let mut g = Field::new(640, 480);
+        g.red_cells(&[(320.0, 240.0, 60.0)]);
+        g.disc(320.0, 240.0, 30.0, NUCLEUS);
+        let b = Background::estimate(&g.img);
+        let luts = Luts::new(&b, params.blue_weight);
+        assert_eq!(nucleus_threshold(&g.img, &luts, &params), milli(params.nucleus_od));
+        let luts = Luts::new(&Background::estimate(&f.img), params.blue_weight);
+        assert!(nucleus_threshold(&f.img, &luts, &params) < milli(params.nucleus_od));
     }
 
     #[test]
