@@ -9,8 +9,9 @@
 #   TARGET  aarch64-unknown-linux-gnu or arm64 (default: Raspberry Pi 4/5 with a
 #           64-bit OS, Jetson Orin with JetPack 6), armv7-unknown-linux-gnueabihf
 #           or armhf (32-bit Raspberry Pi OS), or all.
-#   --setup-only  install what is missing (cross gcc, qemu-user, libclang, rustup
-#           targets, cargo-deb) and stop.
+#   --setup-only  install what is missing (cross gcc, qemu-user, rustup targets,
+#           cargo-deb) and stop. No libclang: v4l's V4L2 bindings are pregenerated
+#           (vendor/v4l2-sys-mit).
 # Env: CARGO_TARGET_DIR (default target/cross: a build folder of its own, so that
 #      a cross build never waits for, or blocks, the host build's lock on target/),
 #      CARGO_BUILD_JOBS (default: cargo's).
@@ -56,8 +57,6 @@ ensure_toolchain() {
         command -v "$linker" >/dev/null || missing+=("$gcc" "$libc")
         command -v "$qemu" >/dev/null || missing+=(qemu-user)
     done
-    # v4l's bindgen needs libclang (the cross headers come from libc6-dev-*-cross).
-    compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null || missing+=(libclang-dev)
     if [[ ${#missing[@]} -gt 0 ]]; then
         pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
         local sudo=""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The board checks (issue #3), run on an x86_64 Debian/Ubuntu machine without a board:
-#   1. setup: cross gcc, qemu-user, libclang, rustup targets, cargo-deb
+#   1. setup: cross gcc, qemu-user, rustup targets, cargo-deb
 #      (tools/build-deb.sh --setup-only) and, as root, binfmt_misc entries for
 #      qemu-aarch64/qemu-arm (the CLI tests start the leukoscope binary themselves);
 #   2. release builds: x86_64 (the reference) and each ARM target;
