@@ -321,6 +321,12 @@ impl Appliance {
             }
             v.flagged = sum.flag;
             v.unidentified = sum.unidentified;
+            // The report carries the full sentence; the screen the short one,
+            // unless something more urgent is being said.
+            if v.message.is_none() && self.analyzer.classifier.card.unfamiliar_warning(sum.unfamiliar_percent).is_some()
+            {
+                v.message = Some("images unlike training: review every cell".into());
+            }
             let mut top: Vec<(String, u64)> = sum.by_class.into_iter().collect();
             top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             top.truncate(4);

@@ -34,14 +34,15 @@ pub fn median_ms(budget: Duration, max_runs: usize, mut f: impl FnMut()) -> (f64
 }
 
 /// Per-crop figures: preprocessing and inference with each model given.
-pub fn crop_figures(crop: &RgbImage, models: &[(&str, &Classifier)], budget: Duration) -> Vec<Figure> {
+/// `um_per_px` is the crop's scale.
+pub fn crop_figures(crop: &RgbImage, um_per_px: f32, models: &[(&str, &Classifier)], budget: Duration) -> Vec<Figure> {
     let mut out = Vec::new();
     let spec = &models[0].1.card.input.preprocessing;
     let (ms, runs) = median_ms(budget, 10_000, || {
-        std::hint::black_box(prepare(crop, spec, None));
+        std::hint::black_box(prepare(crop, spec, None, um_per_px));
     });
     out.push(Figure { what: format!("preprocess one {}x{} crop", crop.width(), crop.height()), median_ms: ms, runs });
-    let prepared = prepare(crop, spec, None);
+    let prepared = prepare(crop, spec, None, um_per_px);
     for (name, clf) in models {
         let (ms, runs) = median_ms(budget, 10_000, || {
             std::hint::black_box(clf.predict(&prepared).ok());
@@ -126,8 +127,9 @@ pub fn many_fields_figures(fields: &[RgbImage], name: &str, analyzer: &Analyzer,
 /// cell's region from the field and prepare the model input from it.
 fn cut_and_prepare(field: &RgbImage, found: &FieldDetections, spec: &PreprocessSpec) {
     for d in &found.cells {
-        let region = cell_region(field, RegionGeometry::of(d.bbox, d.nucleus, spec));
-        std::hint::black_box(prepare(&region, spec, Some(found.background)));
+        let geometry = RegionGeometry::of(d.bbox, d.nucleus, spec, found.scale.um_per_px);
+        let region = cell_region(field, geometry);
+        std::hint::black_box(prepare(&region, spec, Some(found.background), geometry.um_per_px(found.scale.um_per_px)));
     }
 }
 

@@ -14,9 +14,37 @@ pub enum Call {
     Cell { code: String, blast: bool, abnormal: bool },
     /// A leukocyte the model is not confident about: counted in the total, never
     /// forced into a class. `best` is the most likely class, for the reviewer.
-    Unidentified { best: String },
+    Unidentified {
+        best: String,
+        #[serde(default)]
+        why: Doubt,
+    },
     /// Not a leukocyte (e.g. a platelet the detector let through): not counted.
     NotLeukocyte { code: String },
+}
+
+/// Why a leukocyte is left unidentified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Doubt {
+    /// Its top class is below the confidence floor.
+    #[default]
+    LowConfidence,
+    /// The crop holds no stained nucleus (blank, uniform, debris).
+    NoNucleus,
+    /// Unlike the cells the model was trained on: its out-of-distribution
+    /// score passes the card's limit (another optics, stain or object).
+    Unfamiliar,
+}
+
+impl Doubt {
+    pub fn label(self) -> &'static str {
+        match self {
+            Doubt::LowConfidence => "Unidentified (low confidence)",
+            Doubt::NoNucleus => "Unidentified (no stained nucleus)",
+            Doubt::Unfamiliar => "Unidentified (unlike the training images)",
+        }
+    }
 }
 
 /// Which classes are blasts and which are normal, and the confidence floor:
@@ -37,14 +65,20 @@ impl CallRules {
         }
     }
 
-    /// Decides what a prediction counts as.
+    /// Decides what a prediction counts as. A crop without a nucleus or unlike
+    /// anything trained on is never forced into a class, whatever its probabilities.
     pub fn call(&self, card: &ModelCard, pred: &Prediction) -> Call {
         let (i, conf) = pred.top();
         let class = &card.classes[i];
-        if !class.leukocyte {
-            Call::NotLeukocyte { code: class.code.clone() }
+        let best = class.code.clone();
+        if !pred.stained {
+            Call::Unidentified { best, why: Doubt::NoNucleus }
+        } else if card.is_unfamiliar(pred) {
+            Call::Unidentified { best, why: Doubt::Unfamiliar }
+        } else if !class.leukocyte {
+            Call::NotLeukocyte { code: best }
         } else if conf < self.min_confidence {
-            Call::Unidentified { best: class.code.clone() }
+            Call::Unidentified { best, why: Doubt::LowConfidence }
         } else {
             Call::Cell {
                 code: class.code.clone(),
@@ -64,6 +98,8 @@ pub struct Differential {
     pub abnormal: u64,
     pub not_leukocytes: u64,
     pub cut_by_border: u64,
+    /// Unidentified because unlike the training images or without a nucleus.
+    pub unfamiliar: u64,
 }
 
 impl Differential {
@@ -74,7 +110,10 @@ impl Differential {
                 self.blasts += *blast as u64;
                 self.abnormal += *abnormal as u64;
             }
-            Call::Unidentified { .. } => self.unidentified += 1,
+            Call::Unidentified { why, .. } => {
+                self.unidentified += 1;
+                self.unfamiliar += (*why != Doubt::LowConfidence) as u64;
+            }
             Call::NotLeukocyte { .. } => self.not_leukocytes += 1,
         }
     }
@@ -92,7 +131,10 @@ impl Differential {
                 self.blasts = self.blasts.saturating_sub(*blast as u64);
                 self.abnormal = self.abnormal.saturating_sub(*abnormal as u64);
             }
-            Call::Unidentified { .. } => self.unidentified = self.unidentified.saturating_sub(1),
+            Call::Unidentified { why, .. } => {
+                self.unidentified = self.unidentified.saturating_sub(1);
+                self.unfamiliar = self.unfamiliar.saturating_sub((*why != Doubt::LowConfidence) as u64);
+            }
             Call::NotLeukocyte { .. } => self.not_leukocytes = self.not_leukocytes.saturating_sub(1),
         }
     }
@@ -118,6 +160,8 @@ impl Differential {
             ci95: ci(self.blasts),
             by_class: self.by_class.clone(),
             unidentified: self.unidentified,
+            unfamiliar: self.unfamiliar,
+            unfamiliar_percent: pct(self.unfamiliar),
             abnormal: self.abnormal,
             abnormal_percent: pct(self.abnormal),
             abnormal_ci95: ci(self.abnormal),
@@ -137,6 +181,10 @@ pub struct Summary {
     pub ci95: [f64; 2],
     pub by_class: BTreeMap<String, u64>,
     pub unidentified: u64,
+    /// Of the unidentified: unlike the training images, or without a nucleus.
+    /// Many of them mean the calls of this sample are unreliable.
+    pub unfamiliar: u64,
+    pub unfamiliar_percent: f64,
     /// Cells of types not normally seen in peripheral blood (blasts included).
     pub abnormal: u64,
     pub abnormal_percent: f64,
@@ -171,7 +219,7 @@ mod tests {
             d.add(&cell("NGS", false, false));
         }
         for _ in 0..5 {
-            d.add(&Call::Unidentified { best: "LYT".into() });
+            d.add(&Call::Unidentified { best: "LYT".into(), why: Doubt::LowConfidence });
         }
         d.add(&Call::NotLeukocyte { code: "PLT".into() });
         let s = d.summary(20.0);

@@ -61,6 +61,11 @@ enum Command {
         /// Print one JSON document instead of a table.
         #[arg(long)]
         json: bool,
+        /// Scale of the crops (µm per pixel), as `calibrate` or the scanner's
+        /// specification gives it. Default: estimated from the red cells in each
+        /// crop (the JSON says which), else the detector's fallback.
+        #[arg(long)]
+        um_per_px: Option<f32>,
         /// Image files or directories of images.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
@@ -183,7 +188,8 @@ enum Command {
     /// Turn images into model input tensors (used by the Python training pipeline,
     /// so that training sees exactly what the appliance sees).
     Preprocess {
-        /// Text file with one image path per line.
+        /// Text file with one image path per line, optionally followed by a tab
+        /// and the image's scale in µm per pixel (else estimated as `classify` does).
         #[arg(long)]
         list: PathBuf,
         /// Output .npy file: float32 [N, 3, S, S]. A JSON sidecar (same name,
@@ -236,7 +242,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Bench { model, seconds, json, crop, field, fields: None, size: _ } => {
             bench(model, seconds, json, crop, field)
         }
-        Command::Classify { model, precision, json, inputs } => classify(model, precision, json, &inputs),
+        Command::Classify { model, precision, json, um_per_px, inputs } => {
+            classify(model, precision, json, um_per_px, &inputs)
+        }
         Command::Preprocess { list, out, card } => preprocess(&list, &out, card),
         Command::Run { config, model, precision, replay, replay_fps, script, state, screen_png, until_finished } => {
             run_appliance(RunArgs {
@@ -318,18 +326,30 @@ fn build_analyzer(
     })
 }
 
-fn classify(model: Option<PathBuf>, precision: Precision, json: bool, inputs: &[PathBuf]) -> Result<i32> {
+fn classify(
+    model: Option<PathBuf>,
+    precision: Precision,
+    json: bool,
+    um_per_px: Option<f32>,
+    inputs: &[PathBuf],
+) -> Result<i32> {
     let clf = load_classifier(model, precision)?;
     let paths = leukoscope::input::collect_images(inputs)?;
+    if let Some(s) = um_per_px.filter(|s| !(s.is_finite() && *s > 0.0 && *s < 10.0)) {
+        bail!("--um-per-px {s}: must be a positive number below 10");
+    }
     let spec = clf.card.input.preprocessing.clone();
+    let detect = leukoscope::detect::DetectParams::default();
     let pb = progress(paths.len(), "classifying");
     let mut results = Vec::new();
     let mut failed = 0;
     for path in &paths {
         pb.inc(1);
-        let outcome = leukoscope::input::load_rgb(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|img| Ok(clf.predict(&prepare(&img, &spec, None))?));
+        let outcome = leukoscope::input::load_rgb(path).map_err(anyhow::Error::from).and_then(|img| {
+            let scale = leukoscope::pipeline::crop_scale(&img, um_per_px, &detect);
+            let prepared = prepare(&img, &spec, None, scale.um_per_px);
+            Ok((clf.predict(&prepared)?, scale, prepared.nucleus_um()))
+        });
         match outcome {
             Ok(pred) => results.push((path.clone(), Ok(pred))),
             Err(e) => {
@@ -345,7 +365,7 @@ fn classify(model: Option<PathBuf>, precision: Precision, json: bool, inputs: &[
         let items: Vec<serde_json::Value> = results
             .iter()
             .map(|(path, r)| match r {
-                Ok(pred) => {
+                Ok((pred, scale, nucleus_um)) => {
                     let (i, conf) = pred.top();
                     let c = &card.classes[i];
                     let probs: serde_json::Map<String, serde_json::Value> = card
@@ -356,8 +376,14 @@ fn classify(model: Option<PathBuf>, precision: Precision, json: bool, inputs: &[
                         .collect();
                     serde_json::json!({
                         "path": path, "class": c.code, "label": c.name, "confidence": conf,
-                        "identified": conf >= card.min_confidence,
+                        "identified": pred.stained && !card.is_unfamiliar(pred) && conf >= card.min_confidence,
+                        "stained": pred.stained,
+                        "unfamiliar": card.is_unfamiliar(pred),
+                        "energy": pred.energy,
                         "blast": card.blast_classes.contains(&c.code), "probs": probs,
+                        "scale": scale,
+                        "nucleus_area_um2": nucleus_um.map(|n| n.0),
+                        "nucleus_diameter_um": nucleus_um.map(|n| n.1),
                     })
                 }
                 Err(e) => serde_json::json!({"path": path, "error": e}),
@@ -374,11 +400,19 @@ fn classify(model: Option<PathBuf>, precision: Precision, json: bool, inputs: &[
         writeln!(out, "{:<50} {:<5} {:>6}  {:<5} label", "image", "class", "conf", "blast")?;
         for (path, r) in &results {
             match r {
-                Ok(pred) => {
+                Ok((pred, _, _)) => {
                     let (i, conf) = pred.top();
                     let c = &card.classes[i];
                     let flag = if card.blast_classes.contains(&c.code) { "BLAST" } else { "" };
-                    let low = if conf < card.min_confidence { " (low confidence: unidentified)" } else { "" };
+                    let low = if !pred.stained {
+                        " (no stained nucleus: unidentified)"
+                    } else if card.is_unfamiliar(pred) {
+                        " (unlike the training images: unidentified)"
+                    } else if conf < card.min_confidence {
+                        " (low confidence: unidentified)"
+                    } else {
+                        ""
+                    };
                     writeln!(out, "{:<50} {:<5} {:>6.3}  {:<5} {}{low}", path.display(), c.code, conf, flag, c.name)?;
                 }
                 Err(e) => writeln!(out, "{:<50} ERROR  {e}", path.display())?,
@@ -399,22 +433,40 @@ fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
         None => PreprocessSpec::default(),
     };
     let text = std::fs::read_to_string(list).with_context(|| format!("reading list {}", list.display()))?;
-    let paths: Vec<PathBuf> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(PathBuf::from).collect();
-    if paths.is_empty() {
+    let mut items: Vec<(PathBuf, Option<f32>)> = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let (path, scale) = match line.split_once('\t') {
+            Some((p, s)) => match s.trim().parse::<f32>() {
+                Ok(v) if v.is_finite() && v > 0.0 => (p, Some(v)),
+                _ => bail!("{} line {}: scale '{s}' is not a positive number", list.display(), n + 1),
+            },
+            None => (line, None),
+        };
+        items.push((PathBuf::from(path.trim()), scale));
+    }
+    if items.is_empty() {
         bail!("{}: list is empty", list.display());
     }
+    let detect = leukoscope::detect::DetectParams::default();
     let s = spec.size as usize;
-    let mut writer = leukoscope::npy::NpyWriter::create(out, &[paths.len(), 3, s, s])?;
-    let pb = progress(paths.len(), "preprocessing");
-    let mut meta = Vec::with_capacity(paths.len());
+    let mut writer = leukoscope::npy::NpyWriter::create(out, &[items.len(), 3, s, s])?;
+    let pb = progress(items.len(), "preprocessing");
+    let mut meta = Vec::with_capacity(items.len());
     let mut failed = 0;
-    for path in &paths {
+    for (path, given) in &items {
         pb.inc(1);
         match leukoscope::input::load_rgb(path) {
             Ok(img) => {
-                let p = prepare(&img, &spec, None);
+                let scale = leukoscope::pipeline::crop_scale(&img, *given, &detect);
+                let p = prepare(&img, &spec, None, scale.um_per_px);
                 writer.write(&p.tensor)?;
-                meta.push(serde_json::json!({"path": path, "nucleus": p.nucleus.map(|b| [b.x0, b.y0, b.x1, b.y1]), "window": [p.window.0, p.window.1, p.window.2]}));
+                meta.push(serde_json::json!({
+                    "path": path,
+                    "nucleus": p.nucleus.map(|n| [n.bbox.x0, n.bbox.y0, n.bbox.x1, n.bbox.y1]),
+                    "nucleus_area_um2": p.nucleus_um().map(|n| n.0),
+                    "window": [p.window.0, p.window.1, p.window.2],
+                    "scale": scale,
+                }));
             }
             Err(e) => {
                 failed += 1;
@@ -429,7 +481,7 @@ fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
     let sidecar = out.with_extension("json");
     std::fs::write(&sidecar, serde_json::to_string(&serde_json::json!({"preprocessing": spec, "items": meta}))?)
         .with_context(|| format!("writing {}", sidecar.display()))?;
-    log::info!("wrote {} tensors to {} ({failed} failed)", paths.len(), out.display());
+    log::info!("wrote {} tensors to {} ({failed} failed)", items.len(), out.display());
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
@@ -506,6 +558,9 @@ fn analyze(
         }
         writeln!(o, "\n{}", leukoscope::report::summary_text(&summary))?;
         writeln!(o, "{}", scale.text())?;
+        if let Some(w) = analyzer.classifier.card.unfamiliar_warning(summary.unfamiliar_percent) {
+            writeln!(o, "WARNING: {w}")?;
+        }
         writeln!(o, "{}", leukoscope::DISCLAIMER)?;
     }
     if failed > 0 {
@@ -677,7 +732,8 @@ fn bench(
     let data = leukoscope::input::data_dir();
     let crop_path = crop.unwrap_or_else(|| data.join("lmu/MYO/MYO_0001.jpg"));
     let crop = leukoscope::input::load_rgb(&crop_path)?;
-    let first = int8.predict(&prepare(&crop, &int8.card.input.preprocessing, None))?;
+    let crop_um = leukoscope::pipeline::crop_scale(&crop, None, &leukoscope::detect::DetectParams::default()).um_per_px;
+    let first = int8.predict(&prepare(&crop, &int8.card.input.preprocessing, None, crop_um))?;
     let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
     let f32_ref = Classifier::load_precision(&card, Precision::F32).ok();
     let budget = Duration::from_secs_f64(seconds.max(0.1));
@@ -693,7 +749,7 @@ fn bench(
             runs: 1,
         },
     ];
-    figs.extend(crop_figures(&crop, &models, budget));
+    figs.extend(crop_figures(&crop, crop_um, &models, budget));
     let field =
         leukoscope::input::load_rgb(&field.unwrap_or_else(|| data.join("bccd/JPEGImages/BloodImage_00001.jpg")))?;
     let mut analyzers = vec![("int8", bench_analyzer(int8))];

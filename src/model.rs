@@ -4,7 +4,7 @@
 //! model whose file hash, input shape, class count or preprocessing does not
 //! match its card is refused with a message naming what differs.
 
-use crate::preprocess::{Prepared, PreprocessSpec, METHOD};
+use crate::preprocess::{Prepared, PreprocessSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -76,8 +76,25 @@ pub struct ModelCard {
     /// metrics); tract's int8 kernels are not faster than its f32 ones everywhere.
     #[serde(default)]
     pub precision_by_arch: BTreeMap<String, Variant>,
+    /// How to tell a cell unlike the training images; absent in older cards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodSpec>,
     #[serde(default)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Out-of-distribution rule of a card: the energy score of a crop,
+/// `-logsumexp(logits)` (Liu et al., NeurIPS 2020), is low for inputs like the
+/// training images and rises for inputs unlike them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OodSpec {
+    /// A crop whose energy exceeds this is "unfamiliar" (set from the training
+    /// labs' validation crops: their 99th percentile).
+    pub max_energy: f32,
+    /// A count whose unfamiliar share reaches this many percent warns that
+    /// the images are unlike the validated labs.
+    pub warn_percent: f64,
 }
 
 /// One of a card's model files: `file` (int8) or `extra.f32_model`.
@@ -131,11 +148,8 @@ impl ModelCard {
     fn validate(&self, path: &Path) -> Result<(), ModelError> {
         let bad = |what: String| Err(ModelError::Mismatch { path: path.into(), what });
         let p = &self.input.preprocessing;
-        if p.method != METHOD {
-            return bad(format!(
-                "preprocessing method '{}' is not implemented (this build knows '{METHOD}')",
-                p.method
-            ));
+        if let Err(why) = p.check() {
+            return bad(why);
         }
         let s = p.size as usize;
         if self.input.shape != [1, 3, s, s] {
@@ -153,6 +167,23 @@ impl ModelCard {
         Ok(())
     }
 
+    /// The prediction is unlike the training images (per the card's `ood` rule).
+    pub fn is_unfamiliar(&self, pred: &Prediction) -> bool {
+        self.ood.is_some_and(|o| pred.energy > o.max_energy)
+    }
+
+    /// The warning a report carries when too many cells were unfamiliar.
+    pub fn unfamiliar_warning(&self, unfamiliar_percent: f64) -> Option<String> {
+        let o = self.ood?;
+        (unfamiliar_percent >= o.warn_percent).then(|| {
+            format!(
+                "{unfamiliar_percent:.0}% of the cells are unlike the images this model was validated on \
+                 (limit {:.0}%): the calls are unreliable, review every cell",
+                o.warn_percent
+            )
+        })
+    }
+
     pub fn class_index(&self, code: &str) -> Option<usize> {
         self.classes.iter().position(|c| c.code == code)
     }
@@ -162,6 +193,11 @@ impl ModelCard {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     pub probs: Vec<f32>,
+    /// The crop held a stained nucleus. Without one there is no cell to
+    /// classify (blank, uniform or tiny input), whatever the probabilities say.
+    pub stained: bool,
+    /// Energy score `-logsumexp(logits)`: higher = less like the training images.
+    pub energy: f32,
 }
 
 impl Prediction {
@@ -255,7 +291,9 @@ impl Classifier {
             .map_err(|e| ModelError::Run(anyhow::anyhow!("input tensor: {e}")))?;
         let out = self.plan.run(tvec!(Tensor::from(input).into())).map_err(ModelError::Run)?;
         let logits = out[0].to_plain_array_view::<f32>().map_err(ModelError::Run)?;
-        Ok(Prediction { probs: softmax(logits.iter().copied()) })
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let energy = -(max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln());
+        Ok(Prediction { probs: softmax(logits.iter().copied()), stained: prepared.nucleus.is_some(), energy })
     }
 }
 

@@ -2,7 +2,7 @@
 //! decide what it counts as. The appliance loop and `analyze` both call this.
 
 use crate::count::{Call, CallRules};
-use crate::detect::{detect_at, reciprocal, DetectParams, FieldScale, Rejected, ScaleSource};
+use crate::detect::{detect, detect_at, reciprocal, DetectParams, FieldScale, Rejected, ScaleSource};
 use crate::mask::BBox;
 use crate::model::{Classifier, ModelError, Prediction};
 use crate::preprocess::{prepare, reflect, PreprocessSpec};
@@ -23,6 +23,8 @@ pub struct CellResult {
     /// Whole cell, in field pixels.
     pub bbox: BBox,
     pub nucleus: BBox,
+    /// Nucleus area (µm²) and equivalent diameter (µm), as segmented for the model.
+    pub nucleus_um: Option<(f32, f32)>,
     pub prediction: Prediction,
     pub call: Call,
     /// Cut by the image border: reported, never counted.
@@ -58,8 +60,10 @@ impl Analyzer {
         let spec = &self.classifier.card.input.preprocessing;
         let mut cells = Vec::with_capacity(found.cells.len());
         for d in &found.cells {
-            let region = cell_region(img, RegionGeometry::of(d.bbox, d.nucleus, spec));
-            let prediction = self.classifier.predict(&prepare(&region, spec, Some(found.background)))?;
+            let geometry = RegionGeometry::of(d.bbox, d.nucleus, spec, found.scale.um_per_px);
+            let region = cell_region(img, geometry);
+            let prepared = prepare(&region, spec, Some(found.background), geometry.um_per_px(found.scale.um_per_px));
+            let prediction = self.classifier.predict(&prepared)?;
             // In a field the detector, which measures the nucleus in µm, decides what
             // is a leukocyte: a detected cell the model takes for a platelet is
             // counted as unidentified for review, unless its nucleus is also
@@ -69,13 +73,14 @@ impl Analyzer {
             let nucleus_um = d.nucleus.width().max(d.nucleus.height()) as f32 * found.scale.um_per_px;
             let call = match self.rules.call(&self.classifier.card, &prediction) {
                 Call::NotLeukocyte { code } if nucleus_um >= self.detect.platelet_veto_um => {
-                    Call::Unidentified { best: code }
+                    Call::Unidentified { best: code, why: crate::count::Doubt::LowConfidence }
                 }
                 call => call,
             };
             cells.push(CellResult {
                 bbox: d.bbox,
                 nucleus: d.nucleus,
+                nucleus_um: prepared.nucleus_um(),
                 prediction,
                 call,
                 cut_by_border: d.cut_by_border,
@@ -88,6 +93,16 @@ impl Analyzer {
             scale: found.scale,
             rejected: found.rejected,
         })
+    }
+}
+
+/// Scale of a single-cell crop (µm per pixel): `given` (configured, or the
+/// scanner's), else estimated from the red cells around the cell, else the
+/// detector's fallback, with where it came from.
+pub fn crop_scale(img: &RgbImage, given: Option<f32>, params: &DetectParams) -> FieldScale {
+    match given.filter(|s| s.is_finite() && *s > 0.0) {
+        Some(um_per_px) => FieldScale::new(um_per_px, ScaleSource::Configured),
+        None => detect(img, params, None).scale,
     }
 }
 
@@ -150,26 +165,39 @@ pub struct RegionGeometry {
 }
 
 impl RegionGeometry {
-    /// The region of a detected cell, averaged down by the largest factor that
-    /// leaves the model's window (`window_factor` x the nucleus extent) at least
+    /// The region of a detected cell in a field at `um_per_px`, averaged down
+    /// by the largest factor that leaves the model's window at least
     /// [`MIN_WINDOW_PX_PER_INPUT_PX`] region pixels per input pixel. Every
     /// region pixel is then an area average over field pixels, and preparing
     /// the crop (nucleus search over the region, supersampling of the window)
     /// costs the same at any camera resolution.
-    pub fn of(cell: BBox, nucleus: BBox, spec: &PreprocessSpec) -> RegionGeometry {
-        let window = spec.window_factor * nucleus.width().max(nucleus.height()) as f32;
+    pub fn of(cell: BBox, nucleus: BBox, spec: &PreprocessSpec, um_per_px: f32) -> RegionGeometry {
+        let window = spec.window_px(nucleus.width().max(nucleus.height()) as f32, um_per_px);
         let f = (window / (spec.size.max(1) as f32 * MIN_WINDOW_PX_PER_INPUT_PX)).floor();
-        RegionGeometry::with_factor(cell, nucleus, f as i64)
+        // A physical window can be larger than twice a small cell: the region
+        // then grows to hold it with a margin, so that the window shows the
+        // field around the cell rather than a mirror image.
+        let min_side = if spec.is_physical() { (window * 1.25).ceil() as i64 } else { 0 };
+        RegionGeometry::with_factor_and_side(cell, nucleus, f as i64, min_side)
     }
 
     /// The square twice the cell's size around its nucleus, averaged by `f`
     /// (1: field resolution; at most [`MAX_REGION_FACTOR`], and never below
     /// 8 region pixels a side).
     pub fn with_factor(cell: BBox, nucleus: BBox, f: i64) -> RegionGeometry {
+        RegionGeometry::with_factor_and_side(cell, nucleus, f, 0)
+    }
+
+    fn with_factor_and_side(cell: BBox, nucleus: BBox, f: i64, min_side: i64) -> RegionGeometry {
         let (cx, cy) = nucleus.center();
-        let side = (2 * cell.width().max(cell.height())).clamp(8, 4096) as i64;
+        let side = (2 * cell.width().max(cell.height()) as i64).max(min_side).clamp(8, 4096);
         let f = f.clamp(1, MAX_REGION_FACTOR).min(side / 8);
         RegionGeometry { x0: cx as i64 - side / 2, y0: cy as i64 - side / 2, f, out: (side / f) as u32 }
+    }
+
+    /// Scale of the region (µm per region pixel) cut from a field at `field_um_per_px`.
+    pub fn um_per_px(&self, field_um_per_px: f32) -> f32 {
+        field_um_per_px * self.f as f32
     }
 }
 
@@ -229,7 +257,7 @@ mod tests {
                 let cell = BBox { x0, y0, x1: (x0 + side).min(w), y1: (y0 + side).min(h) };
                 let nucleus = BBox { x0: x0 + 5, y0: y0 + 3, x1: cell.x1.saturating_sub(4).max(x0 + 6), y1: cell.y1 };
                 let spec = PreprocessSpec::default();
-                let by_rule = RegionGeometry::of(cell, nucleus, &spec);
+                let by_rule = RegionGeometry::of(cell, nucleus, &spec, 0.1);
                 for g in
                     [1, 2, 3, 7, 64].map(|f| RegionGeometry::with_factor(cell, nucleus, f)).into_iter().chain([by_rule])
                 {

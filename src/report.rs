@@ -28,6 +28,11 @@ pub struct CellRecord {
     /// The model's most likely class, whatever the cell counts as.
     pub best_class: String,
     pub call: Call,
+    /// Nucleus area in µm² and its equivalent diameter in µm (the field's scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nucleus_area_um2: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nucleus_diameter_um: Option<f32>,
     /// Why the cell is not counted (`cut_by_border`, `not_a_leukocyte`); absent when counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -42,7 +47,7 @@ impl CellRecord {
         let best = &card.classes[i];
         let (code, label, blast) = match &cell.call {
             Call::Cell { code, blast, .. } => (code.as_str(), best.name.as_str(), *blast),
-            Call::Unidentified { .. } => ("UNID", "Unidentified (low confidence)", false),
+            Call::Unidentified { why, .. } => ("UNID", why.label(), false),
             Call::NotLeukocyte { code } => (code.as_str(), best.name.as_str(), false),
         };
         let reason = if cell.cut_by_border {
@@ -61,6 +66,8 @@ impl CellRecord {
             blast,
             best_class: best.code.clone(),
             call: cell.call.clone(),
+            nucleus_area_um2: cell.nucleus_um.map(|n| (n.0 * 10.0).round() / 10.0),
+            nucleus_diameter_um: cell.nucleus_um.map(|n| (n.1 * 100.0).round() / 100.0),
             reason: reason.map(str::to_string),
             crop: None,
         }
@@ -210,16 +217,21 @@ impl ScaleSummary {
 /// The whole `analyze --json` document; `summary.scale` counts the fields by
 /// scale source.
 pub fn analysis_json(card: &ModelCard, images: Vec<Value>, summary: &Summary, scale: &ScaleSummary) -> Value {
+    let warning = card.unfamiliar_warning(summary.unfamiliar_percent);
     let mut summary = serde_json::to_value(summary).unwrap_or(Value::Null);
     if let Some(o) = summary.as_object_mut() {
         o.insert("scale".into(), json!(scale));
     }
-    json!({
+    let mut doc = json!({
         "model": {"name": card.name, "file": card.file, "sha256": card.sha256},
         "images": images,
         "summary": summary,
         "disclaimer": crate::DISCLAIMER,
-    })
+    });
+    if let Some(w) = warning {
+        doc["warning"] = json!(w);
+    }
+    doc
 }
 
 /// A few lines for people: the differential and the blast figure with its interval.
@@ -230,7 +242,10 @@ pub fn summary_text(s: &Summary) -> String {
         t += &format!("\nBy class: {}", classes.join(", "));
     }
     if s.unidentified > 0 {
-        t += &format!("\nUnidentified (low confidence): {}", s.unidentified);
+        t += &format!("\nUnidentified: {}", s.unidentified);
+        if s.unfamiliar > 0 {
+            t += &format!(" ({} unlike the training images or without a nucleus)", s.unfamiliar);
+        }
     }
     t += &format!(
         "\nBlasts: {} = {:.1}% (95% CI {:.1}-{:.1}%){}",
@@ -267,12 +282,14 @@ pub fn write_report(dir: &Path, document: &Value, fields: &[FieldRecord]) -> std
 
 /// One row per cell seen, counted or not.
 pub fn cells_csv(fields: &[FieldRecord]) -> String {
-    let mut out = String::from("image,cell,x0,y0,x1,y1,class,label,confidence,blast,counted,reason,crop\n");
+    let mut out = String::from(
+        "image,cell,x0,y0,x1,y1,class,label,confidence,blast,counted,reason,crop,nucleus_area_um2,nucleus_diameter_um\n",
+    );
     for f in fields {
         for (k, c) in f.cells.iter().chain(&f.not_counted).enumerate() {
             let [x0, y0, x1, y1] = c.bbox;
             out += &format!(
-                "{},{k},{x0},{y0},{x1},{y1},{},{},{:.4},{},{},{},{}\n",
+                "{},{k},{x0},{y0},{x1},{y1},{},{},{:.4},{},{},{},{},{},{}\n",
                 csv_field(&f.path),
                 c.class,
                 csv_field(&c.label),
@@ -281,6 +298,8 @@ pub fn cells_csv(fields: &[FieldRecord]) -> String {
                 c.reason.is_none(),
                 c.reason.as_deref().unwrap_or(""),
                 csv_field(c.crop.as_deref().unwrap_or("")),
+                c.nucleus_area_um2.map_or(String::new(), |v| format!("{v:.1}")),
+                c.nucleus_diameter_um.map_or(String::new(), |v| format!("{v:.2}")),
             );
         }
     }

@@ -387,6 +387,8 @@ mod tests {
             blast,
             best_class: code.into(),
             call: Call::Cell { code: code.into(), blast, abnormal: blast },
+            nucleus_area_um2: None,
+            nucleus_diameter_um: None,
             reason: None,
             crop: None,
         }

@@ -40,7 +40,7 @@ proptest! {
         if let Ok(img) = load_rgb(&p) {
             let found = detect(&img, &DetectParams::default(), None);
             let bg = Some(found.background);
-            let p = prepare(&img, &PreprocessSpec::default(), bg);
+            let p = prepare(&img, &PreprocessSpec::default(), bg, found.scale.um_per_px);
             prop_assert!(p.tensor.iter().all(|v| v.is_finite()));
         }
     }
@@ -66,7 +66,7 @@ proptest! {
         for c in &found.cells {
             prop_assert!(c.bbox.x1 <= w && c.bbox.y1 <= h && c.bbox.x0 < c.bbox.x1 && c.bbox.y0 < c.bbox.y1);
         }
-        let p = prepare(&img, &PreprocessSpec::default(), None);
+        let p = prepare(&img, &PreprocessSpec::default(), None, found.scale.um_per_px);
         prop_assert!(p.tensor.iter().all(|v| v.is_finite()));
     }
 

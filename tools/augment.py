@@ -49,9 +49,33 @@ def _camera(rgb: np.ndarray, rng) -> np.ndarray:
     return np.clip((rgb * gain) ** gamma, 0, 1)
 
 
-def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE / "aug") -> list:
+def _optics(rgb: np.ndarray, r) -> np.ndarray:
+    """Another microscope and camera: defocus, lower resolution (down and up
+    again), sensor noise, in random combination (each with probability 1/2,
+    at least one). JPEG at a random quality is applied when the copy is saved."""
+    from PIL import ImageFilter
+
+    img = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8))
+    todo = r.random(3) < 0.5
+    if not todo.any():
+        todo[r.integers(3)] = True
+    if todo[0]:
+        img = img.filter(ImageFilter.GaussianBlur(radius=float(r.uniform(0.5, 1.8))))
+    if todo[1]:
+        f = r.uniform(1.3, 2.5)
+        w, h = img.size
+        img = img.resize((max(8, int(w / f)), max(8, int(h / f))), Image.BILINEAR).resize((w, h), Image.BICUBIC)
+    out = np.asarray(img, dtype=np.float32) / 255
+    if todo[2]:
+        out = out + r.normal(0, r.uniform(0.005, 0.03), out.shape)
+    return np.clip(out, 0, 1)
+
+
+def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE / "aug", optics: bool = False) -> list:
     """Returns new Samples (same labels, split 'train') for augmented copies of the
-    given train samples: `copies[source]` copies each. Cached by path + seed."""
+    given train samples: `copies[source]` copies each. Cached by path + seed.
+    optics=True: each copy also goes through `_optics` (half of them) and is
+    saved as JPEG at quality 40-95 instead of PNG: the camera, not only the stain."""
     from evaluate import hed_restain, load_rgb, reinhard
 
     rng = np.random.default_rng(seed)
@@ -61,8 +85,8 @@ def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE
     made = 0
     for s in samples:
         for c in range(copies.get(s.source, 0)):
-            key = hashlib.md5(f"{seed}:{c}:{s.path}".encode()).hexdigest()[:16]
-            dst = root / str(seed) / f"{key}.png"
+            key = hashlib.md5(f"{seed}:{c}:{s.path}{':optics' if optics else ''}".encode()).hexdigest()[:16]
+            dst = root / str(seed) / f"{key}.{'jpg' if optics else 'png'}"
             if not dst.exists():
                 r = np.random.default_rng(int(key, 16))
                 rgb = load_rgb(s.path)
@@ -76,9 +100,16 @@ def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE
                     rgb = hed_restain(rgb, h=r.uniform(*H_RANGE), e=r.uniform(*E_RANGE), d_shift=r.uniform(-0.01, 0.01))
                 else:
                     rgb = _camera(rgb, r)
+                if optics and r.random() < 0.5:
+                    rgb = _optics(rgb, r)
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)).save(dst)
+                out_img = Image.fromarray((np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8))
+                if optics:
+                    out_img.save(dst, quality=int(r.integers(40, 96)))
+                else:
+                    out_img.save(dst)
                 made += 1
-            out.append(replace(s, path=str(dst), source=s.source, split="train"))
+            jitter = float(np.random.default_rng(int(key, 16) + 1).uniform(0.85, 1.18)) if optics else 1.0
+            out.append(replace(s, path=str(dst), source=s.source, split="train", scale_jitter=jitter))
     log(f"stain augmentation: {len(out)} copies ({made} newly written) under {root / str(seed)}")
     return out

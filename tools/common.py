@@ -125,7 +125,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def _preprocess_chunk(binary: Path, paths: list[str], card: Path | None, cache_dir: Path) -> Path:
-    """Runs `leukoscope preprocess` on one list; returns the cached .npy path."""
+    """Runs `leukoscope preprocess` on one list (lines `path` or `path<TAB>µm per
+    px`); returns the cached .npy path."""
     listing = "".join(p + "\n" for p in paths)
     spec_key = read_json(card)["input"]["preprocessing"] if card else "default"
     key = hashlib.sha256(
@@ -191,6 +192,7 @@ class Prepared:
 def preprocess(
     paths: list[str | Path],
     *,
+    scales: list[float | None] | None = None,
     cache_sub: str = "pre",
     chunk: int = 2000,
     jobs: int | None = None,
@@ -200,14 +202,17 @@ def preprocess(
     """Preprocesses images (absolute paths) with the Rust binary, cached under
     tools/cache/<cache_sub>/ keyed by list content + binary size/mtime + spec.
     Lists are cut into chunks so that a partial change recomputes little and two
-    chunks can run at once (`jobs`, default env LEUKOSCOPE_JOBS or 2)."""
+    chunks can run at once (`jobs`, default env LEUKOSCOPE_JOBS or 2). `scales`:
+    each image's µm per pixel (None: estimated by the binary from red cells)."""
     binary = ensure_binary()
     paths = [str(Path(p).resolve()) for p in paths]
+    scales = scales or [None] * len(paths)
+    lines = [p if s is None else f"{p}\t{s:.6g}" for p, s in zip(paths, scales)]
     if not paths:
         raise PipelineError("preprocess: empty image list")
     jobs = jobs or int(os.environ.get("LEUKOSCOPE_JOBS", "2"))
     cache_dir = CACHE / cache_sub
-    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    chunks = [lines[i : i + chunk] for i in range(0, len(lines), chunk)]
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         npys = list(pool.map(lambda c: _preprocess_chunk(binary, c, card, cache_dir), chunks))
@@ -229,15 +234,24 @@ def preprocess(
     return p
 
 
-def run_classify(card: Path, paths: list[str | Path], batch: int = 400) -> dict[str, dict]:
-    """`leukoscope classify --json --model CARD` on images; returns {abs path: result}.
-    Raises when the binary fails for another reason than an unreadable image."""
+def run_classify(
+    card: Path, paths: list[str | Path], batch: int = 400, scales: list[float | None] | None = None
+) -> dict[str, dict]:
+    """`leukoscope classify --json --model CARD [--um-per-px S]` on images; returns
+    {abs path: result}. `scales`: each image's µm per pixel (None: the binary
+    estimates it). Raises when the binary fails for another reason than an
+    unreadable image."""
     binary = ensure_binary()
     out: dict[str, dict] = {}
     model = None
     paths = [str(Path(p).resolve()) for p in paths]
-    for i in range(0, len(paths), batch):
-        cmd = [str(binary), "classify", "--json", "--model", str(card)] + paths[i : i + batch]
+    by_scale: dict[float | None, list[str]] = {}
+    for p, s in zip(paths, scales or [None] * len(paths)):
+        by_scale.setdefault(s, []).append(p)
+    jobs = [(s, ps[i : i + batch]) for s, ps in by_scale.items() for i in range(0, len(ps), batch)]
+    for scale, chunk in jobs:
+        opt = ["--um-per-px", f"{scale:.6g}"] if scale else []
+        cmd = [str(binary), "classify", "--json", "--model", str(card)] + opt + chunk
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
         if r.returncode not in (0, 1) or not r.stdout.strip():
             raise PipelineError(f"leukoscope classify failed (exit {r.returncode}):\n{r.stderr[-3000:]}")

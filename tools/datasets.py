@@ -101,6 +101,15 @@ CODE_TO_PBC = {
 }
 PBC_CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+# Scale of each source's crops (µm per pixel, as shared: halved from the published
+# files), for the physical-window preprocessing. Measured with the detector's own
+# red-cell estimate (the one `analyze` uses on a field) over the source's train
+# crops: median of the crops where red cells gave an estimate
+# (`python tools/datasets.py --measure-scale`). PBC: CellaVision DM96;
+# LMU: the M8 scanner at 100x oil. A tree added with --tree/--lmu-tree takes the
+# scale of the source it names.
+SOURCE_UM_PER_PX = {"pbc": 0.184, "lmu": 0.138}
 DEFAULT_SEED = 2019
 VAL_PERCENT = 20
 
@@ -113,10 +122,18 @@ class Sample:
     md5: str
     folder: str = ""  # original class folder (for reports)
     split: str = field(default="")
+    # Augmented copies: the scale they are prepared at, relative to the source's
+    # (a calibration a few percent off must not change the call).
+    scale_jitter: float = 1.0
 
     @property
     def partial(self) -> bool:
         return len(self.labels) > 1
+
+    @property
+    def um_per_px(self) -> float | None:
+        um = SOURCE_UM_PER_PX.get(self.source)
+        return um * self.scale_jitter if um else None
 
     @property
     def key(self) -> str:
@@ -291,14 +308,41 @@ def summary(samples: list[Sample]) -> dict:
     return {g: {"train": c[(g, "train")], "val": c[(g, "val")]} for g in groups}
 
 
+def measure_scale(samples: list[Sample], per_source: int = 400, seed: int = DEFAULT_SEED) -> dict:
+    """Median red-cell scale (µm/px) of up to `per_source` train crops of each
+    source, by the binary's own estimator (`classify` without --um-per-px)."""
+    import random
+
+    from common import MODELS, run_classify
+
+    out = {}
+    for src in sorted({s.source for s in samples}):
+        pool = sorted((s for s in samples if s.source == src and s.split == "train"), key=lambda s: s.md5)
+        pick = random.Random(seed).sample(pool, min(per_source, len(pool)))
+        res = run_classify(MODELS / "leukoscope.card.json", [s.path for s in pick])
+        res.pop("__model__")
+        est = sorted(r["scale"]["um_per_px"] for r in res.values() if r.get("scale", {}).get("source") == "red_cells")
+        if not est:
+            out[src] = {"n": len(pick), "estimated": 0}
+            continue
+        q = lambda f: round(est[min(len(est) - 1, int(f * len(est)))], 5)  # noqa: E731
+        out[src] = {"n": len(pick), "estimated": len(est), "median": q(0.5), "q25": q(0.25), "q75": q(0.75)}
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="List the samples, their labels and split.")
+    ap.add_argument("--measure-scale", action="store_true",
+                    help="median red-cell scale (µm/px) of each source's train crops (SOURCE_UM_PER_PX)")
     ap.add_argument("--lmu-tree", action="append", default=[], help="extra TCIA AML-Cytomorphology_LMU tree")
     ap.add_argument("--tree", action="append", default=[], help="extra plain tree, [SOURCE=]PATH")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--out", help="write samples as JSON lines")
     a = ap.parse_args(argv)
     samples = load_all(a.lmu_tree, a.tree, a.seed)
+    if a.measure_scale:
+        print(json.dumps(measure_scale(samples), indent=1))
+        return
     print(json.dumps(summary(samples), indent=1))
     print("model classes:", " ".join(model_classes(samples)))
     if a.out:

@@ -339,6 +339,12 @@ def report_md(rep: dict) -> str:
     return "\n".join(L)
 
 
+# A count warns when this share of its cells is unfamiliar: ten times the
+# in-domain rate the threshold allows, set before any out-of-domain measurement.
+OOD_PERCENTILE = 99
+OOD_WARN_PERCENT = 10.0
+
+
 def evaluate(
     run_dir: Path,
     val: list[Sample],
@@ -368,12 +374,27 @@ def evaluate(
         f = rep["figures"][fmt]
         log(f"{fmt}: val acc {f['accuracy']:.3f}, macro-F1 {f['macro_f1']:.3f}, PBC macro-F1 {f['pbc']['macro_f1']}, "
             f"LMU blast sens {f['lmu_blast']['sensitivity']} spec {f['lmu_blast']['specificity']}")
+    # Out-of-distribution rule for the card: the energy score -logsumexp(logits)
+    # of these in-domain validation crops; above their 99th percentile a crop is
+    # "unfamiliar" (about 1% of in-domain cells by construction). Taken over both
+    # files so that either flags as few in-domain cells.
+    energies = {}
+    for fmt in ("f32", "int8"):
+        lg = onnx_logits(run_dir / f"model-{fmt}.onnx", x_val)
+        m = lg.max(1)
+        energies[fmt] = -(m + np.log(np.exp(lg - m[:, None]).sum(1)))
+    rep["ood"] = {
+        "max_energy": round(float(max(np.percentile(e, OOD_PERCENTILE) for e in energies.values())), 4),
+        "warn_percent": OOD_WARN_PERCENT,
+        "from": f"{OOD_PERCENTILE}th percentile of the energy on the {len(x_val)} validation crops (PBC + LMU)",
+    }
+    log(f"ood: max energy {rep['ood']['max_energy']} (warn at {OOD_WARN_PERCENT}% of a count)")
     rep["int8_vs_f32_agreement"] = round(float(np.mean([a == b for a, b in zip(preds["f32"], preds["int8"])])), 4)
     if tract:
         from make_card import write_card
 
         card = write_card(run_dir, run_dir, copy=False)
-        res = run_classify(card, [s.path for s in val])
+        res = run_classify(card, [s.path for s in val], scales=[s.um_per_px for s in val])
         errors = [s.path for s in val if "error" in res[str(Path(s.path).resolve())]]
         if errors:
             raise PipelineError(f"leukoscope classify failed on {len(errors)} val crops, e.g. {errors[0]}")
@@ -408,7 +429,10 @@ def evaluate(
             for fmt in ("f32", "int8"):
                 rb[fmt]["original"] = blast_figures(sub, [preds[fmt][i] for i in lmu])
             for v in VARIANTS:
-                pv = preprocess(paths[v], cache_sub="pre-robust", quiet=True)
+                # The scale variants shrink the image by 1/1.4: 1.4x the µm per pixel.
+                k = 1.4 if "scale" in v else 1.0
+                pv = preprocess(paths[v], scales=[s.um_per_px and s.um_per_px * k for s in sub],
+                                cache_sub="pre-robust", quiet=True)
                 if not pv.ok.all():
                     raise PipelineError(f"robustness variant {v}: {len(pv.errors)} crops failed to preprocess")
                 for fmt in ("f32", "int8"):

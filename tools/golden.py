@@ -48,6 +48,7 @@ def write_golden(data, card_path: Path = MODELS / "leukoscope.card.json", out: P
             "labels": s.labels,
             "class": classes[k],
             "p": round(float(p[r, k]), 5),
+            **({"um_per_px": s.um_per_px} if s.um_per_px else {}),
         })
     write_json(out, {
         "about": __doc__.strip().splitlines()[0],

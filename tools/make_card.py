@@ -13,7 +13,16 @@ import shutil
 from pathlib import Path
 
 from common import MODELS, RUNS, PipelineError, log, read_json, sha256_file, write_json
-from datasets import BLAST_CLASSES, NAMES, NON_LEUKOCYTES, NORMAL_CLASSES, PBC_FOLDERS, PBC_PREFIXES, VAL_PERCENT
+from datasets import (
+    BLAST_CLASSES,
+    NAMES,
+    NON_LEUKOCYTES,
+    NORMAL_CLASSES,
+    PBC_FOLDERS,
+    PBC_PREFIXES,
+    SOURCE_UM_PER_PX,
+    VAL_PERCENT,
+)
 
 CARD_NAME = "leukoscope.card.json"
 INT8_NAME = "leukoscope-int8.onnx"
@@ -38,25 +47,31 @@ def card_dict(
     train_info: dict | None = None,
     quant_info: dict | None = None,
     metrics: dict | None = None,
+    ood: dict | None = None,
 ) -> dict:
     size = int(spec["size"])
+    physical = str(spec.get("method", "")).startswith("physical")
     ti = train_info or {}
     extra = {
         "description": (
             "Classifies one centred white blood cell (or platelet) of a May-Gruenwald-Giemsa peripheral blood smear "
             "into the classes below; blasts (myeloblasts) are flagged. A plain VGG-style CNN (3x3 conv + ReLU, "
-            "max-pooling, global average pooling, linear head) on a nucleus-centred, stain-standardised CIELAB crop."
+            "max-pooling, global average pooling, linear head) on a nucleus-centred, stain-standardised CIELAB crop"
+            + (f" of fixed physical size ({spec.get('window_um')} um over {size} px)." if physical else ".")
         ),
         "caveat": (
             "SCREENING AID ONLY, not a diagnostic device: every flagged cell and every count must be verified by a "
             "qualified person. Trained on two labs' images only (healthy donors: PBC; AML patients and controls: LMU); "
-            "blasts were seen only from LMU. Monoblasts (MOB) and the other LMU classes without data here are not "
-            "recognised."
+            "blasts were seen only from LMU, and the LMU classes other than MYO and NGS from 11-19 cells each. "
+            "See docs/crosslab-report.md for a lab never trained on."
         ),
         "format": "onnx QOperator int8: QLinearConv per-tensor (ReLU fused), int8 MaxPool, rest (GlobalAveragePool, Gemm) f32",
         "output": "logits [batch, n_classes] in the order of `classes`; the runtime applies softmax",
         "f32_model": {"file": f32_file, "sha256": f32_sha256} if f32_file else None,
         "architecture": {"arch": ti.get("arch"), "macs": ti.get("macs"), "params": ti.get("params")},
+        # Scale (um per pixel) of each training source's crops: what `classify
+        # --um-per-px` should be given for crops from the same scanners.
+        **({"source_um_per_px": ti.get("source_um_per_px") or dict(SOURCE_UM_PER_PX)} if physical else {}),
         "quantization": quant_info,
         "class_mapping": {
             "scheme": "the 15 class codes of AML-Cytomorphology_LMU plus PLT (platelet); the model keeps the codes with training data",
@@ -96,9 +111,13 @@ def card_dict(
         },
         "metrics": metrics,
         "physical_scale": (
-            "The preprocessing rescales each cell so that its nucleus spans a fixed share (1/window_factor) of the "
-            f"{size}x{size} input: the model sees no absolute size. Sources differ in scale (LMU cells look ~1.4x larger "
-            "than PBC cells); see metrics.robustness for the effect of a 1/1.4 rescale."
+            f"The input covers {spec.get('window_um')} um in {size} px ({spec.get('window_um', 0) / size:.3f} um per input "
+            "pixel) around the nucleus: the model sees each cell's true size. The image's scale comes from the field "
+            "(configured, calibrated or red-cell estimate) or, for crops, `classify --um-per-px` / the red cells around "
+            f"the cell. Training scales (um/px of the shared crops): {ti.get('source_um_per_px') or SOURCE_UM_PER_PX}."
+            if physical
+            else "The preprocessing rescales each cell so that its nucleus spans a fixed share (1/window_factor) of the "
+            f"{size}x{size} input: the model sees no absolute size."
         ),
     }
     return {
@@ -113,6 +132,7 @@ def card_dict(
         # Which file runs fastest in tract per CPU architecture (`leukoscope bench`,
         # docs/performance.md); unlisted architectures run the int8 file.
         "precision_by_arch": dict(PRECISION_BY_ARCH) if f32_file else {},
+        **({"ood": {k: ood[k] for k in ("max_energy", "warn_percent")}} if ood else {}),
         "extra": extra,
     }
 
@@ -186,6 +206,7 @@ def write_card(
         train_info=ti,
         quant_info=qi,
         metrics=card_metrics(report) if report else None,
+        ood=report.get("ood") if report else None,
     )
     path = out_dir / card_name
     write_json(path, card)

@@ -97,7 +97,7 @@ def load_data(a, samples: list[ds.Sample] | None = None) -> Data:
     samples = ds.restrict(samples, classes)
     log(f"{len(samples)} samples, classes {' '.join(classes)}; "
         f"train {sum(s.split == 'train' for s in samples)}, val {sum(s.split == 'val' for s in samples)}")
-    prep = preprocess([s.path for s in samples], jobs=a.jobs)
+    prep = preprocess([s.path for s in samples], scales=[s.um_per_px for s in samples], jobs=a.jobs)
     if prep.errors:
         log(f"warning: {len(prep.errors)} images could not be read and are left out, e.g. {prep.errors[0]}")
     no_nuc = sum(1 for it in prep.items if "error" not in it and it.get("nucleus") is None)
@@ -139,8 +139,9 @@ def step_train(a, data: Data) -> dict:
     if getattr(a, "image_aug", False):
         from augment import augment_train
 
-        aug = augment_train([data.samples[i] for i in tr], {"lmu": 2, "pbc": 1}, a.seed)
-        prep = preprocess([s.path for s in aug], cache_sub="pre-aug", jobs=a.jobs)
+        optics = getattr(a, "optics_aug", False)
+        aug = augment_train([data.samples[i] for i in tr], {"lmu": 3 if optics else 2, "pbc": 1}, a.seed, optics=optics)
+        prep = preprocess([s.path for s in aug], scales=[s.um_per_px for s in aug], cache_sub="pre-aug", jobs=a.jobs)
         ok = np.array([i for i in range(len(aug)) if prep.ok[i]], dtype=np.int64)
         aug_data = Data([aug[i] for i in ok], data.classes, None)
         x = np.concatenate([x, prep.take(ok)], 0)
@@ -151,10 +152,10 @@ def step_train(a, data: Data) -> dict:
     return train(
         x, masks, groups, data.classes, rd,
         epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed, lmu_boost=a.lmu_boost,
-        stain_aug=a.stain_aug, steps_per_epoch=steps, threads=a.threads,
+        stain_aug=a.stain_aug, steps_per_epoch=steps, threads=a.threads, mixstyle=getattr(a, "mixstyle", False),
         init=(RUNS / a.init / "model.pt") if getattr(a, "init", None) else None,
         meta={"command": " ".join(shlex.quote(x) for x in sys.argv), "data_root": str(data_root()),
-              "binary_stamp": binary_stamp(ensure_binary())},
+              "binary_stamp": binary_stamp(ensure_binary()), "source_um_per_px": dict(ds.SOURCE_UM_PER_PX)},
     )
 
 
@@ -301,6 +302,10 @@ def main(argv=None) -> None:
             p.add_argument("--steps-per-epoch", type=int, default=None, help="default: train size / batch")
             p.add_argument("--init", default=None,
                            help="start from the weights of this earlier run (fine-tuning; use a lower --lr)")
+            p.add_argument("--optics-aug", action="store_true",
+                           help="with --image-aug: copies also defocused, resampled, noisy, JPEG-compressed (LMU x3)")
+            p.add_argument("--mixstyle", action="store_true",
+                           help="MixStyle after the first conv blocks: mixes feature statistics across the batch's labs")
             p.add_argument("--image-aug", action="store_true",
                            help="add stain-augmented copies of the train images (tools/augment.py): LMU x2, PBC x1")
 

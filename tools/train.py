@@ -30,17 +30,50 @@ from common import RUNS, log, write_json
 ARCH = [(16, 2), (32, 1), "M", (64, 1), "M", (96, 1), (96, 1), "M", (160, 1)]
 
 
+class MixStyle(nn.Module):
+    """MixStyle (Zhou et al., ICLR 2021): in training, mixes each sample's
+    per-channel feature statistics (mean, std over space: the "style") with
+    another sample's of the batch, so that the features after it cannot keep
+    which lab an image came from. Identity at inference (not in the export)."""
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6):
+        super().__init__()
+        self.p, self.alpha, self.eps = p, alpha, eps
+
+    def forward(self, x):
+        if not self.training or torch.rand(1).item() > self.p:
+            return x
+        b = x.size(0)
+        mu = x.mean((2, 3), keepdim=True)
+        sig = (x.var((2, 3), keepdim=True) + self.eps).sqrt()
+        mu, sig = mu.detach(), sig.detach()
+        xn = (x - mu) / sig
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((b, 1, 1, 1))
+        perm = torch.randperm(b)
+        mu2 = mu * lam + mu[perm] * (1 - lam)
+        sig2 = sig * lam + sig[perm] * (1 - lam)
+        return xn * sig2 + mu2
+
+
+# MixStyle after these conv blocks (0-based): the early layers, where style lives.
+MIXSTYLE_AFTER = (0, 1, 2)
+
+
 class CellNet(nn.Module):
-    def __init__(self, n_classes: int, arch=ARCH, dropout: float = 0.3):
+    def __init__(self, n_classes: int, arch=ARCH, dropout: float = 0.3, mixstyle: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         cin = 3
+        conv = 0
         for a in arch:
             if a == "M":
                 layers.append(nn.MaxPool2d(2))
             else:
                 cout, stride = a
                 layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                if mixstyle and conv in MIXSTYLE_AFTER:
+                    layers.append(MixStyle())
+                conv += 1
                 cin = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -131,6 +164,15 @@ def augment(x: torch.Tensor, g: torch.Generator, stain: bool = False) -> torch.T
         xs = F.conv2d(F.pad(xs, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
         x = x.clone()
         x[sel] = xs.reshape(n, 3, *xs.shape[2:])
+    # Another camera's resolution (optics, sensor, a scanner's demosaicing):
+    # down by 1.3-2.5 and back up, on ~25% of the batch.
+    sel = u(b) < 0.25
+    if sel.any():
+        f = 1.3 + 1.2 * float(u(1))
+        size = x.shape[-1]
+        xs = F.interpolate(x[sel], size=max(8, int(size / f)), mode="area")
+        x = x.clone()
+        x[sel] = F.interpolate(xs, size=size, mode="bilinear", align_corners=False)
     # Sensor noise on ~30%.
     sel = (u(b) < 0.3).float()[:, None, None, None]
     sd = 0.02 + 0.08 * u(b)[:, None, None, None]
@@ -159,6 +201,31 @@ def sampling_weights(groups: list[str], lmu_boost: float = 2.0) -> np.ndarray:
     n = Counter(groups)
     w = np.array([1.0 / math.sqrt(n[g]) * (lmu_boost if g.startswith("lmu:") else 1.0) for g in groups])
     return w / w.sum()
+
+
+def load_features_and_head(model: "CellNet", ck: dict, classes: list[str]) -> list[str]:
+    """Loads an earlier run's weights into `model`: the convolutions as they are
+    (MixStyle has no weights, so layer indices are mapped in order), the head
+    row by row for the classes both have. Returns the classes that start new."""
+    src = ck["state_dict"]
+    old = ck["info"]["classes"]
+    convs_dst = [k for k in model.state_dict() if k.startswith("features.")]
+    convs_src = [k for k in src if k.startswith("features.")]
+    if len(convs_dst) != len(convs_src):
+        raise ValueError("feature layers differ")
+    state = model.state_dict()
+    for d, s_ in zip(convs_dst, convs_src):
+        state[d] = src[s_]
+    new = []
+    for i, c in enumerate(classes):
+        if c in old:
+            j = old.index(c)
+            state["head.weight"][i] = src["head.weight"][j]
+            state["head.bias"][i] = src["head.bias"][j]
+        else:
+            new.append(c)
+    model.load_state_dict(state)
+    return new
 
 
 def export_onnx(model: nn.Module, path: Path, size: int = 96) -> None:
@@ -207,6 +274,7 @@ def train(
     threads: int = 2,
     meta: dict | None = None,
     init: Path | None = None,
+    mixstyle: bool = False,
 ) -> dict:
     """Trains on x [N,3,S,S] with allowed-class masks [N,C]; writes model.pt,
     model-f32.onnx and train.json into run_dir. Fixed epochs, no model selection."""
@@ -217,15 +285,16 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     n = x.shape[0]
     size = x.shape[-1]
-    model = CellNet(len(classes))
+    model = CellNet(len(classes), mixstyle=mixstyle)
     init_info = None
     if init is not None:
         ck = torch.load(init, map_location="cpu", weights_only=False)  # our own checkpoint
-        if ck["info"]["classes"] != classes or ck["info"]["arch"] != ARCH:
-            raise ValueError(f"{init}: classes or architecture differ from this run's")
-        model.load_state_dict(ck["state_dict"])
+        if [tuple(a) if isinstance(a, list) else a for a in ck["info"]["arch"]] != ARCH:
+            raise ValueError(f"{init}: architecture differs from this run's")
         init_info = {"from": str(init), "epochs": ck["info"]["epochs"], "lr": ck["info"]["lr"]}
-        log(f"fine-tuning from {init} ({ck['info']['epochs']} epochs at lr {ck['info']['lr']})")
+        init_info["new_classes"] = load_features_and_head(model, ck, classes)
+        log(f"fine-tuning from {init} ({ck['info']['epochs']} epochs at lr {ck['info']['lr']}); "
+            f"new head rows: {init_info['new_classes']}")
     macs, params = count_macs(model, size)
     log(f"model: {macs / 1e6:.1f} M MACs at {size}x{size}, {params / 1e3:.0f} k parameters, {len(classes)} classes")
     w = sampling_weights(groups, lmu_boost)
@@ -293,6 +362,7 @@ def train(
         "history": hist,
         "train_seconds": secs,
         "init": init_info,
+        "mixstyle": mixstyle,
         **(meta or {}),
     }
     torch.save({"state_dict": model.state_dict(), "info": info}, run_dir / "model.pt")
