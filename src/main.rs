@@ -361,6 +361,20 @@ fn classify(
     }
     pb.finish_and_clear();
     let card = &clf.card;
+    // A crop seldom shows enough red cells to measure its scale; with the
+    // physical window a wrong scale changes the call, so say it once, loudly.
+    let guessed = results
+        .iter()
+        .filter(|(_, r)| matches!(r, Ok((_, s, _)) if s.source == leukoscope::detect::ScaleSource::Fallback))
+        .count();
+    if guessed > 0 && card.input.preprocessing.is_physical() {
+        log::warn!(
+            "{guessed} of {} crops show too few red cells to measure their scale and were prepared at the \
+             fallback {} um/px: calls on them are unreliable; give the scanner's scale with --um-per-px",
+            paths.len(),
+            detect.fallback_um_per_px
+        );
+    }
     if json {
         let items: Vec<serde_json::Value> = results
             .iter()

@@ -266,3 +266,26 @@ fn bench_over_many_fields_reports_their_mean() {
     let (out, err) = run(bin().args(["bench", "--size", "0x240", "--fields"]).args(&fields));
     assert!(!out.status.success() && err.contains("WIDTHxHEIGHT"), "{err}");
 }
+
+/// A crop's scale decides its call (the model sees micrometres): given, a
+/// myeloblast of the training lab is a blast and the JSON says the scale was
+/// configured; not given and not measurable (too few red cells in the crop),
+/// the user is told to give it instead of silently getting another call.
+#[test]
+fn classify_uses_the_given_scale_and_warns_when_it_must_guess() {
+    let crop = data().join("lmu/MYO/MYO_0001.jpg");
+    let (out, err) = run(bin().args(["classify", "--json", "--um-per-px", "0.138"]).arg(&crop));
+    assert!(out.status.success(), "{err}");
+    let r = &json(&out)["results"][0];
+    assert_eq!(r["scale"]["source"], "configured", "{r}");
+    assert_eq!(r["blast"], true, "{r}");
+    assert!(r["nucleus_diameter_um"].as_f64().is_some_and(|d| (3.0..20.0).contains(&d)), "{r}");
+    assert!(!err.contains("--um-per-px"), "{err}");
+    let (out, err) = run(bin().args(["classify", "--json"]).arg(&crop));
+    assert!(out.status.success(), "{err}");
+    assert_eq!(json(&out)["results"][0]["scale"]["source"], "fallback");
+    assert!(err.contains("give the scanner's scale with --um-per-px"), "{err}");
+    let (out, err) = run(bin().args(["classify", "--um-per-px=-1"]).arg(&crop));
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--um-per-px"), "{err}");
+}
