@@ -242,4 +242,48 @@ mod tests {
         assert!(!s.flag);
         assert_eq!(s.ci95, [0.0, 100.0]);
     }
+
+    /// Unfamiliar and nucleus-less cells are unidentified, counted in the
+    /// denominator and tallied apart from low-confidence ones; undo takes them back.
+    #[test]
+    fn unfamiliar_cells_are_unidentified_and_tallied() {
+        let mut d = Differential::default();
+        let unid = |why| Call::Unidentified { best: "MYO".into(), why };
+        for why in [Doubt::Unfamiliar, Doubt::NoNucleus, Doubt::LowConfidence] {
+            d.add(&unid(why));
+        }
+        d.add(&cell("NGS", false, false));
+        let s = d.summary(20.0);
+        assert_eq!((s.cells, s.unidentified, s.unfamiliar, s.blasts), (4, 3, 2, 0));
+        assert!((s.unfamiliar_percent - 50.0).abs() < 1e-9);
+        d.remove(&unid(Doubt::Unfamiliar));
+        d.remove(&unid(Doubt::LowConfidence));
+        let s = d.summary(20.0);
+        assert_eq!((s.cells, s.unidentified, s.unfamiliar), (2, 1, 1));
+    }
+
+    /// The card's rule: no nucleus first, then out-of-distribution, then the
+    /// confidence floor; the warning only from the card's share on.
+    #[test]
+    fn calls_follow_the_cards_abstention_rules() {
+        let mut card = ModelCard::load(&crate::model::default_card_path()).expect("shipped card");
+        card.ood = Some(crate::model::OodSpec { max_energy: -3.0, warn_percent: 10.0 });
+        let rules = CallRules::from_card(&card);
+        let i = card.class_index("MYO").expect("MYO");
+        let mut probs = vec![0.0; card.classes.len()];
+        probs[i] = 0.9;
+        let pred = |stained, energy| Prediction { probs: probs.clone(), stained, energy };
+        let why = |c: Call| match c {
+            Call::Unidentified { why, .. } => Some(why),
+            _ => None,
+        };
+        assert_eq!(why(rules.call(&card, &pred(false, -9.0))), Some(Doubt::NoNucleus));
+        assert_eq!(why(rules.call(&card, &pred(true, -2.0))), Some(Doubt::Unfamiliar));
+        assert!(matches!(rules.call(&card, &pred(true, -9.0)), Call::Cell { blast: true, .. }));
+        assert_eq!(card.unfamiliar_warning(9.9), None);
+        assert!(card.unfamiliar_warning(10.0).is_some_and(|w| w.contains("review every cell")));
+        card.ood = None;
+        assert!(matches!(rules.call(&card, &pred(true, 50.0)), Call::Cell { .. }));
+        assert_eq!(card.unfamiliar_warning(100.0), None);
+    }
 }
