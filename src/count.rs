@@ -38,11 +38,21 @@ pub enum Doubt {
 }
 
 impl Doubt {
+    /// The label a report gives such a cell.
     pub fn label(self) -> &'static str {
         match self {
             Doubt::LowConfidence => "Unidentified (low confidence)",
             Doubt::NoNucleus => "Unidentified (no stained nucleus)",
             Doubt::Unfamiliar => "Unidentified (unlike the training images)",
+        }
+    }
+
+    /// The reason alone, e.g. "low confidence".
+    pub fn reason(self) -> &'static str {
+        match self {
+            Doubt::LowConfidence => "low confidence",
+            Doubt::NoNucleus => "no stained nucleus",
+            Doubt::Unfamiliar => "unlike the training images",
         }
     }
 }

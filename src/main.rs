@@ -361,6 +361,7 @@ fn classify(
     }
     pb.finish_and_clear();
     let card = &clf.card;
+    let rules = leukoscope::count::CallRules::from_card(card);
     // A crop seldom shows enough red cells to measure its scale; with the
     // physical window a wrong scale changes the call, so say it once, loudly.
     let guessed = results
@@ -388,9 +389,11 @@ fn classify(
                         .zip(&pred.probs)
                         .map(|(c, p)| (c.code.clone(), serde_json::json!(p)))
                         .collect();
+                    let doubt = doubt_of(&rules.call(card, pred));
                     serde_json::json!({
                         "path": path, "class": c.code, "label": c.name, "confidence": conf,
-                        "identified": pred.stained && !card.is_unfamiliar(pred) && conf >= card.min_confidence,
+                        "identified": doubt.is_none(),
+                        "why_unidentified": doubt,
                         "stained": pred.stained,
                         "unfamiliar": card.is_unfamiliar(pred),
                         "energy": pred.energy,
@@ -418,15 +421,8 @@ fn classify(
                     let (i, conf) = pred.top();
                     let c = &card.classes[i];
                     let flag = if card.blast_classes.contains(&c.code) { "BLAST" } else { "" };
-                    let low = if !pred.stained {
-                        " (no stained nucleus: unidentified)"
-                    } else if card.is_unfamiliar(pred) {
-                        " (unlike the training images: unidentified)"
-                    } else if conf < card.min_confidence {
-                        " (low confidence: unidentified)"
-                    } else {
-                        ""
-                    };
+                    let low = doubt_of(&rules.call(card, pred))
+                        .map_or(String::new(), |d| format!(" (unidentified: {})", d.reason()));
                     writeln!(out, "{:<50} {:<5} {:>6.3}  {:<5} {}{low}", path.display(), c.code, conf, flag, c.name)?;
                 }
                 Err(e) => writeln!(out, "{:<50} ERROR  {e}", path.display())?,
@@ -439,6 +435,14 @@ fn classify(
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Why a call leaves the cell unidentified, if it does.
+fn doubt_of(call: &leukoscope::count::Call) -> Option<leukoscope::count::Doubt> {
+    match call {
+        leukoscope::count::Call::Unidentified { why, .. } => Some(*why),
+        _ => None,
+    }
 }
 
 fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
