@@ -347,6 +347,36 @@ fn build_analyzer(
     })
 }
 
+/// A batch's inputs in order, each an image path, or an input that gave none
+/// (missing, empty directory) with its error: the batch goes on with the
+/// others and reports it. With no image at all, the error stops everything.
+fn batch_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Option<String>)>> {
+    let items = leukoscope::input::collect_batch(inputs);
+    if items.iter().all(Result::is_err) {
+        let mut errors = items.into_iter().filter_map(Result::err);
+        let Some(first) = errors.next() else { bail!("no images given") };
+        for e in errors {
+            log::error!("{e}");
+        }
+        return Err(first.into());
+    }
+    Ok(items
+        .into_iter()
+        .map(|i| match i {
+            Ok(p) => (p, None),
+            Err(e) => (e.path().to_path_buf(), Some(e.to_string())),
+        })
+        .collect())
+}
+
+/// One input of a batch read: its image, or why there is none.
+fn read_input(path: &Path, bad: Option<&str>) -> Result<image::RgbImage> {
+    match bad {
+        Some(e) => Err(anyhow::anyhow!("{e}")),
+        None => Ok(leukoscope::input::load_rgb(path)?),
+    }
+}
+
 fn classify(
     model: Option<PathBuf>,
     precision: Precision,
@@ -355,7 +385,7 @@ fn classify(
     inputs: &[PathBuf],
 ) -> Result<i32> {
     let clf = load_classifier(model, precision)?;
-    let paths = leukoscope::input::collect_images(inputs)?;
+    let paths = batch_inputs(inputs)?;
     if let Some(s) = um_per_px.filter(|s| !(s.is_finite() && *s > 0.0 && *s < 10.0)) {
         bail!("--um-per-px {s}: must be a positive number below 10");
     }
@@ -364,9 +394,9 @@ fn classify(
     let pb = progress(paths.len(), "classifying");
     let mut results = Vec::new();
     let mut failed = 0;
-    for path in &paths {
+    for (path, bad) in &paths {
         pb.inc(1);
-        let outcome = leukoscope::input::load_rgb(path).map_err(anyhow::Error::from).and_then(|img| {
+        let outcome = read_input(path, bad.as_deref()).and_then(|img| {
             let scale = leukoscope::pipeline::crop_scale(&img, um_per_px, &detect);
             let prepared = prepare(&img, &spec, None, scale.um_per_px);
             Ok((clf.predict(&prepared)?, scale, prepared.nucleus_um()))
@@ -522,7 +552,7 @@ fn analyze(
         None => leukoscope::config::Config::default(),
     };
     let inputs = if inputs.is_empty() { demo_inputs()? } else { inputs };
-    let paths = leukoscope::input::collect_images(&inputs)?;
+    let paths = batch_inputs(&inputs)?;
     let analyzer = build_analyzer(model, precision, &config, config_path.as_deref())?;
     let card = &analyzer.classifier.card;
     if let Some(dir) = &out {
@@ -534,11 +564,9 @@ fn analyze(
     let mut rows = Vec::new();
     let mut failed = 0;
     let pb = progress(paths.len(), "analysing");
-    for (n, path) in paths.iter().enumerate() {
+    for (n, (path, bad)) in paths.iter().enumerate() {
         pb.inc(1);
-        let outcome = leukoscope::input::load_rgb(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|img| Ok((analyzer.analyze(&img)?, img)));
+        let outcome = read_input(path, bad.as_deref()).and_then(|img| Ok((analyzer.analyze(&img)?, img)));
         match outcome {
             Ok((field, img)) => {
                 let mut record = FieldRecord::new(card, &path.display().to_string(), &field);
