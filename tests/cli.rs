@@ -309,8 +309,7 @@ fn config_blast_classes_must_be_known_to_the_model() {
 fn missing_file_or_empty_dir_in_a_batch_is_named_and_the_rest_is_processed() {
     let empty = scratch("batch-empty");
     let missing = Path::new("/no/such/field.jpg");
-    let (out, err) =
-        run(bin().args(["analyze", "--json"]).arg(field("BloodImage_00001")).arg(missing).arg(&empty));
+    let (out, err) = run(bin().args(["analyze", "--json"]).arg(field("BloodImage_00001")).arg(missing).arg(&empty));
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("/no/such/field.jpg") && err.contains(&*empty.to_string_lossy()), "{err}");
     let doc = json(&out);
