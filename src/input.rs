@@ -20,10 +20,16 @@ pub enum InputError {
 /// File extensions treated as images when walking directories.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
 
+/// Image formats this build cannot read: skipped when walking a directory, with
+/// a warning naming the file (other files, e.g. annotations, are skipped quietly).
+const UNREADABLE_IMAGE_EXTENSIONS: &[&str] = &["webp", "gif", "avif", "heic", "heif", "jxl", "jp2", "ico"];
+
+fn has_extension(path: &Path, list: &[&str]) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| list.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
 fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+    has_extension(path, IMAGE_EXTENSIONS)
 }
 
 impl InputError {
@@ -98,6 +104,12 @@ fn walk(dir: &Path, seen: &mut Seen, out: &mut Vec<PathBuf>) -> Result<(), Input
             if seen.files.insert(p.canonicalize().unwrap_or_else(|_| p.clone())) {
                 out.push(p);
             }
+        } else if has_extension(&p, UNREADABLE_IMAGE_EXTENSIONS) {
+            log::warn!(
+                "{}: skipped: not a supported image type (supported: {})",
+                p.display(),
+                IMAGE_EXTENSIONS.join(", ")
+            );
         }
     }
     Ok(())

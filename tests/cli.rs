@@ -416,3 +416,50 @@ fn cells_csv_quotes_line_breaks_and_defuses_formulas() {
         assert!(r.iter().all(|f| !f.starts_with(['=', '+', '-', '@', '\t', '\r'])), "{r:?}");
     }
 }
+
+/// A 24-bit uncompressed BMP, written by hand (the test must not depend on the
+/// `image` features under test).
+fn bmp_bytes(img: &image::RgbImage) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let row = (3 * w as usize).div_ceil(4) * 4;
+    let size = 54 + row * h as usize;
+    let mut b = Vec::with_capacity(size);
+    b.extend_from_slice(b"BM");
+    b.extend_from_slice(&(size as u32).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&54u32.to_le_bytes());
+    for v in [40u32, w, h] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    for v in [0u32, (row * h as usize) as u32, 2835, 2835, 0, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for y in (0..h).rev() {
+        let start = b.len();
+        for x in 0..w {
+            let [r, g, bl] = img.get_pixel(x, y).0;
+            b.extend_from_slice(&[bl, g, r]);
+        }
+        b.resize(start + row, 0);
+    }
+    b
+}
+
+/// Issue 14: `.bmp` is an input type, so it must decode; an image type that is
+/// not read (`.webp`) is skipped with a warning naming it, never silently.
+#[test]
+fn bmp_is_read_and_an_unsupported_image_in_a_folder_is_named() {
+    let dir = scratch("types");
+    let crop = data().join("lmu/NGS").read_dir().expect("lmu/NGS").flatten().next().expect("a crop").path();
+    let img = image::open(&crop).expect("crop").to_rgb8();
+    std::fs::write(dir.join("a.bmp"), bmp_bytes(&img)).expect("write bmp");
+    std::fs::copy(&crop, dir.join("b.webp")).expect("copy");
+    let (out, err) = run(bin().args(["classify", "--json"]).arg(&dir));
+    assert!(out.status.success(), "{err}");
+    let results = json(&out)["results"].as_array().cloned().expect("results");
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(results[0]["class"].is_string(), "{results:?}");
+    assert!(err.contains("b.webp"), "{err}");
+}
