@@ -111,6 +111,13 @@ impl Config {
         if !(0.0..=100.0).contains(&t) {
             return bad("count.blast_threshold_percent", t.to_string(), "must be between 0 and 100");
         }
+        if self.count.blast_classes.as_ref().is_some_and(Vec::is_empty) {
+            return bad(
+                "count.blast_classes",
+                "[]".into(),
+                "must name at least one class (else no cell is ever a blast)",
+            );
+        }
         if let Some(c) = self.count.min_confidence {
             if !(0.0..=1.0).contains(&c) {
                 return bad("count.min_confidence", c.to_string(), "must be between 0 and 1");

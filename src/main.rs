@@ -303,16 +303,37 @@ fn load_config(path: Option<&Path>) -> Result<leukoscope::config::Config> {
     })
 }
 
+/// How a config is named in messages: its file, or the defaults.
+fn config_name(path: Option<&Path>) -> String {
+    path.map_or_else(|| "(defaults)".into(), |p| p.display().to_string())
+}
+
 /// The analysis `analyze` and `run` share: the model, the call rules (the
 /// card's, overridden by the config) and the detector settings.
 fn build_analyzer(
     model: Option<PathBuf>,
     precision: Option<Precision>,
     config: &leukoscope::config::Config,
+    config_path: Option<&Path>,
 ) -> Result<leukoscope::pipeline::Analyzer> {
     let clf = load_classifier(model.or(config.model.card.clone()), precision.unwrap_or(config.model.precision))?;
     let mut rules = leukoscope::count::CallRules::from_card(&clf.card);
     if let Some(b) = &config.count.blast_classes {
+        // Each must be a class of the model, or one the card itself calls a
+        // blast (older cards list MOB, which their model lacks).
+        let known = |c: &String| clf.card.classes.iter().any(|k| &k.code == c) || clf.card.blast_classes.contains(c);
+        if b.is_empty() {
+            bail!("config {}: count.blast_classes = []: must name at least one class", config_name(config_path));
+        }
+        if let Some(c) = b.iter().find(|c| !known(c)) {
+            let codes: Vec<&str> = clf.card.classes.iter().map(|k| k.code.as_str()).collect();
+            bail!(
+                "config {}: count.blast_classes = {c:?}: not a class of model {} (classes: {})",
+                config_name(config_path),
+                clf.card.name,
+                codes.join(", ")
+            );
+        }
         rules.blast_classes = b.clone();
     }
     if let Some(c) = config.count.min_confidence {
@@ -326,6 +347,36 @@ fn build_analyzer(
     })
 }
 
+/// A batch's inputs in order, each an image path, or an input that gave none
+/// (missing, empty directory) with its error: the batch goes on with the
+/// others and reports it. With no image at all, the error stops everything.
+fn batch_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Option<String>)>> {
+    let items = leukoscope::input::collect_batch(inputs);
+    if items.iter().all(Result::is_err) {
+        let mut errors = items.into_iter().filter_map(Result::err);
+        let Some(first) = errors.next() else { bail!("no images given") };
+        for e in errors {
+            log::error!("{e}");
+        }
+        return Err(first.into());
+    }
+    Ok(items
+        .into_iter()
+        .map(|i| match i {
+            Ok(p) => (p, None),
+            Err(e) => (e.path().to_path_buf(), Some(e.to_string())),
+        })
+        .collect())
+}
+
+/// One input of a batch read: its image, or why there is none.
+fn read_input(path: &Path, bad: Option<&str>) -> Result<image::RgbImage> {
+    match bad {
+        Some(e) => Err(anyhow::anyhow!("{e}")),
+        None => Ok(leukoscope::input::load_rgb(path)?),
+    }
+}
+
 fn classify(
     model: Option<PathBuf>,
     precision: Precision,
@@ -334,7 +385,7 @@ fn classify(
     inputs: &[PathBuf],
 ) -> Result<i32> {
     let clf = load_classifier(model, precision)?;
-    let paths = leukoscope::input::collect_images(inputs)?;
+    let paths = batch_inputs(inputs)?;
     if let Some(s) = um_per_px.filter(|s| !(s.is_finite() && *s > 0.0 && *s < 10.0)) {
         bail!("--um-per-px {s}: must be a positive number below 10");
     }
@@ -343,9 +394,9 @@ fn classify(
     let pb = progress(paths.len(), "classifying");
     let mut results = Vec::new();
     let mut failed = 0;
-    for path in &paths {
+    for (path, bad) in &paths {
         pb.inc(1);
-        let outcome = leukoscope::input::load_rgb(path).map_err(anyhow::Error::from).and_then(|img| {
+        let outcome = read_input(path, bad.as_deref()).and_then(|img| {
             let scale = leukoscope::pipeline::crop_scale(&img, um_per_px, &detect);
             let prepared = prepare(&img, &spec, None, scale.um_per_px);
             Ok((clf.predict(&prepared)?, scale, prepared.nucleus_um()))
@@ -513,13 +564,14 @@ fn analyze(
 ) -> Result<i32> {
     use leukoscope::count::Differential;
     use leukoscope::report::FieldRecord;
-    let config = match &config {
+    let config_path = config;
+    let config = match &config_path {
         Some(p) => leukoscope::config::Config::load(p)?,
         None => leukoscope::config::Config::default(),
     };
     let inputs = if inputs.is_empty() { demo_inputs()? } else { inputs };
-    let paths = leukoscope::input::collect_images(&inputs)?;
-    let analyzer = build_analyzer(model, precision, &config)?;
+    let paths = batch_inputs(&inputs)?;
+    let analyzer = build_analyzer(model, precision, &config, config_path.as_deref())?;
     let card = &analyzer.classifier.card;
     if let Some(dir) = &out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -530,11 +582,9 @@ fn analyze(
     let mut rows = Vec::new();
     let mut failed = 0;
     let pb = progress(paths.len(), "analysing");
-    for (n, path) in paths.iter().enumerate() {
+    for (n, (path, bad)) in paths.iter().enumerate() {
         pb.inc(1);
-        let outcome = leukoscope::input::load_rgb(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|img| Ok((analyzer.analyze(&img)?, img)));
+        let outcome = read_input(path, bad.as_deref()).and_then(|img| Ok((analyzer.analyze(&img)?, img)));
         match outcome {
             Ok((field, img)) => {
                 let mut record = FieldRecord::new(card, &path.display().to_string(), &field);
@@ -831,7 +881,7 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
     if let Some(fps) = a.replay_fps {
         config.source.replay_fps = fps;
     }
-    let analyzer = build_analyzer(a.model, a.precision, &config)?;
+    let analyzer = build_analyzer(a.model, a.precision, &config, a.config.as_deref())?;
     // The display first, so that every later failure can be shown on it.
     let mut screen = leukoscope::display::open(&config.display).context("opening the display")?;
     let use_camera = match config.source.kind {

@@ -291,12 +291,12 @@ pub fn cells_csv(fields: &[FieldRecord]) -> String {
             out += &format!(
                 "{},{k},{x0},{y0},{x1},{y1},{},{},{:.4},{},{},{},{},{},{}\n",
                 csv_field(&f.path),
-                c.class,
+                csv_field(&c.class),
                 csv_field(&c.label),
                 c.confidence,
                 c.blast,
                 c.reason.is_none(),
-                c.reason.as_deref().unwrap_or(""),
+                csv_field(c.reason.as_deref().unwrap_or("")),
                 csv_field(c.crop.as_deref().unwrap_or("")),
                 c.nucleus_area_um2.map_or(String::new(), |v| format!("{v:.1}")),
                 c.nucleus_diameter_um.map_or(String::new(), |v| format!("{v:.2}")),
@@ -306,8 +306,13 @@ pub fn cells_csv(fields: &[FieldRecord]) -> String {
     out
 }
 
+/// One CSV field: quoted when it holds a comma, quote, LF or CR (RFC 4180);
+/// text a spreadsheet would run as a formula (starting with `=`, `+`, `-`,
+/// `@`, tab or CR) gets a leading `'` inside quotes (OWASP CSV injection).
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
@@ -344,6 +349,9 @@ mod tests {
     fn csv_quotes_only_when_needed() {
         assert_eq!(csv_field("a.jpg"), "a.jpg");
         assert_eq!(csv_field("a,b \"c\""), "\"a,b \"\"c\"\"\"");
+        assert_eq!(csv_field("a\rb.jpg"), "\"a\rb.jpg\"");
+        assert_eq!(csv_field("=1+2"), "\"'=1+2\"");
+        assert_eq!(csv_field("@x,\"y\""), "\"'@x,\"\"y\"\"\"");
     }
 
     #[test]

@@ -289,3 +289,200 @@ fn classify_uses_the_given_scale_and_warns_when_it_must_guess() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--um-per-px"), "{err}");
 }
+
+/// Issue 14: every class the config calls a blast must be one the model knows
+/// (or one the card itself lists as a blast class), and the list cannot be
+/// empty (MYO would then never be a blast and the flag would never fire).
+#[test]
+fn config_blast_classes_must_be_known_to_the_model() {
+    let dir = scratch("blastclasses");
+    let cases = [("unknown.toml", "[\"MYO\", \"XYZ\"]", "XYZ"), ("empty.toml", "[]", "[]")];
+    for (name, list, want) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("[count]\nblast_classes = {list}\n")).expect("write");
+        let (out, err) = run(bin().args(["analyze", "--json", "--config"]).arg(&p).arg(field("BloodImage_00001")));
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains("count.blast_classes") && err.contains(want) && err.contains(name), "{name}: {err}");
+        assert!(out.stdout.is_empty(), "{name}: nothing analysed");
+        let (out, err) = run(bin()
+            .args(["run", "--until-finished", "--config"])
+            .arg(&p)
+            .arg("--state")
+            .arg(dir.join("state"))
+            .arg("--screen-png")
+            .arg(dir.join("screen.png"))
+            .arg("--script")
+            .arg(dir.join("no-such-script"))
+            .arg("--replay")
+            .arg(field("BloodImage_00001")));
+        assert_eq!(out.status.code(), Some(2), "run {name}: {err}");
+        assert!(err.contains("count.blast_classes") && err.contains(want), "run {name}: {err}");
+    }
+    // The card's own blast classes (and any class of the model) are accepted.
+    let p = dir.join("ok.toml");
+    std::fs::write(&p, "[count]\nblast_classes = [\"MYO\", \"MOB\", \"PMO\"]\n").expect("write");
+    let (out, err) = run(bin().args(["analyze", "--json", "--config"]).arg(&p).arg(field("BloodImage_00001")));
+    assert!(out.status.success(), "{err}");
+}
+
+/// Issue 14: a missing file or an empty folder among the inputs is one bad
+/// input of the batch (named, exit 1), not the end of it; with no image at all
+/// it stops everything (exit 2).
+#[test]
+fn missing_file_or_empty_dir_in_a_batch_is_named_and_the_rest_is_processed() {
+    let empty = scratch("batch-empty");
+    let missing = Path::new("/no/such/field.jpg");
+    let (out, err) = run(bin().args(["analyze", "--json"]).arg(field("BloodImage_00001")).arg(missing).arg(&empty));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/no/such/field.jpg") && err.contains(&*empty.to_string_lossy()), "{err}");
+    let doc = json(&out);
+    let images = doc["images"].as_array().expect("images");
+    assert_eq!(images.len(), 3, "{images:?}");
+    assert_eq!(images[0]["cells"].as_array().map(Vec::len), Some(1));
+    assert!(images[1]["error"].as_str().is_some_and(|e| e.contains("/no/such/field.jpg")), "{images:?}");
+    assert!(images[2]["error"].as_str().is_some_and(|e| e.contains("holds no images")), "{images:?}");
+    assert_eq!(doc["summary"]["cells"], 1);
+    let crop = data().join("lmu/NGS").read_dir().expect("lmu/NGS").flatten().next().expect("a crop").path();
+    let (out, err) = run(bin().args(["classify", "--json"]).arg(missing).arg(&crop).arg(&empty));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let results = json(&out)["results"].as_array().cloned().expect("results");
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert!(results[1]["class"].is_string() && results[0]["error"].is_string(), "{results:?}");
+    // Nothing to analyse at all: an error that stops everything.
+    for cmd in ["analyze", "classify"] {
+        let (out, err) = run(bin().arg(cmd).arg(missing).arg(&empty));
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(err.contains("/no/such/field.jpg") && err.contains("holds no images"), "{cmd}: {err}");
+    }
+}
+
+/// Issue 14: a symbolic link back up the tree (`ln -s . loop`) is not followed
+/// again and again: every real file is analysed once.
+#[cfg(unix)]
+#[test]
+fn a_symlink_loop_in_a_folder_counts_each_image_once() {
+    let dir = scratch("symloop");
+    std::fs::copy(field("BloodImage_00001"), dir.join("a.jpg")).expect("copy");
+    std::fs::create_dir(dir.join("sub")).expect("mkdir");
+    std::fs::copy(field("BloodImage_00007"), dir.join("sub/b.jpg")).expect("copy");
+    std::os::unix::fs::symlink(".", dir.join("loop")).expect("symlink");
+    std::os::unix::fs::symlink("..", dir.join("sub/up")).expect("symlink");
+    std::os::unix::fs::symlink("a.jpg", dir.join("same.jpg")).expect("symlink");
+    let (out, err) = run(bin().args(["classify", "--json"]).arg(&dir));
+    assert!(out.status.success(), "{err}");
+    let results = json(&out)["results"].as_array().cloned().expect("results");
+    let paths: Vec<&str> = results.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(paths[0].ends_with("a.jpg") && paths[1].ends_with("b.jpg"), "{paths:?}");
+}
+
+/// RFC 4180 records: fields separated by commas, records by CR, LF or CRLF
+/// outside quotes (as spreadsheets read them), `""` an escaped quote.
+fn csv_records(text: &str) -> Vec<Vec<String>> {
+    let (mut records, mut record, mut field) = (Vec::new(), Vec::new(), String::new());
+    let (mut quoted, mut chars) = (false, text.chars().peekable());
+    while let Some(ch) = chars.next() {
+        match (quoted, ch) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => record.push(std::mem::take(&mut field)),
+            (false, '\r' | '\n') => {
+                if ch == '\r' && chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if !field.is_empty() || !record.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    records
+}
+
+/// Issue 14: `cells.csv` quotes a file name holding a carriage return (else
+/// the row splits), and a cell that a spreadsheet would run as a formula is
+/// neutralised with a leading `'` (OWASP CSV injection).
+#[cfg(unix)]
+#[test]
+fn cells_csv_quotes_line_breaks_and_defuses_formulas() {
+    let dir = scratch("csv");
+    let names = ["a\rb.jpg", "=1+2.jpg"];
+    for n in names {
+        std::fs::copy(field("BloodImage_00001"), dir.join(n)).expect("copy");
+    }
+    let (out, err) = run(bin().current_dir(&dir).args(["analyze", "--json", "--out", "report"]).args(names));
+    assert!(out.status.success(), "{err}");
+    let doc = json(&out);
+    let rows: usize = doc["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| i["cells"].as_array().map_or(0, Vec::len) + i["not_counted"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(rows >= 2, "{doc}");
+    let csv = std::fs::read_to_string(dir.join("report/cells.csv")).expect("cells.csv");
+    let records = csv_records(&csv);
+    assert_eq!(records.len(), rows + 1, "{csv:?}");
+    assert!(records.iter().all(|r| r.len() == records[0].len()), "{records:?}");
+    let images: Vec<&str> = records[1..].iter().map(|r| r[0].as_str()).collect();
+    assert!(images.contains(&"a\rb.jpg") && images.contains(&"'=1+2.jpg"), "{images:?}");
+    for r in &records[1..] {
+        assert!(r.iter().all(|f| !f.starts_with(['=', '+', '-', '@', '\t', '\r'])), "{r:?}");
+    }
+}
+
+/// A 24-bit uncompressed BMP, written by hand (the test must not depend on the
+/// `image` features under test).
+fn bmp_bytes(img: &image::RgbImage) -> Vec<u8> {
+    let (w, h) = img.dimensions();
+    let row = (3 * w as usize).div_ceil(4) * 4;
+    let size = 54 + row * h as usize;
+    let mut b = Vec::with_capacity(size);
+    b.extend_from_slice(b"BM");
+    b.extend_from_slice(&(size as u32).to_le_bytes());
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b.extend_from_slice(&54u32.to_le_bytes());
+    for v in [40u32, w, h] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    for v in [0u32, (row * h as usize) as u32, 2835, 2835, 0, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for y in (0..h).rev() {
+        let start = b.len();
+        for x in 0..w {
+            let [r, g, bl] = img.get_pixel(x, y).0;
+            b.extend_from_slice(&[bl, g, r]);
+        }
+        b.resize(start + row, 0);
+    }
+    b
+}
+
+/// Issue 14: `.bmp` is an input type, so it must decode; an image type that is
+/// not read (`.webp`) is skipped with a warning naming it, never silently.
+#[test]
+fn bmp_is_read_and_an_unsupported_image_in_a_folder_is_named() {
+    let dir = scratch("types");
+    let crop = data().join("lmu/NGS").read_dir().expect("lmu/NGS").flatten().next().expect("a crop").path();
+    let img = image::open(&crop).expect("crop").to_rgb8();
+    std::fs::write(dir.join("a.bmp"), bmp_bytes(&img)).expect("write bmp");
+    std::fs::copy(&crop, dir.join("b.webp")).expect("copy");
+    let (out, err) = run(bin().args(["classify", "--json"]).arg(&dir));
+    assert!(out.status.success(), "{err}");
+    let results = json(&out)["results"].as_array().cloned().expect("results");
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert!(results[0]["class"].is_string(), "{results:?}");
+    assert!(err.contains("b.webp"), "{err}");
+}
