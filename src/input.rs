@@ -15,6 +15,8 @@ pub enum InputError {
     Decode { path: PathBuf, source: image::ImageError },
     #[error("{path}: image is empty ({width}x{height})")]
     Empty { path: PathBuf, width: u32, height: u32 },
+    #[error("{path}: JPEG is truncated (no end-of-image marker): the file was cut short")]
+    Truncated { path: PathBuf },
 }
 
 /// File extensions treated as images when walking directories.
@@ -40,7 +42,8 @@ impl InputError {
             | InputError::EmptyDir { path }
             | InputError::Dir { path, .. }
             | InputError::Decode { path, .. }
-            | InputError::Empty { path, .. } => path,
+            | InputError::Empty { path, .. }
+            | InputError::Truncated { path } => path,
         }
     }
 }
@@ -117,8 +120,16 @@ fn walk(dir: &Path, seen: &mut Seen, out: &mut Vec<PathBuf>) -> Result<(), Input
 
 /// Decodes an image file to 8-bit RGB.
 pub fn load_rgb(path: &Path) -> Result<RgbImage, InputError> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| InputError::Decode { path: path.into(), source: image::ImageError::IoError(e) })?
+    let bytes = std::fs::read(path)
+        .map_err(|e| InputError::Decode { path: path.into(), source: image::ImageError::IoError(e) })?;
+    // The JPEG decoder fills a file cut short with grey and says nothing: a count
+    // on half a field. A whole JPEG ends with the end-of-image marker (a few
+    // writers pad zeros after it).
+    let trimmed = bytes.iter().rposition(|&b| b != 0).map_or(&bytes[..0], |i| &bytes[..=i]);
+    if bytes.starts_with(&[0xFF, 0xD8]) && !trimmed.ends_with(&[0xFF, 0xD9]) {
+        return Err(InputError::Truncated { path: path.into() });
+    }
+    let img = image::ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .map_err(|e| InputError::Decode { path: path.into(), source: image::ImageError::IoError(e) })?
         .decode()

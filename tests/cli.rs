@@ -486,3 +486,25 @@ fn bmp_is_read_and_an_unsupported_image_in_a_folder_is_named() {
     assert!(results[0]["class"].is_string(), "{results:?}");
     assert!(err.contains("b.webp"), "{err}");
 }
+
+/// Issue 14: a JPEG cut short (a copy interrupted, a card pulled) used to
+/// decode silently with the missing part grey, and its cells were counted. Cut
+/// at 3,000 bytes or at half, it is now a bad file named in the batch (exit 1),
+/// while the whole field beside it is analysed.
+#[test]
+fn a_truncated_jpeg_is_a_bad_file_not_half_a_count() {
+    let dir = scratch("truncated");
+    let whole = field("BloodImage_00001");
+    let bytes = std::fs::read(&whole).expect("field");
+    for (name, cut) in [("cut3000.jpg", 3000), ("cuthalf.jpg", bytes.len() / 2)] {
+        std::fs::write(dir.join(name), &bytes[..cut]).expect("write");
+        let (out, err) = run(bin().args(["analyze", "--json"]).arg(dir.join(name)).arg(&whole));
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(err.contains(name) && err.contains("truncated"), "{name}: {err}");
+        let doc = json(&out);
+        let images = doc["images"].as_array().expect("images");
+        let analysed: Vec<&Value> = images.iter().filter(|i| i["cells"].is_array()).collect();
+        assert_eq!(analysed.len(), 1, "{name}: only the whole field is analysed: {images:?}");
+        assert_eq!(doc["summary"]["cells"], 1, "{name}");
+    }
+}
