@@ -8,7 +8,7 @@ validation, int8 vs f32, tract vs onnxruntime, stain and scale robustness).
     python tools/crosslab.py [--card models/leukoscope.card.json] [--precision auto int8 f32]
 
 It runs the Rust runtime (`leukoscope classify --json`) on
-- `jhh/`: 3.5k cells of 82 AML/APL patients from a lab in no training data
+- `jhh/`: 3.5k cells of 82 AML/APL patients from a lab never used in training
   (Johns Hopkins, CellaVision). EVALUATION ONLY: nothing here is fitted on it:
   no weights, thresholds, calibration or checkpoint choice. Its scale is the
   CellaVision scanner's, the same instrument (and the same halving) as PBC's,
@@ -177,7 +177,7 @@ def markdown(card: dict, results: dict, scale_rows: dict | None = None, prec: st
             f"{fmt_ci(j['MON_correct'])} | {fmt(pp['median'])} / {fmt(pp['worst_decile'])} ({pp['patients']} patients) |"
         )
     if scale_rows:
-        lines += ["", f"## jhh with a wrong scale ({prec}): a calibration off by 20%", "",
+        lines += ["", f"## jhh with a wrong scale ({prec}): the scale off by 20%", "",
                   "| scale given / true | blasts called blast | blasts called mature normal | mature normal called blast "
                   "| LYT correct | NGS correct | MON correct |", "|---|---|---|---|---|---|---|"]
         for f, j in sorted(scale_rows.items()):
