@@ -291,18 +291,19 @@ impl Classifier {
             .map_err(|e| ModelError::Run(anyhow::anyhow!("input tensor: {e}")))?;
         let out = self.plan.run(tvec!(Tensor::from(input).into())).map_err(ModelError::Run)?;
         let logits = out[0].to_plain_array_view::<f32>().map_err(ModelError::Run)?;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let energy = -(max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln());
-        Ok(Prediction { probs: softmax(logits.iter().copied()), stained: prepared.nucleus.is_some(), energy })
+        let (probs, energy) = softmax_and_energy(logits.iter().copied());
+        Ok(Prediction { probs, stained: prepared.nucleus.is_some(), energy })
     }
 }
 
-pub fn softmax(logits: impl Iterator<Item = f32>) -> Vec<f32> {
+/// Softmax of the logits and their energy score `-logsumexp(logits)`, from one
+/// pass of shifted exponentials.
+fn softmax_and_energy(logits: impl Iterator<Item = f32>) -> (Vec<f32>, f32) {
     let v: Vec<f32> = logits.collect();
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = v.iter().map(|x| (x - m).exp()).collect();
     let s: f32 = e.iter().sum();
-    e.into_iter().map(|x| x / s).collect()
+    (e.into_iter().map(|x| x / s).collect(), -(m + s.ln()))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -365,10 +365,13 @@ def evaluate(
                  "classes": classes, "figures": {}}
     preds = {}
     probs = {}
+    energies = {}
     for fmt in ("f32", "int8"):
         lg = onnx_logits(run_dir / f"model-{fmt}.onnx", x_val)
-        e = np.exp(lg - lg.max(1, keepdims=True))
+        m = lg.max(1, keepdims=True)
+        e = np.exp(lg - m)
         probs[fmt] = e / e.sum(1, keepdims=True)
+        energies[fmt] = -(m[:, 0] + np.log(e.sum(1)))
         preds[fmt] = [classes[i] for i in lg.argmax(1)]
         rep["figures"][fmt] = figures(val, preds[fmt], classes)
         f = rep["figures"][fmt]
@@ -377,12 +380,7 @@ def evaluate(
     # Out-of-distribution rule for the card: the energy score -logsumexp(logits)
     # of these in-domain validation crops; above their 99th percentile a crop is
     # "unfamiliar" (about 1% of in-domain cells by construction). Taken over both
-    # files so that either flags as few in-domain cells.
-    energies = {}
-    for fmt in ("f32", "int8"):
-        lg = onnx_logits(run_dir / f"model-{fmt}.onnx", x_val)
-        m = lg.max(1)
-        energies[fmt] = -(m + np.log(np.exp(lg - m[:, None]).sum(1)))
+    # files so that either flags as few in-domain cells (energies from the loop above).
     rep["ood"] = {
         "max_energy": round(float(max(np.percentile(e, OOD_PERCENTILE) for e in energies.values())), 4),
         "warn_percent": OOD_WARN_PERCENT,
