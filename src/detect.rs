@@ -269,7 +269,7 @@ pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale
 }
 
 /// A usable µm-per-pixel value (guards against a nonsense configuration).
-fn sane_scale(s: f32) -> f32 {
+pub(crate) fn sane_scale(s: f32) -> f32 {
     if s.is_finite() && s > 0.0 {
         s
     } else {

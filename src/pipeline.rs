@@ -2,7 +2,9 @@
 //! decide what it counts as. The appliance loop and `analyze` both call this.
 
 use crate::count::{Call, CallRules};
-use crate::detect::{detect, detect_at, reciprocal, DetectParams, FieldScale, Rejected, ScaleSource};
+use crate::detect::{
+    detect_at, reciprocal, red_cell_scale, sane_scale, DetectParams, FieldScale, Rejected, ScaleSource,
+};
 use crate::mask::BBox;
 use crate::model::{Classifier, ModelError, Prediction};
 use crate::preprocess::{prepare, reflect, PreprocessSpec};
@@ -102,7 +104,11 @@ impl Analyzer {
 pub fn crop_scale(img: &RgbImage, given: Option<f32>, params: &DetectParams) -> FieldScale {
     match given.filter(|s| s.is_finite() && *s > 0.0) {
         Some(um_per_px) => FieldScale::new(um_per_px, ScaleSource::Configured),
-        None => detect(img, params, None).scale,
+        // The red-cell estimate alone: a crop needs no leukocyte detection.
+        None => red_cell_scale(img, params).map_or_else(
+            || FieldScale::new(sane_scale(params.fallback_um_per_px), ScaleSource::Fallback),
+            |e| FieldScale::new(e.um_per_px, ScaleSource::RedCells),
+        ),
     }
 }
 
@@ -240,6 +246,31 @@ mod tests {
             let n = (f * f) as u32;
             image::Rgb(acc.map(|a| ((a + n / 2) / n) as u8))
         })
+    }
+
+    /// A crop's scale is the one `detect` would give the crop as a field (the
+    /// red cells' estimate, else the fallback), without detecting leukocytes.
+    #[test]
+    fn crop_scale_is_the_detectors_scale() {
+        let data = crate::input::data_dir();
+        let params = DetectParams::default();
+        let (mut red, mut fallback) = (0, 0);
+        for dir in ["pbc/lymphocyte", "pbc/neutrophil", "lmu/MYO", "lmu/NGS"] {
+            let mut files: Vec<_> = std::fs::read_dir(data.join(dir))
+                .unwrap_or_else(|e| panic!("{dir}: {e}: set LEUKOSCOPE_DATA"))
+                .map(|e| e.expect("dir entry").path())
+                .collect();
+            files.sort();
+            for p in files.iter().step_by(53).take(8) {
+                let img = crate::input::load_rgb(p).expect("crop");
+                let scale = crop_scale(&img, None, &params);
+                assert_eq!(scale, crate::detect::detect(&img, &params, None).scale, "{}", p.display());
+                red += (scale.source == ScaleSource::RedCells) as usize;
+                fallback += (scale.source == ScaleSource::Fallback) as usize;
+            }
+        }
+        assert!(red > 0 && fallback > 0, "both paths seen: {red} red cells, {fallback} fallback");
+        assert_eq!(crop_scale(&RgbImage::new(5, 5), Some(0.2), &params), FieldScale::new(0.2, ScaleSource::Configured));
     }
 
     /// Same pixels as the reference for regions inside the field, across its
