@@ -235,12 +235,17 @@ def preprocess(
 
 
 def run_classify(
-    card: Path, paths: list[str | Path], batch: int = 400, scales: list[float | None] | None = None
+    card: Path,
+    paths: list[str | Path],
+    batch: int = 400,
+    scales: list[float | None] | None = None,
+    precision: str = "auto",
 ) -> dict[str, dict]:
     """`leukoscope classify --json --model CARD [--um-per-px S]` on images; returns
     {abs path: result}. `scales`: each image's µm per pixel (None: the binary
-    estimates it). Raises when the binary fails for another reason than an
-    unreadable image."""
+    estimates it); `precision`: which of the card's files runs (auto, int8,
+    f32). Raises when the binary fails for another reason than an unreadable
+    image."""
     binary = ensure_binary()
     out: dict[str, dict] = {}
     model = None
@@ -251,7 +256,7 @@ def run_classify(
     jobs = [(s, ps[i : i + batch]) for s, ps in by_scale.items() for i in range(0, len(ps), batch)]
     for scale, chunk in jobs:
         opt = ["--um-per-px", f"{scale:.6g}"] if scale else []
-        cmd = [str(binary), "classify", "--json", "--model", str(card)] + opt + chunk
+        cmd = [str(binary), "classify", "--json", "--model", str(card), "--precision", precision] + opt + chunk
         r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
         if r.returncode not in (0, 1) or not r.stdout.strip():
             raise PipelineError(f"leukoscope classify failed (exit {r.returncode}):\n{r.stderr[-3000:]}")

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import subprocess
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -39,30 +36,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RUNS, PipelineError, data_root, ensure_binary, log, read_json, write_json  # noqa: E402
+from common import REPO, RUNS, PipelineError, data_root, log, read_json, run_classify, write_json  # noqa: E402
 import datasets as ds  # noqa: E402
 
 # jhh codes (CellaVision categories mapped by the data's README) -> what counts.
 JHH_BLAST = {"BLAST"}
 MATURE_NORMAL = ["LYT", "MON", "NGS", "NGB", "EOS", "BAS"]
-# Calls that route a cell to review rather than to a normal class.
 BOOTSTRAP = 2000
 IN_DOMAIN_MARK = "<!-- in-domain evaluation (tools/runs/<run>/report.md) -->"
 
 
 def classify(card: Path, paths: list[str], precision: str, um_per_px: float | None) -> dict[str, dict]:
-    binary = ensure_binary()
-    out: dict[str, dict] = {}
-    for i in range(0, len(paths), 500):
-        cmd = [str(binary), "classify", "--json", "--model", str(card), "--precision", precision]
-        if um_per_px:
-            cmd += ["--um-per-px", str(um_per_px)]
-        r = subprocess.run(cmd + paths[i : i + 500], capture_output=True, text=True, env={**os.environ, "RUST_LOG": "warn"})
-        if r.returncode not in (0, 1) or not r.stdout.strip():
-            raise PipelineError(f"leukoscope classify failed (exit {r.returncode}):\n{r.stderr[-2000:]}")
-        for res in json.loads(r.stdout)["results"]:
-            out[str(Path(res["path"]).resolve())] = res
-    return out
+    """{abs path: classify result} for crops all at one scale (None: estimated per crop)."""
+    res = run_classify(card, paths, batch=500, scales=[um_per_px] * len(paths), precision=precision)
+    res.pop("__model__")
+    return res
 
 
 def call_of(res: dict, blast_classes: set[str]) -> str:
