@@ -153,6 +153,7 @@ def step_train(a, data: Data) -> dict:
         x, masks, groups, data.classes, rd,
         epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed, lmu_boost=a.lmu_boost,
         stain_aug=a.stain_aug, steps_per_epoch=steps, threads=a.threads, mixstyle=getattr(a, "mixstyle", False),
+        norm=getattr(a, "norm", "batch"), arch=getattr(a, "arch", "vgg"),
         init=(RUNS / a.init / "model.pt") if getattr(a, "init", None) else None,
         meta={"command": " ".join(shlex.quote(x) for x in sys.argv), "data_root": str(data_root()),
               "binary_stamp": binary_stamp(ensure_binary()), "source_um_per_px": dict(ds.SOURCE_UM_PER_PX)},
@@ -306,6 +307,10 @@ def main(argv=None) -> None:
                            help="with --image-aug: copies also defocused, resampled, noisy, JPEG-compressed (LMU x3)")
             p.add_argument("--mixstyle", action="store_true",
                            help="MixStyle after the first conv blocks: mixes feature statistics across the batch's labs")
+            p.add_argument("--norm", default="batch", choices=["batch", "group"],
+                           help="normalisation after each convolution: batch (folded at export) or group (per image)")
+            p.add_argument("--arch", default="vgg", choices=["vgg", "strided"],
+                           help="vgg: conv + max-pool; strided: stride-2 convolutions instead of the pools")
             p.add_argument("--image-aug", action="store_true",
                            help="add stain-augmented copies of the train images (tools/augment.py): LMU x2, PBC x1")
 
