@@ -10,6 +10,7 @@ pub mod color;
 pub mod input;
 pub mod mask;
 pub mod model;
+pub mod morphometry;
 pub mod npy;
 pub mod preprocess;
 

@@ -399,7 +399,9 @@ fn classify(
         let outcome = read_input(path, bad.as_deref()).and_then(|img| {
             let scale = leukoscope::pipeline::crop_scale(&img, um_per_px, &detect);
             let prepared = prepare(&img, &spec, None, scale.um_per_px);
-            Ok((clf.predict(&prepared)?, scale, prepared.nucleus_um()))
+            let bg = leukoscope::color::Background::estimate(&img);
+            let morphometry = leukoscope::morphometry::measure(&img, &bg, &prepared, spec.min_nucleus_od);
+            Ok((clf.predict(&prepared)?, scale, morphometry))
         });
         match outcome {
             Ok(pred) => results.push((path.clone(), Ok(pred))),
@@ -431,7 +433,7 @@ fn classify(
         let items: Vec<serde_json::Value> = results
             .iter()
             .map(|(path, r)| match r {
-                Ok((pred, scale, nucleus_um)) => {
+                Ok((pred, scale, morphometry)) => {
                     let (i, conf) = pred.top();
                     let c = &card.classes[i];
                     let probs: serde_json::Map<String, serde_json::Value> = card
@@ -450,8 +452,11 @@ fn classify(
                         "energy": pred.energy,
                         "blast": card.blast_classes.contains(&c.code), "probs": probs,
                         "scale": scale,
-                        "nucleus_area_um2": nucleus_um.map(|n| n.0),
-                        "nucleus_diameter_um": nucleus_um.map(|n| n.1),
+                        "nucleus_area_um2": morphometry.map(|m| m.nucleus_area_um2),
+                        "nucleus_diameter_um": morphometry.map(|m| m.nucleus_diameter_um),
+                        "cell_area_um2": morphometry.and_then(|m| m.cell_area_um2),
+                        "cell_diameter_um": morphometry.and_then(|m| m.cell_diameter_um),
+                        "nc_ratio": morphometry.and_then(|m| m.nc_ratio),
                     })
                 }
                 Err(e) => serde_json::json!({"path": path, "error": e}),

@@ -7,6 +7,7 @@ use crate::detect::{
 };
 use crate::mask::BBox;
 use crate::model::{Classifier, ModelError, Prediction};
+use crate::morphometry::{self, Morphometry};
 use crate::preprocess::{prepare, reflect, PreprocessSpec};
 use image::RgbImage;
 
@@ -25,8 +26,9 @@ pub struct CellResult {
     /// Whole cell, in field pixels.
     pub bbox: BBox,
     pub nucleus: BBox,
-    /// Nucleus area (µm²) and equivalent diameter (µm), as segmented for the model.
-    pub nucleus_um: Option<(f32, f32)>,
+    /// Nucleus and cell size in µm (the nucleus as segmented for the model);
+    /// `None` when no nucleus was found.
+    pub morphometry: Option<Morphometry>,
     pub prediction: Prediction,
     pub call: Call,
     /// Cut by the image border: reported, never counted.
@@ -82,7 +84,7 @@ impl Analyzer {
             cells.push(CellResult {
                 bbox: d.bbox,
                 nucleus: d.nucleus,
-                nucleus_um: prepared.nucleus_um(),
+                morphometry: morphometry::measure(&region, &found.background, &prepared, spec.min_nucleus_od),
                 prediction,
                 call,
                 cut_by_border: d.cut_by_border,

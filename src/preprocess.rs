@@ -195,14 +195,7 @@ pub fn otsu(values: impl Iterator<Item = f32>) -> Option<f32> {
 /// are lobes of the same nucleus (segmented neutrophils, eosinophils).
 pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Option<Nucleus> {
     let od = nucleus_signal(img, bg);
-    // Otsu alone is pulled up by a heavy tail (dark granules, JPEG colour
-    // fringes) and then keeps only specks of a large nucleus; half the 99th
-    // percentile alone clips pale nuclei. The lower of the two held up across
-    // recoloured and rescaled crops (docs/preprocessing.md).
-    let otsu_t = otsu(od.iter().copied().filter(|&v| v > 0.05)).unwrap_or(min_od);
-    let k = (od.len() * 99 / 100).min(od.len().saturating_sub(1));
-    let p99 = kth_smallest(&od, k);
-    let threshold = otsu_t.min(0.5 * p99).max(min_od);
+    let threshold = nucleus_threshold(&od, min_od);
     // Opening with the 3x3 square (= open(1)), separable: a third of the time.
     let mask = Mask { width: img.width(), height: img.height(), data: od.iter().map(|&v| v > threshold).collect() }
         .erode3x3()
@@ -228,6 +221,18 @@ pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Opt
         }
     }
     Some(Nucleus { bbox, area_px })
+}
+
+/// The nuclear signal above which a pixel is nucleus, for one image's signal.
+pub fn nucleus_threshold(od: &[f32], min_od: f32) -> f32 {
+    // Otsu alone is pulled up by a heavy tail (dark granules, JPEG colour
+    // fringes) and then keeps only specks of a large nucleus; half the 99th
+    // percentile alone clips pale nuclei. The lower of the two held up across
+    // recoloured and rescaled crops (docs/preprocessing.md).
+    let otsu_t = otsu(od.iter().copied().filter(|&v| v > 0.05)).unwrap_or(min_od);
+    let k = (od.len() * 99 / 100).min(od.len().saturating_sub(1));
+    let p99 = kth_smallest(&od, k);
+    otsu_t.min(0.5 * p99).max(min_od)
 }
 
 /// The `k`-th smallest (0-based) of non-negative values, exactly as a full

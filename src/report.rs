@@ -33,6 +33,14 @@ pub struct CellRecord {
     pub nucleus_area_um2: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nucleus_diameter_um: Option<f32>,
+    /// Cell area in µm², its equivalent diameter in µm, and nucleus area over
+    /// cell area (an estimate for review: `morphometry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell_area_um2: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cell_diameter_um: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nc_ratio: Option<f32>,
     /// Why the cell is not counted (`cut_by_border`, `not_a_leukocyte`); absent when counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -58,6 +66,7 @@ impl CellRecord {
             None
         };
         let b = cell.bbox;
+        let m = cell.morphometry;
         CellRecord {
             bbox: [b.x0, b.y0, b.x1, b.y1],
             class: code.to_string(),
@@ -66,8 +75,11 @@ impl CellRecord {
             blast,
             best_class: best.code.clone(),
             call: cell.call.clone(),
-            nucleus_area_um2: cell.nucleus_um.map(|n| (n.0 * 10.0).round() / 10.0),
-            nucleus_diameter_um: cell.nucleus_um.map(|n| (n.1 * 100.0).round() / 100.0),
+            nucleus_area_um2: m.map(|m| round_to(m.nucleus_area_um2, 1)),
+            nucleus_diameter_um: m.map(|m| round_to(m.nucleus_diameter_um, 2)),
+            cell_area_um2: m.and_then(|m| m.cell_area_um2).map(|v| round_to(v, 1)),
+            cell_diameter_um: m.and_then(|m| m.cell_diameter_um).map(|v| round_to(v, 2)),
+            nc_ratio: m.and_then(|m| m.nc_ratio).map(|v| round_to(v, 3)),
             reason: reason.map(str::to_string),
             crop: None,
         }
@@ -283,13 +295,14 @@ pub fn write_report(dir: &Path, document: &Value, fields: &[FieldRecord]) -> std
 /// One row per cell seen, counted or not.
 pub fn cells_csv(fields: &[FieldRecord]) -> String {
     let mut out = String::from(
-        "image,cell,x0,y0,x1,y1,class,label,confidence,blast,counted,reason,crop,nucleus_area_um2,nucleus_diameter_um\n",
+        "image,cell,x0,y0,x1,y1,class,label,confidence,blast,counted,reason,crop,nucleus_area_um2,nucleus_diameter_um,\
+         cell_area_um2,cell_diameter_um,nc_ratio\n",
     );
     for f in fields {
         for (k, c) in f.cells.iter().chain(&f.not_counted).enumerate() {
             let [x0, y0, x1, y1] = c.bbox;
             out += &format!(
-                "{},{k},{x0},{y0},{x1},{y1},{},{},{:.4},{},{},{},{},{},{}\n",
+                "{},{k},{x0},{y0},{x1},{y1},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
                 csv_field(&f.path),
                 csv_field(&c.class),
                 csv_field(&c.label),
@@ -300,10 +313,18 @@ pub fn cells_csv(fields: &[FieldRecord]) -> String {
                 csv_field(c.crop.as_deref().unwrap_or("")),
                 c.nucleus_area_um2.map_or(String::new(), |v| format!("{v:.1}")),
                 c.nucleus_diameter_um.map_or(String::new(), |v| format!("{v:.2}")),
+                c.cell_area_um2.map_or(String::new(), |v| format!("{v:.1}")),
+                c.cell_diameter_um.map_or(String::new(), |v| format!("{v:.2}")),
+                c.nc_ratio.map_or(String::new(), |v| format!("{v:.3}")),
             );
         }
     }
     out
+}
+
+fn round_to(v: f32, decimals: i32) -> f32 {
+    let k = 10f32.powi(decimals);
+    (v * k).round() / k
 }
 
 /// One CSV field: quoted when it holds a comma, quote, LF or CR (RFC 4180);

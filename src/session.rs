@@ -389,6 +389,9 @@ mod tests {
             call: Call::Cell { code: code.into(), blast, abnormal: blast },
             nucleus_area_um2: None,
             nucleus_diameter_um: None,
+            cell_area_um2: None,
+            cell_diameter_um: None,
+            nc_ratio: None,
             reason: None,
             crop: None,
         }
