@@ -154,6 +154,7 @@ def step_train(a, data: Data) -> dict:
         epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed, lmu_boost=a.lmu_boost,
         stain_aug=a.stain_aug, steps_per_epoch=steps, threads=a.threads, mixstyle=getattr(a, "mixstyle", False),
         norm=getattr(a, "norm", "batch"), arch=getattr(a, "arch", "vgg"),
+        style_aug=getattr(a, "style_aug", False),
         init=(RUNS / a.init / "model.pt") if getattr(a, "init", None) else None,
         meta={"command": " ".join(shlex.quote(x) for x in sys.argv), "data_root": str(data_root()),
               "binary_stamp": binary_stamp(ensure_binary()), "source_um_per_px": dict(ds.SOURCE_UM_PER_PX)},
@@ -309,6 +310,8 @@ def main(argv=None) -> None:
                            help="MixStyle after the first conv blocks: mixes feature statistics across the batch's labs")
             p.add_argument("--norm", default="batch", choices=["batch", "group"],
                            help="normalisation after each convolution: batch (folded at export) or group (per image)")
+            p.add_argument("--style-aug", action="store_true",
+                           help="Fourier amplitude mix across the batch and random convolutions (train.style_augment)")
             p.add_argument("--arch", default="vgg", choices=["vgg", "strided"],
                            help="vgg: conv + max-pool; strided: stride-2 convolutions instead of the pools")
             p.add_argument("--image-aug", action="store_true",

@@ -198,6 +198,46 @@ def augment(x: torch.Tensor, g: torch.Generator, stain: bool = False) -> torch.T
     return x
 
 
+def style_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Two style randomisations that keep a cell's structure and change how a lab
+    renders it, on standardised Lab tensors:
+    - Fourier amplitude mix (Xu et al., CVPR 2021, "FACT"): on half the batch,
+      the low-frequency amplitude spectrum (a square of 5-15% of the side around
+      DC) is mixed with another image's of the batch (lambda ~ U(0, 1)), the
+      phase (where things are) kept: colour, contrast and blur of another lab
+      on this cell;
+    - random convolution (Xu et al., ICLR 2021, "RandConv"): on a quarter, a
+      random 1x1 or 3x3 convolution (N(0, 1/fan_in)), blended with the image
+      (alpha ~ U(0, 1)) and re-standardised per channel: textures and colours
+      no lab has, so the network cannot lean on any one."""
+    b, _, h, w = x.shape
+    u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    sel = u(b) < 0.5
+    if sel.any():
+        f = torch.fft.fft2(x)
+        amp, pha = f.abs(), f.angle()
+        perm = torch.randperm(b, generator=g)
+        lam = u(b, 1, 1, 1) * sel.float()[:, None, None, None]
+        r = max(1, int(h * (0.05 + 0.10 * float(u(1)))))
+        # Low frequencies sit at the corners of an unshifted spectrum.
+        low = torch.zeros(1, 1, h, w, dtype=torch.bool)
+        for ys in (slice(0, r + 1), slice(h - r, h)):
+            for xs in (slice(0, r + 1), slice(w - r, w)):
+                low[..., ys, xs] = True
+        mixed = torch.where(low, (1 - lam) * amp + lam * amp[perm], amp)
+        x = torch.fft.ifft2(torch.polar(mixed, pha)).real
+    sel = u(b) < 0.25
+    if sel.any():
+        k = 1 if float(u(1)) < 0.5 else 3
+        wgt = torch.randn(3, 3, k, k, generator=g) / math.sqrt(3 * k * k)
+        xs = F.conv2d(x[sel], wgt, padding=k // 2)
+        xs = (xs - xs.mean((2, 3), keepdim=True)) / xs.std((2, 3), keepdim=True).clamp_min(1e-3)
+        alpha = u(int(sel.sum()), 1, 1, 1)
+        x = x.clone()
+        x[sel] = alpha * x[sel] + (1 - alpha) * xs
+    return x
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -295,6 +335,7 @@ def train(
     mixstyle: bool = False,
     norm: str = "batch",
     arch: str = "vgg",
+    style_aug: bool = False,
 ) -> dict:
     """Trains on x [N,3,S,S] with allowed-class masks [N,C]; writes model.pt,
     model-f32.onnx and train.json into run_dir. Fixed epochs, no model selection."""
@@ -343,6 +384,8 @@ def train(
         for i in range(steps):
             bi = idx[i * batch : (i + 1) * batch]
             xb = augment(xt[bi].float(), g, stain_aug)
+            if style_aug:
+                xb = style_augment(xb, g)
             mb = mt[bi]
             logits = model(xb)
             loss = partial_label_loss(logits, mb, smoothing)
@@ -385,6 +428,7 @@ def train(
         "init": init_info,
         "mixstyle": mixstyle,
         "norm": norm,
+        "style_aug": style_aug,
         **(meta or {}),
     }
     torch.save({"state_dict": model.state_dict(), "info": info}, run_dir / "model.pt")
