@@ -906,6 +906,7 @@ fn session_repair(config: Option<PathBuf>, state: Option<PathBuf>) -> Result<i32
         println!("{}: every session journal reads whole: nothing to repair", root.display());
     }
     for r in &repairs {
+        keep_owner(r);
         let lines: Vec<String> = r.set_aside.iter().map(usize::to_string).collect();
         println!(
             "{}: line(s) {} set aside in {}{}; {}",
@@ -921,6 +922,27 @@ fn session_repair(config: Option<PathBuf>, state: Option<PathBuf>) -> Result<i32
         );
     }
     Ok(0)
+}
+
+/// Files `session repair` wrote (as root, say) get the session folder's owner,
+/// else the service's user could no longer append to its journal.
+fn keep_owner(r: &leukoscope::session::Repair) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(owner) = std::fs::metadata(&r.dir) else { return };
+        for f in [r.dir.join(leukoscope::session::JOURNAL), r.aside_file.clone()] {
+            let differs = std::fs::metadata(&f).is_ok_and(|m| (m.uid(), m.gid()) != (owner.uid(), owner.gid()));
+            if differs {
+                if let Err(e) = std::os::unix::fs::chown(&f, Some(owner.uid()), Some(owner.gid())) {
+                    log::warn!(
+                        "{}: could not give it the folder's owner ({e}): `run` may not be able to use it",
+                        f.display()
+                    );
+                }
+            }
+        }
+    }
 }
 
 struct RunArgs {

@@ -727,6 +727,52 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// Issue 14: what two processes left (the same field numbers twice) and a
+    /// damaged start record: repair keeps what fits, sets the rest aside, and
+    /// the state folder opens again.
+    #[test]
+    fn repair_sets_aside_duplicates_and_a_damaged_start() {
+        let root = tmp("repair");
+        let store = Store::open(&root).unwrap();
+        let card = card();
+        let img = image::RgbImage::from_pixel(64, 64, image::Rgb([200, 150, 180]));
+        let (mut s, mut j) = store.start("", 100, 20.0, &card.sha256).unwrap();
+        for code in ["NGS", "LYT", "MYO", "NGS"] {
+            record_field(&mut s, &mut j, field(vec![cell(code, code == "MYO")]), &img, thumb()).unwrap();
+        }
+        drop(j);
+        let journal = s.dir.join(JOURNAL);
+        let good = std::fs::read(&journal).unwrap();
+        // A second process appended fields 4 and 5 again after them.
+        let lines: Vec<&[u8]> = good.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let mut doubled = good.clone();
+        for l in &lines[3..5] {
+            doubled.extend_from_slice(l);
+            doubled.push(b'\n');
+        }
+        std::fs::write(&journal, &doubled).unwrap();
+        let e = load(&os(), &s.dir).unwrap_err().to_string();
+        assert!(e.contains("line 6") && e.contains("field 3 recorded twice"), "{e}");
+        let r = store.repair().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].kept, r[0].set_aside.clone()), (5, vec![6, 7]));
+        assert_eq!(std::fs::read(&journal).unwrap(), good);
+        let (again, _) = load(&os(), &s.dir).unwrap();
+        assert_eq!(again, s);
+        assert!(store.repair().unwrap().is_empty(), "nothing left to repair");
+        // A damaged start record: nothing fits, the journal goes aside whole
+        // and the folder is no longer a session; the next start is a new one.
+        let mut bad = good.clone();
+        bad[2] = b'#';
+        std::fs::write(&journal, &bad).unwrap();
+        let r = store.repair().unwrap();
+        assert_eq!((r[0].kept, r[0].set_aside.len()), (0, lines.len()));
+        assert_eq!(std::fs::read(&r[0].aside_file).unwrap(), bad);
+        assert!(r[0].aside_file.ends_with("journal.damaged.2.jsonl"), "{:?}", r[0].aside_file);
+        assert!(store.recover(&card).unwrap().is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     fn walk(d: &Path) -> Vec<String> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
