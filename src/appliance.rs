@@ -69,6 +69,8 @@ impl SessionConfig {
 /// screen should say.
 pub struct Appliance {
     analyzer: Analyzer,
+    /// The state folder's lock, held as long as the appliance lives.
+    _lock: session::StateLock,
     store: Store,
     gate: FieldGate,
     config: SessionConfig,
@@ -97,6 +99,8 @@ impl Appliance {
         gate: GateParams,
         threshold_percent: f64,
     ) -> Result<Appliance, ApplianceError> {
+        // Before anything is read: another process may be appending to it.
+        let lock = session::lock_state(&config.state_dir())?;
         let store = Store::open(&config.state_dir())?;
         let open = store.recover(&analyzer.classifier.card)?;
         let mut gate = FieldGate::new(gate);
@@ -117,6 +121,7 @@ impl Appliance {
         }
         Ok(Appliance {
             analyzer,
+            _lock: lock,
             store,
             gate,
             config,

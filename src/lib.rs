@@ -36,3 +36,4 @@ pub mod report;
 pub mod session;
 pub mod source;
 pub mod stats;
+pub mod storage;

@@ -47,6 +47,10 @@ enum Command {
         /// grouped by class with blasts and unidentified cells first.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// With --out: replace an existing report folder (only a report folder,
+        /// and only once the new report is complete).
+        #[arg(long, requires = "out")]
+        force: bool,
         /// Field images or directories of them.
         inputs: Vec<PathBuf>,
     },
@@ -178,6 +182,11 @@ enum Command {
         #[command(flatten)]
         args: leukoscope::camera_check::CameraCheckArgs,
     },
+    /// Look after the appliance's state folder.
+    Session {
+        #[command(subcommand)]
+        action: SessionAction,
+    },
     /// Print the configuration in effect (the defaults, or FILE checked and
     /// completed with them) as TOML.
     Config {
@@ -202,6 +211,21 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SessionAction {
+    /// Repair damaged session journals: keep every record that reads and fits,
+    /// set the others aside in journal.damaged.jsonl beside the journal, so that
+    /// `run` resumes. Takes the state folder's lock: stop `run` first.
+    Repair {
+        /// TOML configuration whose state folder to repair.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The state folder; default: the config's, as `run` finds it.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -209,10 +233,26 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
+            if damaged_journal(&e) {
+                eprintln!(
+                    "`leukoscope session repair` (with the same --config or --state) keeps every intact record, sets \
+                     the damaged ones aside beside the journal, and lets `run` resume"
+                );
+            }
             2
         }
     };
     std::process::exit(code);
+}
+
+/// Whether the error is a damaged journal (`session repair` is the way out).
+fn damaged_journal(e: &anyhow::Error) -> bool {
+    use leukoscope::appliance::ApplianceError;
+    use leukoscope::session::SessionError;
+    e.chain().any(|c| {
+        matches!(c.downcast_ref(), Some(SessionError::Corrupt { .. }))
+            || matches!(c.downcast_ref(), Some(ApplianceError::Session(SessionError::Corrupt { .. })))
+    })
 }
 
 /// The error and its causes, "a: b: c", leaving out a cause whose text the
@@ -233,9 +273,10 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Analyze { model, precision, config, json, out, inputs } => {
-            analyze(model, precision, config, json, out, inputs)
+        Command::Analyze { model, precision, config, json, out, force, inputs } => {
+            analyze(model, precision, config, json, out.map(|o| (o, force)), inputs)
         }
+        Command::Session { action: SessionAction::Repair { config, state } } => session_repair(config, state),
         Command::Bench { model, seconds, json, fields: Some(fields), size, .. } => {
             bench_fields(model, seconds, json, &fields, size)
         }
@@ -564,7 +605,7 @@ fn analyze(
     precision: Option<Precision>,
     config: Option<PathBuf>,
     json: bool,
-    out: Option<PathBuf>,
+    out: Option<(PathBuf, bool)>,
     inputs: Vec<PathBuf>,
 ) -> Result<i32> {
     use leukoscope::count::Differential;
@@ -578,9 +619,13 @@ fn analyze(
     let paths = batch_inputs(&inputs)?;
     let analyzer = build_analyzer(model, precision, &config, config_path.as_deref())?;
     let card = &analyzer.classifier.card;
-    if let Some(dir) = &out {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    // Refused before any work if the folder is taken; written beside it and
+    // renamed into place at the end.
+    let inputs_out_dir = out.as_ref().map(|(d, _)| d.clone()).unwrap_or_default();
+    let out = match &out {
+        Some((dir, force)) => Some(leukoscope::report::OutFolder::begin(&leukoscope::storage::Os, dir, *force)?),
+        None => None,
+    };
     let mut diff = Differential::default();
     let mut images = Vec::new();
     let mut records = Vec::new();
@@ -597,7 +642,7 @@ fn analyze(
                 if let Some(dir) = &out {
                     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
                     record
-                        .write_crops(dir, &format!("{n:04}_{stem}"), &img)
+                        .write_crops(&leukoscope::storage::Os, dir.path(), &format!("{n:04}_{stem}"), &img)
                         .with_context(|| format!("writing crops of {}", path.display()))?;
                 }
                 let classes: Vec<&str> = record.cells.iter().map(|c| c.class.as_str()).collect();
@@ -617,9 +662,9 @@ fn analyze(
     let summary = diff.summary(config.count.blast_threshold_percent);
     let scale = leukoscope::report::ScaleSummary::of(&records);
     let doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
-    if let Some(dir) = &out {
-        leukoscope::report::write_report(dir, &doc, &records).context("writing report")?;
-        log::info!("report written to {}", dir.display());
+    if let Some(folder) = out {
+        folder.commit(&doc, &records)?;
+        log::info!("report written to {}", inputs_out_dir.display());
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -851,6 +896,58 @@ fn bench(
         }
     }
     Ok(0)
+}
+
+/// `session repair`: the state folder `run` would use, under its lock.
+fn session_repair(config: Option<PathBuf>, state: Option<PathBuf>) -> Result<i32> {
+    let mut cfg = load_config(config.as_deref())?;
+    if let Some(dir) = state {
+        cfg.session.state_dir = Some(dir);
+    }
+    let root = cfg.session.state_dir();
+    let _lock = leukoscope::session::lock_state(&root)?;
+    let repairs = leukoscope::session::Store::open(&root)?.repair()?;
+    if repairs.is_empty() {
+        println!("{}: every session journal reads whole: nothing to repair", root.display());
+    }
+    for r in &repairs {
+        keep_owner(r);
+        let lines: Vec<String> = r.set_aside.iter().map(usize::to_string).collect();
+        println!(
+            "{}: line(s) {} set aside in {}{}; {}",
+            r.dir.join(leukoscope::session::JOURNAL).display(),
+            lines.join(", "),
+            r.aside_file.display(),
+            if r.torn { " (the last one torn)" } else { "" },
+            if r.kept == 0 {
+                "its start record was damaged: the folder is no longer a session".to_string()
+            } else {
+                format!("{} records kept; `run` resumes it", r.kept)
+            }
+        );
+    }
+    Ok(0)
+}
+
+/// Files `session repair` wrote (as root, say) get the session folder's owner,
+/// else the service's user could no longer append to its journal.
+fn keep_owner(r: &leukoscope::session::Repair) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(owner) = std::fs::metadata(&r.dir) else { return };
+        for f in [r.dir.join(leukoscope::session::JOURNAL), r.aside_file.clone()] {
+            let differs = std::fs::metadata(&f).is_ok_and(|m| (m.uid(), m.gid()) != (owner.uid(), owner.gid()));
+            if differs {
+                if let Err(e) = std::os::unix::fs::chown(&f, Some(owner.uid()), Some(owner.gid())) {
+                    log::warn!(
+                        "{}: could not give it the folder's owner ({e}): `run` may not be able to use it",
+                        f.display()
+                    );
+                }
+            }
+        }
+    }
 }
 
 struct RunArgs {

@@ -9,11 +9,11 @@ use crate::count::{Call, Differential, Summary};
 use crate::detect::{FieldScale, Rejected, ScaleSource};
 use crate::model::ModelCard;
 use crate::pipeline::{report_crop, CellResult, FieldResult};
+use crate::storage::{self, Kind, Os, Storage, StorageError};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One cell as reported (the CLI's JSON contract: bbox, class, label,
 /// confidence, blast) plus what the count needs to be rebuilt from it.
@@ -157,17 +157,28 @@ impl FieldRecord {
 
     /// Writes every cell's crop under `dir/crops/<group>/` with names starting
     /// with `stem`, and records each crop's relative path.
-    pub fn write_crops(&mut self, dir: &Path, stem: &str, img: &RgbImage) -> std::io::Result<()> {
+    pub fn write_crops(
+        &mut self,
+        fs: &dyn Storage,
+        dir: &Path,
+        stem: &str,
+        img: &RgbImage,
+    ) -> Result<(), StorageError> {
         for (k, cell) in self.cells.iter_mut().chain(self.not_counted.iter_mut()).enumerate() {
             let group = cell.group();
             let folder = dir.join("crops").join(&group);
-            std::fs::create_dir_all(&folder)?;
+            storage::create_dir_durable(fs, &folder)?;
             let name = format!("{stem}_c{k}_{}_{:03}.png", cell.class, (cell.confidence * 100.0).round() as u32);
+            let path = folder.join(&name);
             let [x0, y0, x1, y1] = cell.bbox;
             let b = crate::mask::BBox { x0, y0, x1, y1 };
             let mut png = std::io::Cursor::new(Vec::new());
-            report_crop(img, b).write_to(&mut png, image::ImageFormat::Png).map_err(std::io::Error::other)?;
-            write_atomic(&folder.join(&name), png.get_ref())?;
+            report_crop(img, b).write_to(&mut png, image::ImageFormat::Png).map_err(|e| StorageError {
+                op: "encoding",
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            storage::write_atomic(fs, &path, png.get_ref())?;
             cell.crop = Some(format!("crops/{group}/{name}"));
         }
         Ok(())
@@ -282,14 +293,158 @@ pub fn summary_text(s: &Summary) -> String {
     t
 }
 
-/// The report folder: crops are written as fields are analysed (nothing is held
-/// back, so an interrupted batch keeps what it did); `results.json` and
-/// `cells.csv` are written atomically at the end, from the field records.
-pub fn write_report(dir: &Path, document: &Value, fields: &[FieldRecord]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let json = serde_json::to_string_pretty(document).map_err(std::io::Error::other)?;
-    write_atomic(&dir.join("results.json"), json.as_bytes())?;
-    write_atomic(&dir.join("cells.csv"), cells_csv(fields).as_bytes())
+/// Writes `results.json` and `cells.csv` into `dir`, both or neither: each is
+/// written and fsync'd under a temporary name first (a full disk fails there,
+/// and the temporary files are removed), then both are renamed, `results.json`
+/// last, and the folder is fsync'd. The error names the file.
+pub fn write_report(
+    fs: &dyn Storage,
+    dir: &Path,
+    document: &Value,
+    fields: &[FieldRecord],
+) -> Result<(), StorageError> {
+    storage::create_dir_durable(fs, dir)?;
+    let json = serde_json::to_string_pretty(document).map_err(|e| StorageError {
+        op: "encoding",
+        path: dir.join("results.json"),
+        source: std::io::Error::other(e),
+    })?;
+    let files = [("cells.csv", cells_csv(fields).into_bytes()), ("results.json", json.into_bytes())];
+    let paths: Vec<PathBuf> = files.iter().map(|(name, _)| dir.join(name)).collect();
+    let cleanup = |upto: usize| {
+        for p in &paths[..upto] {
+            let _ = fs.remove_file(&storage::tmp_path(p));
+        }
+    };
+    for (i, ((_, bytes), path)) in files.iter().zip(&paths).enumerate() {
+        let written = (|| {
+            let mut f = fs.create(&storage::tmp_path(path))?;
+            f.write_all(bytes)?;
+            f.sync()
+        })();
+        if let Err(e) = written {
+            cleanup(i + 1);
+            return Err(StorageError::new("writing", path)(e));
+        }
+    }
+    for (i, path) in paths.iter().enumerate() {
+        if let Err(e) = fs.rename(&storage::tmp_path(path), path) {
+            // Take back what was already renamed: all or nothing.
+            for done in &paths[..i] {
+                let _ = fs.remove_file(done);
+            }
+            for p in &paths[i..] {
+                let _ = fs.remove_file(&storage::tmp_path(p));
+            }
+            return Err(StorageError::new("writing", path)(e));
+        }
+    }
+    fs.sync_dir(dir).map_err(StorageError::new("syncing folder", dir))
+}
+
+/// Why `analyze --out` cannot write its report folder.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("--out {}: the folder is not empty (it holds {example}); --force replaces it", dir.display())]
+    NotEmpty { dir: PathBuf, example: String },
+    #[error("--out {}: it holds {example}, which is not part of a leukoscope report: not replaced, even with --force", dir.display())]
+    NotAReport { dir: PathBuf, example: String },
+    #[error("--out {}: not a folder", dir.display())]
+    NotAFolder { dir: PathBuf },
+    #[error("report {}: {source}", dir.display())]
+    Storage { dir: PathBuf, source: StorageError },
+}
+
+/// What a report folder holds; `--force` replaces only a folder holding nothing else.
+const REPORT_ENTRIES: [&str; 3] = ["results.json", "cells.csv", "crops"];
+
+/// A report folder being written, all or nothing: everything goes into a
+/// hidden folder beside it (`.<name>.tmp`), which [`OutFolder::commit`]
+/// renames into place. Dropped without a commit, the temporary folder is
+/// removed and the old report, if any, is untouched.
+pub struct OutFolder<'a> {
+    fs: &'a dyn Storage,
+    dir: PathBuf,
+    tmp: PathBuf,
+    replace: bool,
+    done: bool,
+}
+
+impl<'a> OutFolder<'a> {
+    /// Refuses a non-empty `dir` unless `force` (and then only one holding
+    /// nothing but a report: never an arbitrary folder).
+    pub fn begin(fs: &'a dyn Storage, dir: &Path, force: bool) -> Result<OutFolder<'a>, ReportError> {
+        let storage_err = |source| ReportError::Storage { dir: dir.to_path_buf(), source };
+        let mut replace = false;
+        match fs.kind(dir) {
+            None => {}
+            Some(Kind::File) => return Err(ReportError::NotAFolder { dir: dir.to_path_buf() }),
+            Some(Kind::Dir) => {
+                let entries = fs.list(dir).map_err(|e| storage_err(StorageError::new("listing", dir)(e)))?;
+                if let Some((first, _)) = entries.first() {
+                    if !force {
+                        return Err(ReportError::NotEmpty { dir: dir.to_path_buf(), example: first.clone() });
+                    }
+                    if let Some((other, _)) = entries.iter().find(|(n, _)| !REPORT_ENTRIES.contains(&n.as_str())) {
+                        return Err(ReportError::NotAReport { dir: dir.to_path_buf(), example: other.clone() });
+                    }
+                    replace = true;
+                }
+            }
+        }
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "report".into());
+        let tmp = storage::parent(dir).join(format!(".{name}.tmp"));
+        if fs.kind(&tmp).is_some() {
+            // Left by an interrupted run.
+            fs.remove_dir_all(&tmp).map_err(|e| storage_err(StorageError::new("removing", &tmp)(e)))?;
+        }
+        storage::create_dir_durable(fs, &tmp).map_err(storage_err)?;
+        Ok(OutFolder { fs, dir: dir.to_path_buf(), tmp, replace, done: false })
+    }
+
+    /// Where the report is being written (crops go here).
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Writes `results.json` and `cells.csv`, then puts the folder in place of
+    /// `dir`: one rename, or with `--force` two (the old report aside, the new
+    /// one in), after which the old one is deleted.
+    pub fn commit(mut self, document: &Value, fields: &[FieldRecord]) -> Result<(), ReportError> {
+        let fs = self.fs;
+        let storage_err = |source| ReportError::Storage { dir: self.dir.clone(), source };
+        write_report(fs, &self.tmp, document, fields).map_err(storage_err)?;
+        let up = storage::parent(&self.dir).to_path_buf();
+        let old = up.join(format!(".{}.old", self.dir.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+        if self.replace {
+            if fs.kind(&old).is_some() {
+                fs.remove_dir_all(&old).map_err(|e| storage_err(StorageError::new("removing", &old)(e)))?;
+            }
+            fs.rename(&self.dir, &old).map_err(|e| storage_err(StorageError::new("moving aside", &self.dir)(e)))?;
+        }
+        if let Err(e) = fs.rename(&self.tmp, &self.dir) {
+            if self.replace {
+                let _ = fs.rename(&old, &self.dir);
+            }
+            return Err(storage_err(StorageError::new("renaming into place", &self.dir)(e)));
+        }
+        self.done = true;
+        fs.sync_dir(&up).map_err(|e| storage_err(StorageError::new("syncing folder", &up)(e)))?;
+        if self.replace {
+            fs.remove_dir_all(&old).map_err(|e| storage_err(StorageError::new("removing the old report", &old)(e)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OutFolder<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = self.fs.remove_dir_all(&self.tmp) {
+                log::warn!("removing {}: {e}", self.tmp.display());
+            }
+        }
+    }
 }
 
 /// One row per cell seen, counted or not.
@@ -340,26 +495,9 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Write to a temporary file, fsync, then rename: a reader (or a power cut)
-/// sees the old file or the new one, never half of one.
+/// [`storage::write_atomic`] on the real filesystem.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path)
-}
-
-/// Makes a rename or a new file in `path`'s folder durable (the entry itself
-/// lives in the folder, which has to reach the disk too).
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-        _ => Ok(()),
-    }
+    storage::write_atomic(&Os, path, bytes).map_err(std::io::Error::from)
 }
 
 #[cfg(test)]
@@ -383,7 +521,7 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        assert!(!dir.join("x.tmp").exists());
+        assert!(!dir.join("x.json.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

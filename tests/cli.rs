@@ -508,3 +508,242 @@ fn a_truncated_jpeg_is_a_bad_file_not_half_a_count() {
         assert_eq!(doc["summary"]["cells"], 1, "{name}");
     }
 }
+
+/// `leukoscope run` on `fields` with scripted buttons (`script`: "<poll> <button>" lines),
+/// frames as fast as analysed.
+fn appliance(dir: &Path, state: &Path, script: &str, fields: &[PathBuf]) -> Command {
+    appliance_at(dir, state, script, fields, 0.0)
+}
+
+fn appliance_at(dir: &Path, state: &Path, script: &str, fields: &[PathBuf], fps: f32) -> Command {
+    let script_path = dir.join(format!("script-{}.txt", script.replace([' ', '\n'], "_")));
+    std::fs::write(&script_path, script).expect("script");
+    let mut cmd = bin();
+    cmd.arg("run")
+        .arg("--state")
+        .arg(state)
+        .arg("--screen-png")
+        .arg(dir.join("screen.png"))
+        .arg("--script")
+        .arg(&script_path)
+        .arg("--replay-fps")
+        .arg(fps.to_string())
+        .arg("--replay")
+        .args(fields)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// The session folders in a state folder, sorted.
+fn sessions(state: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(state.join("sessions"))
+        .expect("sessions")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("journal.jsonl").is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+fn bccd_fields(skip: usize, n: usize) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(data().join("bccd/JPEGImages"))
+        .expect("BCCD fields")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    v.sort();
+    v.into_iter().skip(skip).take(n).collect()
+}
+
+fn results(session: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(session.join("results.json")).expect("results.json")).expect("json")
+}
+
+/// Issue 14: damage in line 13 of a journal is reported as line 13 (it was
+/// "line 0" for bytes that are not UTF-8), `run` says how to get out, and
+/// `session repair` keeps every intact record, sets line 13 aside in a named
+/// file, and lets a later `run` resume the session to its report.
+#[test]
+fn a_damaged_journal_names_its_line_and_repair_lets_run_resume() {
+    let dir = scratch("repair");
+    let state = dir.join("state");
+    let (out, err) = run(&mut appliance(&dir, &state, "1 start\n", &bccd_fields(100, 18)));
+    assert!(out.status.success(), "{err}");
+    let session = sessions(&state).pop().expect("a session");
+    let journal = session.join("journal.jsonl");
+    let good = std::fs::read(&journal).expect("journal");
+    let lines: Vec<&[u8]> = good.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 15, "the replay should count 14+ fields: {} journal lines", lines.len());
+    let fields_before = lines.len() - 1;
+    for (what, byte) in [("not UTF-8", 0xff), ("not JSON", b'#')] {
+        let mut bad: Vec<u8> = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let mut l = l.to_vec();
+            if i + 1 == 13 {
+                let mid = l.len() / 2;
+                l[mid] = byte;
+            }
+            bad.extend_from_slice(&l);
+            bad.push(b'\n');
+        }
+        std::fs::write(&journal, &bad).expect("damage");
+        let (out, err) = run(&mut appliance(&dir, &state, "1 finish\n", &bccd_fields(100, 1)));
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains("line 13 is damaged") && err.contains("session repair"), "{what}: {err}");
+    }
+    let (out, err) = run(bin().args(["session", "repair", "--state"]).arg(&state));
+    assert!(out.status.success(), "{err}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let aside = session.join("journal.damaged.jsonl");
+    assert!(said.contains("line(s) 13 ") && said.contains(&*aside.to_string_lossy()), "{said}");
+    // Line 13 is set aside as it was; every other line is kept as it was.
+    let mut damaged_13 = lines[12].to_vec();
+    let mid = damaged_13.len() / 2;
+    damaged_13[mid] = b'#';
+    damaged_13.push(b'\n');
+    assert_eq!(std::fs::read(&aside).expect("set-aside file"), damaged_13);
+    let kept: Vec<u8> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 12)
+        .flat_map(|(_, l)| l.iter().copied().chain([b'\n']))
+        .collect();
+    assert_eq!(std::fs::read(&journal).expect("journal"), kept);
+    // A later run resumes the same session and finishes it.
+    let (out, err) = run(appliance(&dir, &state, "1 finish\n", &bccd_fields(100, 1)).arg("--until-finished"));
+    assert!(out.status.success(), "{err}");
+    assert_eq!(sessions(&state), vec![session.clone()], "the repaired session resumed, no new one");
+    let doc = results(&session);
+    assert_eq!(doc["session"]["fields"].as_u64(), Some(fields_before as u64 - 1), "{}", doc["session"]);
+    let warnings = doc["session"]["warnings"].to_string();
+    assert!(warnings.contains("journal.damaged.jsonl"), "{warnings}");
+    // Nothing else to repair now.
+    let (out, err) = run(bin().args(["session", "repair", "--state"]).arg(&state));
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to repair"));
+}
+
+/// Issue 14: two `run`s on one state folder appended the same field numbers
+/// to one journal. The second now stops at once with a clear message naming
+/// the first; once that one is gone (killed: the lock dies with it), a run
+/// resumes the session.
+#[test]
+fn a_second_run_on_the_same_state_folder_is_refused() {
+    let dir = scratch("lock");
+    let state = dir.join("state");
+    let mut first = appliance_at(&dir, &state, "1 start\n", &bccd_fields(100, 30), 2.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the first run");
+    let pid = first.id().to_string();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(state.join("lock")).unwrap_or_default().trim() != pid {
+        assert!(first.try_wait().expect("wait").is_none(), "the first run ended early");
+        assert!(t0.elapsed().as_secs() < 60, "the first run never took the state folder");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (out, err) = run(&mut appliance(&dir, &state, "1 start\n", &bccd_fields(100, 2)));
+    let still_running = first.try_wait().expect("wait").is_none();
+    first.kill().expect("kill the first run");
+    first.wait().expect("reap");
+    assert!(still_running, "the first run must hold the folder while the second tries");
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("in use by another leukoscope run") && err.contains(&pid), "{err}");
+    assert!(err.contains(&*state.to_string_lossy()), "{err}");
+    // The session the first run left open is resumed and finished by the next.
+    let (out, err) = run(appliance(&dir, &state, "1 finish\n", &bccd_fields(100, 1)).arg("--until-finished"));
+    assert!(out.status.success(), "{err}");
+    assert_eq!(sessions(&state).len(), 1);
+}
+
+/// Issue 14: FINISH after the crops folder was deleted by hand wrote a report
+/// pointing to crops that do not exist. Now the report names only crops that
+/// exist, says how many are missing (in results.json and on stderr), and keeps
+/// the count and the crops that are still there.
+#[test]
+fn finish_without_the_crops_folder_says_so_and_keeps_the_rest() {
+    for whole_folder in [true, false] {
+        let dir = scratch(if whole_folder { "nocrops" } else { "onecrop" });
+        let state = dir.join("state");
+        let (out, err) = run(&mut appliance(&dir, &state, "1 start\n", &bccd_fields(100, 6)));
+        assert!(out.status.success(), "{err}");
+        let session = sessions(&state).pop().expect("session");
+        let crops = walk(&session.join("crops"));
+        assert!(crops.len() >= 3, "{crops:?}");
+        if whole_folder {
+            std::fs::remove_dir_all(session.join("crops")).expect("rm -rf crops");
+        } else {
+            std::fs::remove_file(&crops[0]).expect("rm one crop");
+        }
+        let gone = if whole_folder { crops.len() } else { 1 };
+        let (out, err) = run(appliance(&dir, &state, "1 finish\n", &bccd_fields(100, 1)).arg("--until-finished"));
+        assert!(out.status.success(), "{err}");
+        let want = format!("{gone} of {} cell crops are missing", crops.len());
+        assert!(err.contains(&want), "{want}: {err}");
+        let doc = results(&session);
+        assert!(doc["session"]["warnings"].to_string().contains(&want), "{}", doc["session"]);
+        let named: Vec<PathBuf> = doc["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .flat_map(|i| {
+                i["cells"].as_array().into_iter().flatten().chain(i["not_counted"].as_array().into_iter().flatten())
+            })
+            .filter_map(|c| c["crop"].as_str().map(|p| session.join(p)))
+            .collect();
+        assert_eq!(named.len(), crops.len() - gone, "crops still there are kept: {named:?}");
+        assert!(named.iter().all(|p| p.is_file()), "{named:?}");
+        let cells: usize =
+            doc["images"].as_array().expect("images").iter().map(|i| i["cells"].as_array().map_or(0, Vec::len)).sum();
+        assert_eq!(doc["summary"]["cells"].as_u64(), Some(cells as u64));
+        assert!(cells >= 3, "the count is kept: {cells}");
+    }
+}
+
+/// Issue 14: `--out` into a folder that holds a report is refused (old crops
+/// would sit beside new results); `--force` replaces it whole, only once the
+/// new report is complete, and never replaces a folder that is not a report.
+#[test]
+fn out_into_a_non_empty_folder_needs_force_which_replaces_it_whole() {
+    let dir = scratch("force");
+    let out_dir = dir.join("report");
+    let (out, err) = run(bin().args(["analyze", "--json", "--out"]).arg(&out_dir).arg(field("BloodImage_00001")));
+    assert!(out.status.success(), "{err}");
+    let first = std::fs::read(out_dir.join("results.json")).expect("results.json");
+    // An old blast crop, as the issue found beside a new "blasts: 0".
+    std::fs::create_dir_all(out_dir.join("crops/1_blast_MYO")).expect("mkdir");
+    std::fs::write(out_dir.join("crops/1_blast_MYO/old.png"), b"old").expect("old crop");
+    let again = || {
+        let mut c = bin();
+        c.args(["analyze", "--json", "--out"]).arg(&out_dir).arg(field("BloodImage_00007"));
+        c
+    };
+    let (out, err) = run(&mut again());
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&*out_dir.to_string_lossy()) && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(out_dir.join("results.json")).expect("results.json"), first, "untouched");
+    let (out, err) = run(again().arg("--force"));
+    assert!(out.status.success(), "{err}");
+    let doc = json(&out);
+    assert_eq!(results(&out_dir)["summary"], doc["summary"]);
+    let crops = walk(&out_dir.join("crops"));
+    assert!(!crops.is_empty() && crops.iter().all(|p| p.to_string_lossy().contains("BloodImage_00007")), "{crops:?}");
+    let beside: Vec<String> =
+        std::fs::read_dir(&dir).expect("dir").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(beside, vec!["report".to_string()], "nothing left beside the report");
+    // A folder holding anything but a report is never replaced, --force or not.
+    std::fs::write(out_dir.join("notes.txt"), b"mine").expect("notes");
+    let (out, err) = run(again().arg("--force"));
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("notes.txt"), "{err}");
+    assert!(out_dir.join("notes.txt").is_file() && out_dir.join("results.json").is_file());
+    // An empty folder is fine without --force.
+    let empty = dir.join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let (out, err) = run(bin().args(["analyze", "--out"]).arg(&empty).arg(field("BloodImage_00001")));
+    assert!(out.status.success(), "{err}");
+    assert!(empty.join("cells.csv").is_file());
+}
