@@ -47,6 +47,12 @@ enum Command {
         /// grouped by class with blasts and unidentified cells first.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Sample identifier, written into the JSON and the report files.
+        #[arg(long)]
+        sample_id: Option<String>,
+        /// Operator identifier, written into the JSON and the report files.
+        #[arg(long)]
+        operator_id: Option<String>,
         /// Field images or directories of them.
         inputs: Vec<PathBuf>,
     },
@@ -233,8 +239,8 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Analyze { model, precision, config, json, out, inputs } => {
-            analyze(model, precision, config, json, out, inputs)
+        Command::Analyze { model, precision, config, json, out, sample_id, operator_id, inputs } => {
+            analyze(model, precision, config, json, out, (sample_id, operator_id), inputs)
         }
         Command::Bench { model, seconds, json, fields: Some(fields), size, .. } => {
             bench_fields(model, seconds, json, &fields, size)
@@ -560,6 +566,7 @@ fn analyze(
     config: Option<PathBuf>,
     json: bool,
     out: Option<PathBuf>,
+    (sample_id, operator_id): (Option<String>, Option<String>),
     inputs: Vec<PathBuf>,
 ) -> Result<i32> {
     use leukoscope::count::Differential;
@@ -611,7 +618,10 @@ fn analyze(
     pb.finish_and_clear();
     let summary = diff.summary(config.count.blast_threshold_percent);
     let scale = leukoscope::report::ScaleSummary::of(&records);
-    let doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
+    let mut doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
+    if sample_id.is_some() || operator_id.is_some() {
+        doc["sample"] = serde_json::json!({"id": sample_id, "operator_id": operator_id});
+    }
     if let Some(dir) = &out {
         leukoscope::report::write_report(dir, &doc, &records).context("writing report")?;
         log::info!("report written to {}", dir.display());

@@ -272,12 +272,14 @@ pub fn summary_text(s: &Summary) -> String {
 
 /// The report folder: crops are written as fields are analysed (nothing is held
 /// back, so an interrupted batch keeps what it did); `results.json` and
-/// `cells.csv` are written atomically at the end, from the field records.
+/// `cells.csv` are written atomically at the end, from the field records, and
+/// with them `report.html` and `report.fhir.json` ([`crate::report_files`]).
 pub fn write_report(dir: &Path, document: &Value, fields: &[FieldRecord]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_string_pretty(document).map_err(std::io::Error::other)?;
     write_atomic(&dir.join("results.json"), json.as_bytes())?;
-    write_atomic(&dir.join("cells.csv"), cells_csv(fields).as_bytes())
+    write_atomic(&dir.join("cells.csv"), cells_csv(fields).as_bytes())?;
+    crate::report_files::write_folder(dir, document, fields)
 }
 
 /// One row per cell seen, counted or not.
