@@ -35,6 +35,7 @@ pub mod pipeline;
 pub mod report;
 pub mod report_files;
 pub mod report_html;
+pub mod review;
 pub mod session;
 pub mod source;
 pub mod stats;
