@@ -36,6 +36,7 @@ pub mod report;
 pub mod report_files;
 pub mod report_html;
 pub mod review;
+pub mod review_server;
 pub mod session;
 pub mod source;
 pub mod stats;

@@ -3,6 +3,8 @@
 //! on real cells; the FHIR Bundle is validated by an independent library
 //! (tools/check_fhir.py, PyPI fhir.resources 6.1.0 = FHIR R4 4.0.1).
 
+mod support;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,34 +39,6 @@ fn images(folder: &str, n: usize) -> Vec<PathBuf> {
     v.sort();
     v.truncate(n);
     v
-}
-
-/// Runs the independent validator; a missing validator fails the test (CI
-/// installs it, see .ci/run), it is never skipped.
-pub fn validate_fhir(bundle: &Path, status: &str) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = std::env::var_os("LEUKOSCOPE_FHIR_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("tools/.venv-fhir/bin/python"));
-    assert!(
-        python.exists(),
-        "the FHIR validator's Python {} is missing: python3 -m venv tools/.venv-fhir && \
-         tools/.venv-fhir/bin/pip install -r tools/requirements-fhir.txt (or set LEUKOSCOPE_FHIR_PYTHON)",
-        python.display()
-    );
-    let out = Command::new(&python)
-        .arg(root.join("tools/check_fhir.py"))
-        .arg(bundle)
-        .args(["--status", status])
-        .output()
-        .expect("run tools/check_fhir.py");
-    assert!(
-        out.status.success(),
-        "{} does not validate:\n{}{}",
-        bundle.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The Observation of a LOINC code, if any.
@@ -166,7 +140,7 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
     let text = bundle.to_string();
     assert!(text.contains(sample.replace('"', "\\\"").as_str()), "the sample ID as the specimen's accession");
     assert!(text.contains(doc["model"]["sha256"].as_str().expect("sha")));
-    validate_fhir(&fhir_path, "preliminary");
+    support::validate_fhir(&fhir_path, "preliminary");
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -209,6 +183,6 @@ fn finish_writes_the_report_files() {
     let bundle = read_json(&fhir);
     let cells = observation(&bundle, "leukocytes-counted").expect("cells counted");
     assert_eq!(cells["valueQuantity"]["value"], doc["summary"]["cells"]);
-    validate_fhir(&fhir, "preliminary");
+    support::validate_fhir(&fhir, "preliminary");
     std::fs::remove_dir_all(&dir).ok();
 }
