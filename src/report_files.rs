@@ -83,11 +83,9 @@ impl ReportFacts {
         let mut class_names = BTreeMap::new();
         for f in fields.iter().chain(reviewed.iter().flat_map(|(r, _)| r.iter())) {
             for c in f.cells.iter().chain(&f.not_counted) {
+                // A counted cell's label is its class's name (the reviewer's class for a reclassified one).
                 if let Call::Cell { code, .. } = &c.call {
-                    // A reclassified cell keeps the model's label; only the model's own calls name a class.
-                    if code == &c.best_class {
-                        class_names.entry(code.clone()).or_insert_with(|| c.label.clone());
-                    }
+                    class_names.entry(code.clone()).or_insert_with(|| c.label.clone());
                 }
             }
         }

@@ -212,7 +212,8 @@ impl Review {
             ("Content-Security-Policy", CSP.to_string()),
             ("X-Content-Type-Options", "nosniff".into()),
             ("X-Frame-Options", "DENY".into()),
-            ("Referrer-Policy", "no-referrer".into()),
+            // Not no-referrer: with it Chromium sends `Origin: null` on form posts, which the origin check refuses.
+            ("Referrer-Policy", "same-origin".into()),
             ("Cache-Control", "no-store".into()),
         ];
         for (k, v) in headers.iter().map(|(k, v)| (k.to_string(), v.clone())).chain(extra) {
@@ -510,11 +511,13 @@ impl Review {
         }
         t += &format!("<br><small>{} &middot; cell {id}</small>", esc(&field));
         if can_edit && c.reason.as_deref() != Some("cut_by_border") {
+            // Preselected: the reviewer's class, else the model's most likely one.
+            let current = changes.get(id).map_or(c.best_class.as_str(), |ch| ch.class.as_str());
             let options: String = self
                 .classes
                 .iter()
                 .map(|(code, name)| {
-                    let sel = if *code == c.class { " selected" } else { "" };
+                    let sel = if code == current { " selected" } else { "" };
                     format!("<option value=\"{}\"{sel}>{} {}</option>", esc(code), esc(code), esc(name))
                 })
                 .collect();
