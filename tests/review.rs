@@ -316,3 +316,110 @@ fn a_scripted_review_is_logged_recounted_and_signed() {
     drop(again);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// SIGKILL at random instants while a reviewer changes cells and signs off:
+/// every change and sign-off the page acknowledged is in review.jsonl after a
+/// restart, in order, and results.json and report.html are always whole.
+#[test]
+fn sigkill_during_review_loses_nothing_acknowledged() {
+    let dir = scratch("kill");
+    let rep = report(&dir);
+    let state = dir.join("state");
+    let tok = token(&state);
+    let ids: Vec<String> = {
+        let r = leukoscope::review::ReportDir::open(&rep).expect("report");
+        (0..r.fields.len())
+            .flat_map(|f| {
+                let n = r.fields[f].cells.len();
+                (0..n).map(move |k| format!("{f}-{k}"))
+            })
+            .collect()
+    };
+    assert!(ids.len() >= 4);
+    let classes = ["NGS", "LYT", "MON", "MYO", "EOS"];
+    // A small LCG: random enough to spread the kills, reproducible from the seed printed.
+    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    println!("seed {seed}");
+    let mut rnd = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut acknowledged: Vec<(String, String)> = Vec::new(); // (kind, detail)
+    let mut post_no = 0u64;
+    for round in 0..12 {
+        let server = start(&state, &["--listen", "127.0.0.1:0"], &[&rep]);
+        let a = server.addr;
+        let cookie = set_cookie(&http(a, "GET", &format!("/?token={tok}"), &[], ""));
+        let csrf = csrf(&http(a, "GET", "/", &[("Cookie", &cookie)], "").body);
+        // Each change takes some milliseconds (fsync, then the reports rewritten).
+        let delay = std::time::Duration::from_millis(10 + rnd(300));
+        let (tx, rx) = std::sync::mpsc::channel::<(String, String)>();
+        let plan: Vec<(String, String)> = (0..40)
+            .map(|i| {
+                post_no += 1;
+                if i % 3 == 2 {
+                    ("sign_off".to_string(), format!("k{post_no}"))
+                } else {
+                    let id = &ids[rnd(ids.len() as u64) as usize];
+                    ("reclassify".to_string(), format!("{id}={}", classes[rnd(classes.len() as u64) as usize]))
+                }
+            })
+            .collect();
+        let worker = std::thread::spawn(move || {
+            for (kind, detail) in plan {
+                let (path, body, reviewer) = if kind == "sign_off" {
+                    ("/r/0/signoff".to_string(), format!("csrf={csrf}"), detail.clone())
+                } else {
+                    let (id, class) = detail.split_once('=').expect("id=class");
+                    (format!("/r/0/cell/{id}"), format!("csrf={csrf}&action=reclassify&class={class}"), "dr-k".into())
+                };
+                let c = format!("{cookie}; lk_reviewer={reviewer}");
+                let Ok(mut s) = TcpStream::connect(a) else { return };
+                let req = format!(
+                    "POST {path} HTTP/1.1\r\nHost: {a}\r\nConnection: close\r\nCookie: {c}\r\n\
+                     Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if s.write_all(req.as_bytes()).is_err() {
+                    return;
+                }
+                let mut raw = String::new();
+                let _ = s.read_to_string(&mut raw);
+                if raw.starts_with("HTTP/1.1 303") {
+                    let _ = tx.send((kind, detail));
+                } else {
+                    return;
+                }
+            }
+        });
+        std::thread::sleep(delay);
+        drop(server); // SIGKILL
+        worker.join().expect("client thread");
+        acknowledged.extend(rx.try_iter());
+        // Everything acknowledged so far is in the log, in order.
+        let r = leukoscope::review::ReportDir::open(&rep).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let logged: Vec<(String, String)> = r
+            .log
+            .iter()
+            .filter_map(|e| match e {
+                leukoscope::review::ReviewEntry::SignOff { by, .. } => Some(("sign_off".into(), by.clone())),
+                leukoscope::review::ReviewEntry::Reclassify { cell, class, .. } => {
+                    Some(("reclassify".into(), format!("{cell}={class}")))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut it = logged.iter();
+        for ack in &acknowledged {
+            assert!(it.any(|l| l == ack), "round {round}: acknowledged {ack:?} missing from review.jsonl");
+        }
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(rep.join("results.json")).expect("results"))
+            .unwrap_or_else(|e| panic!("round {round}: results.json is not whole: {e}"));
+        assert!(doc["summary"]["cells"].as_u64().is_some());
+        let html = std::fs::read_to_string(rep.join("report.html")).expect("report.html");
+        assert!(html.trim_end().ends_with("</html>"), "round {round}: report.html is not whole");
+    }
+    assert!(acknowledged.iter().any(|(k, _)| k == "sign_off"), "no sign-off was acknowledged: kills too early");
+    println!("{} acknowledged changes and sign-offs survived 12 kills", acknowledged.len());
+    std::fs::remove_dir_all(&dir).ok();
+}
