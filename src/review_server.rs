@@ -277,8 +277,49 @@ impl Review {
                     None => page(404, html("No crop", "<h1>No such crop</h1>")),
                 }
             }),
+            ["r", n, "field", id] => self.with_report(n, |s, i| match s.field_png(i, id) {
+                Some(png) => (200, "image/png", png, vec![]),
+                None => page(404, html("No field", "<h1>The field image is not on this machine</h1>")),
+            }),
             _ => page(404, html("Not found", "<h1>Not found</h1>")),
         }
+    }
+
+    /// The field a cell came from, with every cell's box (the cell's in red),
+    /// when the field's image is still where it was analysed (camera frames
+    /// are not kept).
+    fn field_png(&self, i: usize, id: &str) -> Option<Vec<u8>> {
+        let r = &self.reports[i];
+        let (f, k) = id.split_once('-')?;
+        let (f, k): (usize, usize) = (f.parse().ok()?, k.parse().ok()?);
+        let rec = r.fields.get(f)?;
+        let mut img = crate::input::load_rgb(Path::new(&rec.path)).ok()?;
+        if img.dimensions() != (rec.width, rec.height) {
+            return None;
+        }
+        for (j, c) in rec.cells.iter().chain(&rec.not_counted).enumerate() {
+            let colour = if j == k { image::Rgb([220, 0, 30]) } else { image::Rgb([40, 40, 40]) };
+            let [x0, y0, x1, y1] = c.bbox;
+            for t in 0..3u32 {
+                for x in x0..x1.min(rec.width) {
+                    for y in [y0 + t, y1.saturating_sub(1 + t)] {
+                        if y < rec.height {
+                            img.put_pixel(x, y, colour);
+                        }
+                    }
+                }
+                for y in y0..y1.min(rec.height) {
+                    for x in [x0 + t, x1.saturating_sub(1 + t)] {
+                        if x < rec.width {
+                            img.put_pixel(x, y, colour);
+                        }
+                    }
+                }
+            }
+        }
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).ok()?;
+        Some(png.into_inner())
     }
 
     /// The form body of a POST, after the cross-site checks.
@@ -498,7 +539,8 @@ impl Review {
         let field = f.parse::<usize>().ok().and_then(|f| r.fields.get(f)).map(|f| f.path.clone()).unwrap_or_default();
         let field = Path::new(&field).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut t = format!(
-            "<figure id=\"c{id}\"><img alt=\"cell {id}\" loading=\"lazy\" src=\"/r/{i}/crop/{id}\"><figcaption><b>{}</b> {} {:.0}%",
+            "<figure id=\"c{id}\"><a href=\"/r/{i}/field/{id}\" title=\"the field, this cell's box in red\"><img alt=\"cell {id}\" \
+             loading=\"lazy\" src=\"/r/{i}/crop/{id}\"></a><figcaption><b>{}</b> {} {:.0}%",
             esc(&c.class),
             esc(&c.label),
             c.confidence * 100.0

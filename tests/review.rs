@@ -245,6 +245,25 @@ fn a_scripted_review_is_logged_recounted_and_signed() {
     let others_at = page.body.find("<h2>NGS").or_else(|| page.body.find("<h2>Unidentified")).expect("other groups");
     assert!(blasts_at < others_at);
     assert!(page.body.contains("nucleus "), "morphometry shown");
+    // The field the blast came from, its box drawn in red.
+    assert!(page.body.contains(&format!("href=\"/r/0/field/{blast}\"")));
+    // HTTP/1.0: the answer comes whole, not in chunks.
+    let mut s = TcpStream::connect(a).expect("connect");
+    write!(s, "GET /r/0/field/{blast} HTTP/1.0\r\nHost: {a}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    assert!(
+        raw.starts_with(b"HTTP/1.0 200") || raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw[..raw.len().min(200)])
+    );
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let img = image::load_from_memory(&raw[at..]).expect("a PNG").to_rgb8();
+    let (f, k) = blast.split_once('-').expect("id");
+    let b = &before["images"][f.parse::<usize>().expect("f")]["cells"][k.parse::<usize>().expect("k")]["bbox"];
+    let (x0, y0) = (b[0].as_u64().expect("x0") as u32, b[1].as_u64().expect("y0") as u32);
+    assert_eq!(img.get_pixel(x0 + 1, y0 + 1).0, [220, 0, 30], "the cell's box in red");
     let csrf = csrf(&page.body);
     let signin =
         http(a, "POST", "/signin", &[("Cookie", &cookie)], &format!("csrf={csrf}&reviewer=Dr+J%C3%B6+Doe&back=/r/0"));
