@@ -7,8 +7,8 @@
 //! `?token=` and then held in an HttpOnly, SameSite=Strict cookie; changes need
 //! a signed-in reviewer name and a form token (CSRF) and a same-origin Origin
 //! header when the browser sends one; every page carries a strict
-//! Content-Security-Policy (no scripts at all). Logs name report folders and
-//! cell ids, never sample IDs or reviewers.
+//! Content-Security-Policy (no scripts at all). Routine log lines name report
+//! numbers and cell ids, never sample IDs or reviewers.
 
 use crate::count::{Call, CallRules};
 use crate::model::ModelCard;
@@ -410,7 +410,8 @@ impl Review {
         let report = &mut self.reports[i];
         match report.append(entry) {
             Ok(()) => {
-                log::info!("review: {} changed (report {i})", report.dir.display());
+                // The report number only: folder names carry sample IDs.
+                log::info!("review: report {i} changed");
                 redirect(&back, vec![])
             }
             Err(e @ (ReviewError::NoCell(_) | ReviewError::CutByBorder(_) | ReviewError::NoReviewer)) => {
