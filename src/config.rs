@@ -28,6 +28,7 @@ pub struct Config {
     pub camera: crate::camera::CameraConfig,
     pub display: crate::display::DisplayConfig,
     pub buttons: crate::gpio::ButtonsConfig,
+    pub review: crate::review_server::ReviewConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -150,6 +151,9 @@ impl Config {
             return bad(key, value, why);
         }
         if let Err((key, value, why)) = self.buttons.validate() {
+            return bad(key, value, why);
+        }
+        if let Err((key, value, why)) = self.review.validate() {
             return bad(key, value, why);
         }
         if let Err(e) = self.display.validate() {

@@ -51,6 +51,12 @@ enum Command {
         /// and only once the new report is complete).
         #[arg(long, requires = "out")]
         force: bool,
+        /// Sample identifier, written into the JSON and the report files.
+        #[arg(long)]
+        sample_id: Option<String>,
+        /// Operator identifier, written into the JSON and the report files.
+        #[arg(long)]
+        operator_id: Option<String>,
         /// Field images or directories of them.
         inputs: Vec<PathBuf>,
     },
@@ -174,6 +180,38 @@ enum Command {
         #[arg(required_unless_present = "micrometer_px")]
         fields: Vec<PathBuf>,
     },
+    /// Review reports in a browser: a local web page with each report's cells
+    /// (blasts first, then unidentified, then the other classes) to reclassify,
+    /// mark as not leukocytes and sign off. Every change is appended to the
+    /// report folder's review.jsonl; sign-off makes report.html and
+    /// report.fhir.json final.
+    ///
+    /// Listens on 127.0.0.1:8080 unless [review] listen (or --listen) says
+    /// otherwise. Every request needs the token that --print-token prints:
+    /// open http://ADDRESS/?token=TOKEN once.
+    Review {
+        /// TOML configuration (its [review], [session] and [count] tables).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model card whose classes a reviewer may choose; default: the config's, else the shipped model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Folder of the sessions and of the token; default: the config's.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Address to listen on, IP:PORT; default: the config's [review] listen.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Port to listen on, on the configured address (0: any free port).
+        #[arg(long, conflicts_with = "listen")]
+        port: Option<u16>,
+        /// Print the access token and exit.
+        #[arg(long)]
+        print_token: bool,
+        /// Session or report folders (holding results.json); default: every
+        /// finished session in the state folder.
+        dirs: Vec<PathBuf>,
+    },
     /// Open a V4L2 camera as `run` would, list its formats and capture frames.
     CameraCheck {
         /// TOML configuration whose [camera] section to start from.
@@ -273,8 +311,8 @@ fn error_chain(e: &anyhow::Error) -> String {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Analyze { model, precision, config, json, out, force, inputs } => {
-            analyze(model, precision, config, json, out.map(|o| (o, force)), inputs)
+        Command::Analyze { model, precision, config, json, out, force, sample_id, operator_id, inputs } => {
+            analyze(model, precision, config, json, out.map(|o| (o, force)), (sample_id, operator_id), inputs)
         }
         Command::Session { action: SessionAction::Repair { config, state } } => session_repair(config, state),
         Command::Bench { model, seconds, json, fields: Some(fields), size, .. } => {
@@ -306,6 +344,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::CameraCheck { config, args } => {
             leukoscope::camera_check::camera_check(&args, &load_config(config.as_deref())?.camera)?;
             Ok(0)
+        }
+        Command::Review { config, model, state, listen, port, print_token, dirs } => {
+            review(config, model, state, (listen, port), print_token, dirs)
         }
         Command::Config { config } => {
             print!("{}", toml::to_string(&load_config(config.as_deref())?)?);
@@ -606,6 +647,7 @@ fn analyze(
     config: Option<PathBuf>,
     json: bool,
     out: Option<(PathBuf, bool)>,
+    (sample_id, operator_id): (Option<String>, Option<String>),
     inputs: Vec<PathBuf>,
 ) -> Result<i32> {
     use leukoscope::count::Differential;
@@ -661,7 +703,10 @@ fn analyze(
     pb.finish_and_clear();
     let summary = diff.summary(config.count.blast_threshold_percent);
     let scale = leukoscope::report::ScaleSummary::of(&records);
-    let doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
+    let mut doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
+    if sample_id.is_some() || operator_id.is_some() {
+        doc["sample"] = serde_json::json!({"id": sample_id, "operator_id": operator_id});
+    }
     if let Some(folder) = out {
         folder.commit(&doc, &records)?;
         log::info!("report written to {}", inputs_out_dir.display());
@@ -1029,5 +1074,72 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
     if let Some(s) = app.session() {
         log::info!("session {} left open ({} cells): `run` resumes it", s.sample_id, s.diff.cells());
     }
+    Ok(0)
+}
+
+fn review(
+    config_path: Option<PathBuf>,
+    model: Option<PathBuf>,
+    state: Option<PathBuf>,
+    (listen, port): (Option<String>, Option<u16>),
+    print_token: bool,
+    dirs: Vec<PathBuf>,
+) -> Result<i32> {
+    use leukoscope::review::ReportDir;
+    use leukoscope::review_server::{self, Review, ReviewConfig};
+    let config = load_config(config_path.as_deref())?;
+    let state = state.unwrap_or_else(|| config.session.state_dir());
+    let token = review_server::token(&state)?;
+    if print_token {
+        println!("{token}");
+        return Ok(0);
+    }
+    let card_path = model.or(config.model.card.clone()).unwrap_or_else(leukoscope::model::default_card_path);
+    let card = leukoscope::model::ModelCard::load(&card_path)
+        .with_context(|| format!("loading model card {}", card_path.display()))?;
+    let mut rules = leukoscope::count::CallRules::from_card(&card);
+    if let Some(b) = &config.count.blast_classes {
+        rules.blast_classes = b.clone();
+    }
+    let dirs = if dirs.is_empty() {
+        let sessions = state.join("sessions");
+        let mut d: Vec<PathBuf> = std::fs::read_dir(&sessions)
+            .with_context(|| format!("no report folders named and no sessions in {}", sessions.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("results.json").is_file())
+            .collect();
+        d.sort();
+        d
+    } else {
+        dirs
+    };
+    if dirs.is_empty() {
+        bail!("no finished session in {}: name report folders", state.display());
+    }
+    let reports = dirs
+        .iter()
+        .map(|d| ReportDir::open(d).with_context(|| format!("opening report folder {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let listen = listen.unwrap_or(config.review.listen.clone());
+    ReviewConfig { listen: listen.clone() }.validate().map_err(|(k, v, why)| anyhow::anyhow!("{k} {v}: {why}"))?;
+    let listen = match (port, listen.parse::<std::net::SocketAddr>()) {
+        (Some(p), Ok(mut a)) => {
+            a.set_port(p);
+            a.to_string()
+        }
+        _ => listen,
+    };
+    let (server, addr) = review_server::listen(&listen)?;
+    if !addr.ip().is_loopback() {
+        log::warn!("the review page is open to the network on {addr}: every request needs the token");
+    }
+    println!(
+        "leukoscope review: {} report folders at http://{addr}/ ; open it once with ?token= and the token of \
+         `leukoscope review --print-token`",
+        reports.len()
+    );
+    std::io::stdout().flush()?;
+    Review::new(reports, token, &card, rules).serve(&server)?;
     Ok(0)
 }

@@ -231,7 +231,7 @@ pub fn nucleus_threshold(od: &[f32], min_od: f32) -> f32 {
     // recoloured and rescaled crops (docs/preprocessing.md).
     let otsu_t = otsu(od.iter().copied().filter(|&v| v > 0.05)).unwrap_or(min_od);
     let k = (od.len() * 99 / 100).min(od.len().saturating_sub(1));
-    let p99 = kth_smallest(&od, k);
+    let p99 = kth_smallest(od, k);
     otsu_t.min(0.5 * p99).max(min_od)
 }
 

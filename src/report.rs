@@ -293,10 +293,11 @@ pub fn summary_text(s: &Summary) -> String {
     t
 }
 
-/// Writes `results.json` and `cells.csv` into `dir`, both or neither: each is
-/// written and fsync'd under a temporary name first (a full disk fails there,
-/// and the temporary files are removed), then both are renamed, `results.json`
-/// last, and the folder is fsync'd. The error names the file.
+/// Writes `results.json`, `cells.csv`, `report.html` and `report.fhir.json`
+/// ([`crate::report_files`]) into `dir`, all or none: each is written and
+/// fsync'd under a temporary name first (a full disk fails there, and the
+/// temporary files are removed), then all are renamed, `results.json` last,
+/// and the folder is fsync'd. The error names the file.
 pub fn write_report(
     fs: &dyn Storage,
     dir: &Path,
@@ -309,7 +310,17 @@ pub fn write_report(
         path: dir.join("results.json"),
         source: std::io::Error::other(e),
     })?;
-    let files = [("cells.csv", cells_csv(fields).into_bytes()), ("results.json", json.into_bytes())];
+    let [html, fhir] = crate::report_files::render(dir, document, fields).map_err(|e| StorageError {
+        op: "encoding",
+        path: dir.join("report.fhir.json"),
+        source: e,
+    })?;
+    let files = [
+        ("cells.csv", cells_csv(fields).into_bytes()),
+        ("report.html", html),
+        ("report.fhir.json", fhir),
+        ("results.json", json.into_bytes()),
+    ];
     let paths: Vec<PathBuf> = files.iter().map(|(name, _)| dir.join(name)).collect();
     let cleanup = |upto: usize| {
         for p in &paths[..upto] {
@@ -356,7 +367,8 @@ pub enum ReportError {
 }
 
 /// What a report folder holds; `--force` replaces only a folder holding nothing else.
-const REPORT_ENTRIES: [&str; 3] = ["results.json", "cells.csv", "crops"];
+/// (A reviewed report also holds `review.jsonl`: never replaced.)
+const REPORT_ENTRIES: [&str; 5] = ["results.json", "cells.csv", "report.html", "report.fhir.json", "crops"];
 
 /// A report folder being written, all or nothing: everything goes into a
 /// hidden folder beside it (`.<name>.tmp`), which [`OutFolder::commit`]

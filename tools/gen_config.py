@@ -24,6 +24,7 @@ SECTIONS = [
     ("camera", "src/camera.rs", "CameraConfig", "`leukoscope run`: the V4L2 camera."),
     ("display", "src/display/mod.rs", "DisplayConfig", "`leukoscope run`: the screen."),
     ("buttons", "src/gpio.rs", "ButtonsConfig", "`leukoscope run`: the operator's buttons and the signal output."),
+    ("review", "src/review_server.rs", "ReviewConfig", "`leukoscope review`: the review page."),
 ]
 # Keys whose default is "unset": an example value, shown commented out.
 EXAMPLES = {

@@ -1,0 +1,611 @@
+//! `leukoscope review`: the review page, served by the appliance itself.
+//!
+//! Security, for a box on a clinic's network: it listens on 127.0.0.1 unless
+//! the configuration names another address (`[review] listen`); every request
+//! needs the access token (kept in the state folder, shown by
+//! `leukoscope review --print-token`; no default password), given once as
+//! `?token=` and then held in an HttpOnly, SameSite=Strict cookie; changes need
+//! a signed-in reviewer name and a form token (CSRF) and a same-origin Origin
+//! header when the browser sends one; every page carries a strict
+//! Content-Security-Policy (no scripts at all). Routine log lines name report
+//! numbers and cell ids, never sample IDs or reviewers.
+
+use crate::count::{Call, CallRules};
+use crate::model::ModelCard;
+use crate::report_html::{esc, human_time, STYLE};
+use crate::review::{cell_id, ReportDir, ReviewEntry, ReviewError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tiny_http::{Header, Method, Request, Response};
+
+/// `[review]` in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// Address the review page listens on. Default "127.0.0.1:8080": this
+    /// machine only. Another address (e.g. "0.0.0.0:8080") opens it to the
+    /// network; every request needs the token either way.
+    pub listen: String,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        ReviewConfig { listen: "127.0.0.1:8080".into() }
+    }
+}
+
+impl ReviewConfig {
+    pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
+        match self.listen.parse::<SocketAddr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(("review.listen", self.listen.clone(), "must be IP:PORT, e.g. \"127.0.0.1:8080\"")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("review token {path}: {source}")]
+    Token { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {addr}: {why}")]
+    Listen { addr: String, why: String },
+    #[error(transparent)]
+    Review(#[from] ReviewError),
+}
+
+/// The access token of this appliance: made once (16 random bytes, hex) and
+/// kept in `<state>/review-token`, readable by its owner only.
+pub fn token(state_dir: &Path) -> Result<String, ServerError> {
+    let path = state_dir.join("review-token");
+    let err = |source| ServerError::Token { path: path.clone(), source };
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if t.trim().len() >= 32 {
+            return Ok(t.trim().to_string());
+        }
+    }
+    std::fs::create_dir_all(state_dir).map_err(err)?;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(err)?;
+    let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&path).map_err(err)?;
+    std::io::Write::write_all(&mut f, format!("{t}\n").as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    Ok(t)
+}
+
+/// The review application: the report folders and what a change may set.
+pub struct Review {
+    pub reports: Vec<ReportDir>,
+    token: String,
+    csrf: String,
+    /// Leukocyte classes a reviewer may pick: (code, name).
+    classes: Vec<(String, String)>,
+    rules: CallRules,
+}
+
+const CSP: &str = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+/// A response and its status, before the common headers.
+type Reply = (u16, &'static str, Vec<u8>, Vec<(String, String)>);
+
+fn page(status: u16, body: String) -> Reply {
+    (status, "text/html; charset=utf-8", body.into_bytes(), vec![])
+}
+
+fn redirect(to: &str, extra: Vec<(String, String)>) -> Reply {
+    let mut h = vec![("Location".to_string(), to.to_string())];
+    h.extend(extra);
+    (303, "text/plain", b"see other".to_vec(), h)
+}
+
+fn html(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{}</title>\
+         <style>{STYLE}form{{display:inline}}.cells figure{{width:11rem}}.cells img{{width:11rem;height:11rem}}\
+         select,button,input{{font-size:1rem;margin:.1rem 0}}.changed{{color:#8a4b00;font-weight:bold}}</style>\
+         </head><body>{body}</body></html>",
+        esc(title)
+    )
+}
+
+/// `a%20b+c` -> `a b c`.
+pub fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() => {
+                let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(hex(b[i + 1]) * 16 + hex(b[i + 2]));
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Everything but unreserved characters as %XX (for a cookie value).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn form(body: &str) -> Vec<(String, String)> {
+    body.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (url_decode(k), url_decode(v))
+        })
+        .collect()
+}
+
+fn get<'a>(f: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    f.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Comparison whose time does not depend on where the strings differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn header<'a>(req: &'a Request, name: &'static str) -> Option<&'a str> {
+    req.headers().iter().find(|h| h.field.equiv(name)).map(|h| h.value.as_str())
+}
+
+fn cookie(req: &Request, name: &str) -> Option<String> {
+    header(req, "Cookie")?.split(';').find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then(|| url_decode(v))
+    })
+}
+
+impl Review {
+    pub fn new(reports: Vec<ReportDir>, token: String, card: &ModelCard, rules: CallRules) -> Review {
+        let csrf =
+            Sha256::digest(format!("leukoscope-csrf/{token}").as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let classes = card.classes.iter().filter(|c| c.leukocyte).map(|c| (c.code.clone(), c.name.clone())).collect();
+        Review { reports, token, csrf, classes, rules }
+    }
+
+    /// Serves until the process ends.
+    pub fn serve(&mut self, server: &tiny_http::Server) -> Result<(), ServerError> {
+        loop {
+            let req = match server.recv() {
+                Ok(r) => r,
+                Err(e) => {
+                    log::warn!("review: {e}");
+                    continue;
+                }
+            };
+            self.handle(req);
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&mut self, mut req: Request) {
+        let reply = self.route(&mut req);
+        let (status, ctype, body, extra) = reply;
+        let mut resp = Response::from_data(body).with_status_code(status);
+        let headers = [
+            ("Content-Type", ctype.to_string()),
+            ("Content-Security-Policy", CSP.to_string()),
+            ("X-Content-Type-Options", "nosniff".into()),
+            ("X-Frame-Options", "DENY".into()),
+            // Not no-referrer: with it Chromium sends `Origin: null` on form posts, which the origin check refuses.
+            ("Referrer-Policy", "same-origin".into()),
+            ("Cache-Control", "no-store".into()),
+        ];
+        for (k, v) in headers.iter().map(|(k, v)| (k.to_string(), v.clone())).chain(extra) {
+            if let Ok(h) = Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+                resp.add_header(h);
+            }
+        }
+        if let Err(e) = req.respond(resp) {
+            log::warn!("review: answering: {e}");
+        }
+    }
+
+    fn route(&mut self, req: &mut Request) -> Reply {
+        let url = req.url().to_string();
+        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+        let path = path.to_string();
+        let query = form(query);
+        // The token: from the cookie, or once from the address (then kept in the cookie).
+        let with_cookie = cookie(req, "lk_token").is_some_and(|t| same(&t, &self.token));
+        if !with_cookie {
+            if *req.method() == Method::Get && get(&query, "token").is_some_and(|t| same(t, &self.token)) {
+                let c = format!("lk_token={}; Path=/; HttpOnly; SameSite=Strict", self.token);
+                return redirect(&path, vec![("Set-Cookie".into(), c)]);
+            }
+            log::warn!("review: refused {} {path}: no valid token", req.method());
+            return page(
+                401,
+                html(
+                    "Token required",
+                    "<h1>Token required</h1><p>Open the address with <code>?token=</code> and the token that \
+                     <code>leukoscope review --print-token</code> prints on the appliance.</p>",
+                ),
+            );
+        }
+        let reviewer = cookie(req, "lk_reviewer").filter(|r| !r.trim().is_empty());
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if *req.method() == Method::Post {
+            let body = match self.post_body(req) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            return self.post(&parts, &body, reviewer);
+        }
+        if *req.method() != Method::Get {
+            return page(405, html("Method not allowed", "<h1>Method not allowed</h1>"));
+        }
+        match parts.as_slice() {
+            [""] => self.index(reviewer.as_deref()),
+            ["r", n] => self.with_report(n, |s, i| s.gallery(i, reviewer.as_deref())),
+            ["r", n, "report.html"] => {
+                self.with_report(n, |s, i| match std::fs::read(s.reports[i].dir.join("report.html")) {
+                    Ok(b) => (200, "text/html; charset=utf-8", b, vec![]),
+                    Err(_) => page(404, html("No report", "<h1>No report.html yet</h1>")),
+                })
+            }
+            ["r", n, "crop", id] => self.with_report(n, |s, i| {
+                let r = &s.reports[i];
+                // Only crops the report names: the path never comes from the request.
+                match r.cell(id).and_then(|c| c.crop.clone()).and_then(|p| std::fs::read(r.dir.join(p)).ok()) {
+                    Some(png) => (200, "image/png", png, vec![]),
+                    None => page(404, html("No crop", "<h1>No such crop</h1>")),
+                }
+            }),
+            ["r", n, "field", id] => self.with_report(n, |s, i| match s.field_png(i, id) {
+                Some(png) => (200, "image/png", png, vec![]),
+                None => page(404, html("No field", "<h1>The field image is not on this machine</h1>")),
+            }),
+            _ => page(404, html("Not found", "<h1>Not found</h1>")),
+        }
+    }
+
+    /// The field a cell came from, with every cell's box (the cell's in red),
+    /// when the field's image is still where it was analysed (camera frames
+    /// are not kept).
+    fn field_png(&self, i: usize, id: &str) -> Option<Vec<u8>> {
+        let r = &self.reports[i];
+        let (f, k) = id.split_once('-')?;
+        let (f, k): (usize, usize) = (f.parse().ok()?, k.parse().ok()?);
+        let rec = r.fields.get(f)?;
+        let mut img = crate::input::load_rgb(Path::new(&rec.path)).ok()?;
+        if img.dimensions() != (rec.width, rec.height) {
+            return None;
+        }
+        for (j, c) in rec.cells.iter().chain(&rec.not_counted).enumerate() {
+            let colour = if j == k { image::Rgb([220, 0, 30]) } else { image::Rgb([40, 40, 40]) };
+            let [x0, y0, x1, y1] = c.bbox;
+            for t in 0..3u32 {
+                for x in x0..x1.min(rec.width) {
+                    for y in [y0 + t, y1.saturating_sub(1 + t)] {
+                        if y < rec.height {
+                            img.put_pixel(x, y, colour);
+                        }
+                    }
+                }
+                for y in y0..y1.min(rec.height) {
+                    for x in [x0 + t, x1.saturating_sub(1 + t)] {
+                        if x < rec.width {
+                            img.put_pixel(x, y, colour);
+                        }
+                    }
+                }
+            }
+        }
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).ok()?;
+        Some(png.into_inner())
+    }
+
+    /// The form body of a POST, after the cross-site checks.
+    fn post_body(&self, req: &mut Request) -> Result<Vec<(String, String)>, Reply> {
+        let forbidden = |why: &str| page(403, html("Refused", &format!("<h1>Refused</h1><p>{}</p>", esc(why))));
+        if let (Some(origin), Some(host)) = (header(req, "Origin"), header(req, "Host")) {
+            if origin != format!("http://{host}") {
+                log::warn!("review: refused a cross-origin post");
+                return Err(forbidden("cross-origin request"));
+            }
+        }
+        let mut body = String::new();
+        if req.as_reader().take(16 * 1024).read_to_string(&mut body).is_err() {
+            return Err(page(400, html("Bad request", "<h1>Bad request</h1>")));
+        }
+        let f = form(&body);
+        if !get(&f, "csrf").is_some_and(|c| same(c, &self.csrf)) {
+            log::warn!("review: refused a post without the form token");
+            return Err(forbidden("the form token is missing or wrong: reload the page"));
+        }
+        Ok(f)
+    }
+
+    fn with_report(&self, n: &str, f: impl FnOnce(&Self, usize) -> Reply) -> Reply {
+        match n.parse::<usize>() {
+            Ok(i) if i < self.reports.len() => f(self, i),
+            _ => page(404, html("Not found", "<h1>No such report</h1>")),
+        }
+    }
+
+    fn post(&mut self, parts: &[&str], f: &[(String, String)], reviewer: Option<String>) -> Reply {
+        if parts == ["signin"] {
+            let name = get(f, "reviewer").unwrap_or("").trim().to_string();
+            if name.is_empty() {
+                return page(400, html("Name needed", "<h1>A reviewer name or ID is needed</h1>"));
+            }
+            let c = format!("lk_reviewer={}; Path=/; HttpOnly; SameSite=Strict", url_encode(&name));
+            return redirect(
+                get(f, "back").filter(|b| b.starts_with("/r/")).unwrap_or("/"),
+                vec![("Set-Cookie".into(), c)],
+            );
+        }
+        let Some(by) = reviewer else {
+            return page(
+                403,
+                html("Sign in", "<h1>Sign in with your name or ID first</h1><p><a href=\"/\">back</a></p>"),
+            );
+        };
+        let (i, entry, back) = match parts {
+            ["r", n, "signoff"] => {
+                let Some(i) = n.parse::<usize>().ok().filter(|i| *i < self.reports.len()) else {
+                    return page(404, html("Not found", "<h1>No such report</h1>"));
+                };
+                (i, ReviewEntry::SignOff { by, unix_time: crate::report_files::unix_time() }, format!("/r/{i}"))
+            }
+            ["r", n, "cell", id] => {
+                let Some(i) = n.parse::<usize>().ok().filter(|i| *i < self.reports.len()) else {
+                    return page(404, html("Not found", "<h1>No such report</h1>"));
+                };
+                let unix_time = crate::report_files::unix_time();
+                let entry = match get(f, "action") {
+                    Some("not_leukocyte") => ReviewEntry::NotLeukocyte { cell: id.to_string(), by, unix_time },
+                    Some("reclassify") => {
+                        let class = get(f, "class").unwrap_or("");
+                        let Some((code, name)) = self.classes.iter().find(|(c, _)| c == class) else {
+                            return page(400, html("Bad class", "<h1>Not a class of this model</h1>"));
+                        };
+                        let call = Call::Cell {
+                            code: code.clone(),
+                            blast: self.rules.blast_classes.contains(code),
+                            abnormal: !self.rules.normal_classes.contains(code),
+                        };
+                        ReviewEntry::Reclassify {
+                            cell: id.to_string(),
+                            class: code.clone(),
+                            label: name.clone(),
+                            call,
+                            by,
+                            unix_time,
+                        }
+                    }
+                    _ => return page(400, html("Bad request", "<h1>Unknown action</h1>")),
+                };
+                (i, entry, format!("/r/{i}#c{id}"))
+            }
+            _ => return page(404, html("Not found", "<h1>Not found</h1>")),
+        };
+        let report = &mut self.reports[i];
+        match report.append(entry) {
+            Ok(()) => {
+                // The report number only: folder names carry sample IDs.
+                log::info!("review: report {i} changed");
+                redirect(&back, vec![])
+            }
+            Err(e @ (ReviewError::NoCell(_) | ReviewError::CutByBorder(_) | ReviewError::NoReviewer)) => {
+                page(400, html("Refused", &format!("<h1>Refused</h1><p>{}</p>", esc(&e.to_string()))))
+            }
+            Err(e) => {
+                log::error!("review: {e}");
+                page(500, html("Not saved", &format!("<h1>NOT SAVED</h1><p>{}</p>", esc(&e.to_string()))))
+            }
+        }
+    }
+
+    fn signin_form(&self, reviewer: Option<&str>, back: &str) -> String {
+        match reviewer {
+            Some(r) => format!("<p>Signed in as <b>{}</b>.</p>", esc(r)),
+            None => format!(
+                "<form method=\"post\" action=\"/signin\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <input type=\"hidden\" name=\"back\" value=\"{}\"><label>Reviewer name or ID \
+                 <input name=\"reviewer\" required autocomplete=\"username\"></label> <button>Sign in</button></form>\
+                 <p>Read-only until you sign in.</p>",
+                self.csrf,
+                esc(back)
+            ),
+        }
+    }
+
+    fn index(&self, reviewer: Option<&str>) -> Reply {
+        let mut b = String::from("<h1>leukoscope review</h1>");
+        b += &self.signin_form(reviewer, "/");
+        b += "<table><tr><th>Report</th><th>Sample</th><th class=\"n\">Cells</th><th class=\"n\">Blasts</th><th>Status</th></tr>";
+        for (i, r) in self.reports.iter().enumerate() {
+            let s = &r.document["summary"];
+            let status = match r.sign_off() {
+                Some(s) => format!("signed by {}", esc(&s.reviewer)),
+                None if r.changes().is_empty() => "preliminary".into(),
+                None => "in review (not signed)".into(),
+            };
+            b += &format!(
+                "<tr><td><a href=\"/r/{i}\">{}</a></td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{:.1}%</td><td>{status}</td></tr>",
+                esc(&r.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()),
+                esc(&r.sample_id().unwrap_or_default()),
+                s["cells"],
+                s["blast_percent"].as_f64().unwrap_or(0.0),
+            );
+        }
+        b += "</table>";
+        b += &format!("<p class=\"disclaimer\">{}</p>", esc(crate::DISCLAIMER));
+        page(200, html("leukoscope review", &b))
+    }
+
+    fn gallery(&self, i: usize, reviewer: Option<&str>) -> Reply {
+        let r = &self.reports[i];
+        let threshold = r.document["summary"]["threshold_percent"].as_f64().unwrap_or(20.0);
+        let classified = crate::report_files::summary_of(&r.fields, threshold);
+        let reviewed = crate::report_files::summary_of(&r.reviewed(), threshold);
+        let changes = r.changes();
+        let sample = r.sample_id().unwrap_or_else(|| "(no sample ID)".into());
+        let mut b =
+            format!("<p><a href=\"/\">all reports</a> &middot; <a href=\"/r/{i}/report.html\">report.html</a></p>");
+        b += &format!("<h1>Review: sample {}</h1>", esc(&sample));
+        b += &match r.sign_off() {
+            Some(s) => format!(
+                "<p><span class=\"status final\">SIGNED</span> by {} at {}</p>",
+                esc(&s.reviewer),
+                human_time(s.unix_time)
+            ),
+            None => "<p><span class=\"status prelim\">PRELIMINARY</span> not signed</p>".into(),
+        };
+        let line = |s: &crate::count::Summary| {
+            format!(
+                "{} leukocytes; blasts {} = {:.1}% (95% CI {:.1}&ndash;{:.1}%){}",
+                s.cells,
+                s.blasts,
+                s.blast_percent,
+                s.ci95[0],
+                s.ci95[1],
+                if s.flag { " <b class=\"blast\">AT OR ABOVE THRESHOLD</b>" } else { "" }
+            )
+        };
+        b += &format!(
+            "<table><tr><th>As classified</th><td>{}</td></tr><tr><th>As reviewed</th><td>{} ({} changed)</td></tr></table>",
+            line(&classified),
+            line(&reviewed),
+            changes.len()
+        );
+        b += &self.signin_form(reviewer, &format!("/r/{i}"));
+        if reviewer.is_some() {
+            b += &format!(
+                "<form method=\"post\" action=\"/r/{i}/signoff\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <button>Sign off the reviewed count</button></form>",
+                self.csrf
+            );
+        }
+        // Groups as the cells now count: blasts, unidentified, each class, not counted.
+        let mut groups: std::collections::BTreeMap<(u8, String), Vec<String>> = Default::default();
+        for (f, rec) in r.fields.iter().enumerate() {
+            for (k, c) in rec.cells.iter().chain(&rec.not_counted).enumerate() {
+                let id = cell_id(f, k);
+                let call = changes.get(&id).map_or(&c.call, |ch| &ch.call);
+                let key = match (call, c.reason.as_deref()) {
+                    (_, Some("cut_by_border")) => (4, "Not counted: cut by the border".to_string()),
+                    (Call::Cell { blast: true, code, .. }, _) => (1, format!("Blasts: {code}")),
+                    (Call::Unidentified { .. }, _) => (2, "Unidentified".to_string()),
+                    (Call::Cell { code, .. }, _) => (3, code.clone()),
+                    (Call::NotLeukocyte { .. }, _) => (4, "Not leukocytes".to_string()),
+                };
+                groups.entry(key).or_default().push(id);
+            }
+        }
+        for ((_, title), ids) in &groups {
+            b += &format!("<h2>{} ({})</h2><div class=\"cells\">", esc(title), ids.len());
+            for id in ids {
+                b += &self.cell_figure(i, id, reviewer.is_some());
+            }
+            b += "</div>";
+        }
+        b += &format!("<p class=\"disclaimer\">{}</p>", esc(crate::DISCLAIMER));
+        page(200, html(&format!("Review {sample}"), &b))
+    }
+
+    fn cell_figure(&self, i: usize, id: &str, can_edit: bool) -> String {
+        let r = &self.reports[i];
+        let Some(c) = r.cell(id) else { return String::new() };
+        let changes = r.changes();
+        let (f, _) = id.split_once('-').unwrap_or(("0", "0"));
+        let field = f.parse::<usize>().ok().and_then(|f| r.fields.get(f)).map(|f| f.path.clone()).unwrap_or_default();
+        let field = Path::new(&field).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut t = format!(
+            "<figure id=\"c{id}\"><a href=\"/r/{i}/field/{id}\" title=\"the field, this cell's box in red\"><img alt=\"cell {id}\" \
+             loading=\"lazy\" src=\"/r/{i}/crop/{id}\"></a><figcaption><b>{}</b> {} {:.0}%",
+            esc(&c.class),
+            esc(&c.label),
+            c.confidence * 100.0
+        );
+        if let Some(ch) = changes.get(id) {
+            t += &format!("<br><span class=\"changed\">&rarr; {} by {}</span>", esc(&ch.class), esc(&ch.by));
+        }
+        if let (Some(a), Some(d)) = (c.nucleus_area_um2, c.nucleus_diameter_um) {
+            t += &format!("<br>nucleus {a:.0} µm², {d:.1} µm");
+        }
+        t += &format!("<br><small>{} &middot; cell {id}</small>", esc(&field));
+        if can_edit && c.reason.as_deref() != Some("cut_by_border") {
+            // Preselected: the reviewer's class, else the model's most likely one.
+            let current = changes.get(id).map_or(c.best_class.as_str(), |ch| ch.class.as_str());
+            let options: String = self
+                .classes
+                .iter()
+                .map(|(code, name)| {
+                    let sel = if code == current { " selected" } else { "" };
+                    format!("<option value=\"{}\"{sel}>{} {}</option>", esc(code), esc(code), esc(name))
+                })
+                .collect();
+            t += &format!(
+                "<form method=\"post\" action=\"/r/{i}/cell/{id}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <select name=\"class\" aria-label=\"class of cell {id}\">{options}</select>\
+                 <button name=\"action\" value=\"reclassify\">Set class</button>\
+                 <button name=\"action\" value=\"not_leukocyte\">Not a leukocyte</button></form>",
+                self.csrf
+            );
+        }
+        t + "</figcaption></figure>"
+    }
+}
+
+/// Opens the server on `listen`; returns it and the address it got (a port 0 is chosen by the system).
+pub fn listen(listen: &str) -> Result<(tiny_http::Server, SocketAddr), ServerError> {
+    let server =
+        tiny_http::Server::http(listen).map_err(|e| ServerError::Listen { addr: listen.into(), why: e.to_string() })?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| ServerError::Listen { addr: listen.into(), why: "not an IP address".into() })?;
+    Ok((server, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        assert_eq!(url_decode("a%20b+c%2Fd%"), "a b c/d%");
+        assert_eq!(url_decode(&url_encode("Dr. Müller; x=1")), "Dr. Müller; x=1");
+        let f = form("csrf=abc&reviewer=J%C3%B6+D&empty=");
+        assert_eq!(get(&f, "reviewer"), Some("Jö D"));
+        assert_eq!(get(&f, "empty"), Some(""));
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+
+    #[test]
+    fn listens_on_this_machine_only_by_default() {
+        let c = ReviewConfig::default();
+        let addr: SocketAddr = c.listen.parse().expect("address");
+        assert!(addr.ip().is_loopback());
+        assert!(ReviewConfig { listen: "0.0.0.0".into() }.validate().is_err());
+    }
+}
