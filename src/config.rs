@@ -13,6 +13,9 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {key} = {value}: {why}")]
     Value { path: PathBuf, key: &'static str, value: String, why: &'static str },
+    /// A class the config names that the model does not know.
+    #[error("config {path}: count.blast_classes = {class:?}: not a class of model {model} (classes: {classes})")]
+    UnknownClass { path: PathBuf, class: String, model: String, classes: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -303,50 +303,6 @@ fn load_config(path: Option<&Path>) -> Result<leukoscope::config::Config> {
     })
 }
 
-/// How a config is named in messages: its file, or the defaults.
-fn config_name(path: Option<&Path>) -> String {
-    path.map_or_else(|| "(defaults)".into(), |p| p.display().to_string())
-}
-
-/// The analysis `analyze` and `run` share: the model, the call rules (the
-/// card's, overridden by the config) and the detector settings.
-fn build_analyzer(
-    model: Option<PathBuf>,
-    precision: Option<Precision>,
-    config: &leukoscope::config::Config,
-    config_path: Option<&Path>,
-) -> Result<leukoscope::pipeline::Analyzer> {
-    let clf = load_classifier(model.or(config.model.card.clone()), precision.unwrap_or(config.model.precision))?;
-    let mut rules = leukoscope::count::CallRules::from_card(&clf.card);
-    if let Some(b) = &config.count.blast_classes {
-        // Each must be a class of the model, or one the card itself calls a
-        // blast (older cards list MOB, which their model lacks).
-        let known = |c: &String| clf.card.classes.iter().any(|k| &k.code == c) || clf.card.blast_classes.contains(c);
-        if b.is_empty() {
-            bail!("config {}: count.blast_classes = []: must name at least one class", config_name(config_path));
-        }
-        if let Some(c) = b.iter().find(|c| !known(c)) {
-            let codes: Vec<&str> = clf.card.classes.iter().map(|k| k.code.as_str()).collect();
-            bail!(
-                "config {}: count.blast_classes = {c:?}: not a class of model {} (classes: {})",
-                config_name(config_path),
-                clf.card.name,
-                codes.join(", ")
-            );
-        }
-        rules.blast_classes = b.clone();
-    }
-    if let Some(c) = config.count.min_confidence {
-        rules.min_confidence = c;
-    }
-    Ok(leukoscope::pipeline::Analyzer {
-        classifier: clf,
-        rules,
-        detect: config.detect.clone(),
-        um_per_px: config.scale.configured(),
-    })
-}
-
 /// A batch's inputs in order, each an image path, or an input that gave none
 /// (missing, empty directory) with its error: the batch goes on with the
 /// others and reports it. With no image at all, the error stops everything.
@@ -571,7 +527,7 @@ fn analyze(
     };
     let inputs = if inputs.is_empty() { demo_inputs()? } else { inputs };
     let paths = batch_inputs(&inputs)?;
-    let analyzer = build_analyzer(model, precision, &config, config_path.as_deref())?;
+    let analyzer = leukoscope::pipeline::Analyzer::from_config(&config, config_path.as_deref(), model, precision)?;
     let card = &analyzer.classifier.card;
     if let Some(dir) = &out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -881,7 +837,7 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
     if let Some(fps) = a.replay_fps {
         config.source.replay_fps = fps;
     }
-    let analyzer = build_analyzer(a.model, a.precision, &config, a.config.as_deref())?;
+    let analyzer = leukoscope::pipeline::Analyzer::from_config(&config, a.config.as_deref(), a.model, a.precision)?;
     // The display first, so that every later failure can be shown on it.
     let mut screen = leukoscope::display::open(&config.display).context("opening the display")?;
     let use_camera = match config.source.kind {

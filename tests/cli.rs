@@ -1,33 +1,19 @@
 //! The `leukoscope` binary as a user runs it: the JSON contract, report files,
 //! and clear errors for bad input, on real smear images.
 
+use common::{bin, data, field, files_under as walk};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_leukoscope"))
-}
-
-fn data() -> PathBuf {
-    let d = leukoscope::input::data_dir();
-    assert!(d.join("bccd/JPEGImages").is_dir(), "data folder {} missing: set LEUKOSCOPE_DATA", d.display());
-    d
-}
-
-fn field(id: &str) -> PathBuf {
-    data().join("bccd/JPEGImages").join(format!("{id}.jpg"))
-}
+mod common;
 
 fn card() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/leukoscope.card.json")
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("leukoscope-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+    common::scratch("cli", name)
 }
 
 fn run(cmd: &mut Command) -> (Output, String) {
@@ -75,11 +61,7 @@ fn summary_adds_up_over_a_batch_and_report_files_are_written() {
         .split("test")
         .expect("BCCD test split")
         .into_iter()
-        .filter(|id| {
-            let a = bccd.annotation(id).expect("annotation");
-            let wbc = a.boxes(leukoscope::bccd::Class::Wbc);
-            wbc.len() == 1 && wbc.iter().all(|b| b.x0 > 8 && b.y0 > 8 && b.x1 + 8 < a.width && b.y1 + 8 < a.height)
-        })
+        .filter(|id| common::one_whole_wbc(&bccd.annotation(id).expect("annotation")))
         .take(6)
         .collect();
     assert!(ids.len() >= 5, "{ids:?}");
@@ -116,18 +98,6 @@ fn summary_adds_up_over_a_batch_and_report_files_are_written() {
     let crops = walk(&out_dir.join("crops"));
     assert_eq!(crops.len(), all);
     assert!(crops.iter().all(|p| image::open(p).is_ok()));
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
-        if e.path().is_dir() {
-            v.extend(walk(&e.path()));
-        } else {
-            v.push(e.path());
-        }
-    }
-    v
 }
 
 #[test]
