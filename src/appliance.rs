@@ -363,7 +363,16 @@ pub fn run_loop(
     let mut shown: Option<View> = None;
     let mut signalled = false;
     let mut idle_wait = Duration::ZERO;
+    // Under systemd (Type=notify): ready once the loop turns, and a watchdog
+    // ping per turn, so a read that hangs (camera driver) gets the service restarted.
+    let mut notifier = crate::systemd::Notifier::from_env();
+    if let Some(n) = &notifier {
+        n.ready();
+    }
     loop {
+        if let Some(n) = notifier.as_mut() {
+            n.ping();
+        }
         for b in buttons.poll(idle_wait)? {
             app.handle(b)?;
         }

@@ -202,14 +202,37 @@ enum Command {
     },
 }
 
+/// Exit status of a bad configuration: sysexits.h's EX_CONFIG, which the
+/// systemd unit's `RestartPreventExitStatus=78` keeps from restarting forever.
+const EX_CONFIG: i32 = 78;
+
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let journal = leukoscope::systemd::stderr_is_journal();
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if journal {
+        // The journal adds the time; the `<N>` prefix is the line's syslog priority.
+        logger.format(|buf, record| {
+            let p = leukoscope::systemd::syslog_priority(record.level());
+            writeln!(buf, "<{p}>{}: {}", record.level().as_str().to_lowercase(), record.args())
+        });
+    }
+    logger.init();
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
-            2
+            eprintln!("{}error: {}", if journal { "<3>" } else { "" }, error_chain(&e));
+            // A config error, also where building the analyzer found it (`transparent`
+            // hands on the inner error's source, not the error itself).
+            let bad_config = e.chain().any(|c| {
+                c.is::<leukoscope::config::ConfigError>()
+                    || matches!(c.downcast_ref(), Some(leukoscope::pipeline::BuildError::Config(_)))
+            });
+            if bad_config {
+                EX_CONFIG
+            } else {
+                2
+            }
         }
     };
     std::process::exit(code);

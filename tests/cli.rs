@@ -190,7 +190,7 @@ fn bad_config_names_the_key() {
     let p = dir.join("bad.toml");
     std::fs::write(&p, "[count]\nblast_threshold_percent = 150\n").expect("write");
     let (out, err) = run(bin().args(["analyze", "--config"]).arg(&p).arg(field("BloodImage_00001")));
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {err}");
     assert!(err.contains("count.blast_threshold_percent") && err.contains("bad.toml"), "{err}");
     std::fs::write(&p, "[detect]\nnucleus_odd = 0.3\n").expect("write");
     let (_, err) = run(bin().args(["analyze", "--config"]).arg(&p).arg(field("BloodImage_00001")));
@@ -271,7 +271,7 @@ fn config_blast_classes_must_be_known_to_the_model() {
         let p = dir.join(name);
         std::fs::write(&p, format!("[count]\nblast_classes = {list}\n")).expect("write");
         let (out, err) = run(bin().args(["analyze", "--json", "--config"]).arg(&p).arg(field("BloodImage_00001")));
-        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert_eq!(out.status.code(), Some(78), "{name}: {err}");
         assert!(err.contains("count.blast_classes") && err.contains(want) && err.contains(name), "{name}: {err}");
         assert!(out.stdout.is_empty(), "{name}: nothing analysed");
         let (out, err) = run(bin()
@@ -285,7 +285,7 @@ fn config_blast_classes_must_be_known_to_the_model() {
             .arg(dir.join("no-such-script"))
             .arg("--replay")
             .arg(field("BloodImage_00001")));
-        assert_eq!(out.status.code(), Some(2), "run {name}: {err}");
+        assert_eq!(out.status.code(), Some(78), "run {name}: {err}");
         assert!(err.contains("count.blast_classes") && err.contains(want), "run {name}: {err}");
     }
     // The card's own blast classes (and any class of the model) are accepted.
