@@ -168,6 +168,16 @@ fn run_reaches_the_target_and_writes_the_report() {
         .map(|i| i["cells"].as_array().map_or(0, Vec::len) + i["not_counted"].as_array().map_or(0, Vec::len))
         .sum();
     assert_eq!(csv.lines().count() - 1, seen);
+    // ...and one crop file per cell seen, each the one its record names.
+    let crops = common::files_under(&s.join("crops"));
+    assert_eq!(crops.len(), seen, "one crop per cell seen");
+    for c in doc["images"].as_array().expect("images").iter().flat_map(|i| {
+        i["cells"].as_array().into_iter().flatten().chain(i["not_counted"].as_array().into_iter().flatten())
+    }) {
+        let crop = s.join(c["crop"].as_str().unwrap_or_else(|| panic!("cell without a crop: {c}")));
+        assert!(crops.contains(&crop), "{} missing", crop.display());
+    }
+    assert!(crops.iter().all(|p| image::open(p).is_ok()), "every crop is an image");
     let journal = std::fs::read_to_string(s.join("journal.jsonl")).expect("journal");
     assert!(journal.contains(r#""t":"undo""#), "the scripted undo was journaled");
     assert!(journal.lines().last().is_some_and(|l| l.contains(r#""t":"finish""#)));
