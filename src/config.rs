@@ -149,6 +149,9 @@ impl Config {
         if let Err(why) = self.gate.validate() {
             return Err(ConfigError::Parse { path: path.into(), message: why });
         }
+        if let Err((key, value, why)) = self.detect.validate() {
+            return bad(key, value, why);
+        }
         if let Err((key, value, why)) = self.camera.validate() {
             return bad(key, value, why);
         }
@@ -216,6 +219,10 @@ mod tests {
         assert!(e.to_string().contains("scale.objective") && e.to_string().contains("40x"), "{e}");
         let e = Config::parse("[scale.objectives]\n\"100x\" = 0.0\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("100x"), "{e}");
+        let e = Config::parse("[detect]\nblue_weight = nan\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("detect.blue_weight"), "{e}");
+        let e = Config::parse("[detect]\nwork_px_per_um = 0.0\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("detect.work_px_per_um"), "{e}");
         let e = Config::parse("[count\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("x.toml"), "{e}");
     }

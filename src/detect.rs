@@ -136,6 +136,60 @@ impl Default for DetectParams {
     }
 }
 
+impl DetectParams {
+    /// Every setting a number the detector can work with: finite and not
+    /// negative, sizes and scales above zero, the working resolution and
+    /// the scale copy bounded (they set how much memory a field takes).
+    /// The error names the `[detect]` key.
+    pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
+        let p = self;
+        let positive = [
+            ("detect.fallback_um_per_px", p.fallback_um_per_px),
+            ("detect.rbc_diameter_um", p.rbc_diameter_um),
+            ("detect.rbc_extent_per_inscribed", p.rbc_extent_per_inscribed),
+            ("detect.rbc_disc_spacing", p.rbc_disc_spacing),
+            ("detect.work_px_per_um", p.work_px_per_um),
+            ("detect.max_nucleus_um", p.max_nucleus_um),
+        ];
+        let not_negative = [
+            ("detect.rbc_min_od", p.rbc_min_od),
+            ("detect.rbc_otsu_fraction", p.rbc_otsu_fraction),
+            ("detect.rbc_max_hole_fraction", p.rbc_max_hole_fraction),
+            ("detect.rbc_min_disc_fraction", p.rbc_min_disc_fraction),
+            ("detect.blue_weight", p.blue_weight),
+            ("detect.nucleus_od", p.nucleus_od),
+            ("detect.nucleus_od_fraction", p.nucleus_od_fraction),
+            ("detect.nucleus_od_floor", p.nucleus_od_floor),
+            ("detect.open_um", p.open_um),
+            ("detect.min_fragment_um2", p.min_fragment_um2),
+            ("detect.lobe_merge_um", p.lobe_merge_um),
+            ("detect.min_nucleus_area_um2", p.min_nucleus_area_um2),
+            ("detect.box_margin_um", p.box_margin_um),
+            ("detect.platelet_veto_um", p.platelet_veto_um),
+            ("detect.scale_disagree_fraction", p.scale_disagree_fraction),
+        ];
+        if let Some((k, v)) = positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err((k, v.to_string(), "must be a positive number"));
+        }
+        if let Some((k, v)) = not_negative.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            return Err((k, v.to_string(), "must be a number, 0 or more"));
+        }
+        if p.fallback_um_per_px >= 10.0 {
+            return Err(("detect.fallback_um_per_px", p.fallback_um_per_px.to_string(), "must be below 10"));
+        }
+        if p.work_px_per_um > 20.0 {
+            return Err(("detect.work_px_per_um", p.work_px_per_um.to_string(), "must be at most 20"));
+        }
+        if !(16..=8192).contains(&p.scale_side_px) {
+            return Err(("detect.scale_side_px", p.scale_side_px.to_string(), "must be between 16 and 8192"));
+        }
+        if p.scale_min_cells == 0 {
+            return Err(("detect.scale_min_cells", "0".into(), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// Where the field scale came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
