@@ -264,10 +264,15 @@ fn config_threshold_changes_the_flag() {
     // Both thresholds on one side of 20%, one either side of the share.
     let (below, above) =
         if share >= 20.0 { ((share + 20.0) / 2.0, (share + 100.0) / 2.0) } else { (share / 2.0, (share + 20.0) / 2.0) };
-    for (name, threshold, flag) in [("below.toml", below, true), ("above.toml", above, false)] {
-        let s = analyze(&write(name, format!("{blasts}blast_threshold_percent = {threshold}\n")));
-        assert_eq!(s["flag"], flag, "share {share}%, threshold {threshold}%: {s}");
-        assert_eq!(s["threshold_percent"].as_f64(), Some(threshold), "{s}");
+    let runs: Vec<(f64, bool, Value)> = [("below.toml", below, true), ("above.toml", above, false)]
+        .into_iter()
+        .map(|(name, t, flag)| (t, flag, analyze(&write(name, format!("{blasts}blast_threshold_percent = {t}\n")))))
+        .collect();
+    for (threshold, flag, s) in &runs {
+        assert_eq!(s["flag"], *flag, "share {share}%, threshold {threshold}%: {s}");
+    }
+    for (threshold, _, s) in &runs {
+        assert_eq!(s["threshold_percent"].as_f64(), Some(*threshold), "{s}");
         assert_eq!(
             (&s["cells"], &s["blasts"], &s["blast_percent"]),
             (&known["cells"], &known["blasts"], &known["blast_percent"])
