@@ -575,8 +575,21 @@ fn analyze(
                         .with_context(|| format!("writing crops of {}", path.display()))?;
                 }
                 let classes: Vec<&str> = record.cells.iter().map(|c| c.class.as_str()).collect();
-                rows.push(format!("{:<50} {:>5}  {}", path.display(), classes.len(), classes.join(" ")));
-                images.push(serde_json::to_value(&record)?);
+                let mut value = serde_json::to_value(&record)?;
+                // Nothing seen at all: say whether the image could show anything.
+                let blank = (record.cells.is_empty() && record.not_counted.is_empty())
+                    .then(|| leukoscope::detect::BlankField::of(&img))
+                    .flatten();
+                let note = match blank {
+                    Some(b) => {
+                        value["no_cells"] = serde_json::json!({"why": b, "reason": b.reason()});
+                        log::warn!("{}: no cells: {}", path.display(), b.reason());
+                        format!("(no cells: {})", b.reason())
+                    }
+                    None => classes.join(" "),
+                };
+                rows.push(format!("{:<50} {:>5}  {note}", path.display(), classes.len()));
+                images.push(value);
                 records.push(record);
             }
             Err(e) => {

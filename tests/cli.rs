@@ -541,3 +541,32 @@ fn a_truncated_jpeg_is_a_bad_file_not_half_a_count() {
         assert_eq!(doc["summary"]["cells"], 1, "{name}");
     }
 }
+
+/// Issue 14: a field in which nothing at all is seen says why when the image
+/// cannot show leukocytes (a camera left in greyscale mode, a covered lens),
+/// in the JSON and the text, instead of a silent 0; a smear says nothing.
+#[test]
+fn greyscale_and_uniform_fields_say_why_they_yield_no_cells() {
+    let dir = scratch("blank");
+    let colour = image::open(field("BloodImage_00001")).expect("field").to_rgb8();
+    image::DynamicImage::ImageRgb8(colour.clone()).grayscale().save(dir.join("grey.png")).expect("grey");
+    image::RgbImage::from_pixel(640, 480, image::Rgb([205, 190, 196])).save(dir.join("uniform.png")).expect("uniform");
+    let (out, err) = run(bin()
+        .args(["analyze", "--json"])
+        .arg(dir.join("grey.png"))
+        .arg(dir.join("uniform.png"))
+        .arg(field("BloodImage_00001")));
+    assert!(out.status.success(), "{err}");
+    let doc = json(&out);
+    let images = doc["images"].as_array().expect("images");
+    for (i, why) in [(0, "greyscale"), (1, "uniform")] {
+        assert_eq!(images[i]["cells"].as_array().map(Vec::len), Some(0), "{}", images[i]);
+        assert_eq!(images[i]["no_cells"]["why"], why, "{}", images[i]);
+    }
+    assert!(images[2].get("no_cells").is_none() && images[2]["cells"].as_array().is_some_and(|c| !c.is_empty()));
+    assert!(err.contains("grey.png") && err.contains("no colour"), "{err}");
+    let (out, err) = run(bin().arg("analyze").arg(dir.join("grey.png")));
+    assert!(out.status.success(), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.contains("grey.png") && l.contains("no cells: the image has no colour")), "{text}");
+}
