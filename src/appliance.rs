@@ -22,7 +22,7 @@ pub enum ApplianceError {
     Session(#[from] SessionError),
     #[error(transparent)]
     Input(#[from] InputError),
-    #[error("analysing a field: {0}")]
+    #[error("analysing a field")]
     Model(#[from] crate::model::ModelError),
 }
 
@@ -418,7 +418,7 @@ pub fn run_loop(
 fn show(screen: &mut dyn Display, view: &View, shown: &mut Option<View>) {
     if shown.as_ref() != Some(view) {
         if let Err(e) = screen.show(view) {
-            log::error!("display: {e}");
+            log::error!("display: {}", crate::error_text(&e));
         }
         *shown = Some(view.clone());
     }

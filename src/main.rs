@@ -221,7 +221,7 @@ fn main() {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("{}error: {}", if journal { "<3>" } else { "" }, error_chain(&e));
+            eprintln!("{}error: {e:#}", if journal { "<3>" } else { "" });
             // A config error, also where building the analyzer found it (`transparent`
             // hands on the inner error's source, not the error itself).
             let bad_config = e.chain().any(|c| {
@@ -236,22 +236,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-/// The error and its causes, "a: b: c", leaving out a cause whose text the
-/// message already quotes (the library's errors name their source inline).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-    }
-    text
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -335,7 +319,7 @@ fn batch_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Option<String>)>> {
         let mut errors = items.into_iter().filter_map(Result::err);
         let Some(first) = errors.next() else { bail!("no images given") };
         for e in errors {
-            log::error!("{e}");
+            log::error!("{}", leukoscope::error_text(&e));
         }
         return Err(first.into());
     }
@@ -343,7 +327,7 @@ fn batch_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Option<String>)>> {
         .into_iter()
         .map(|i| match i {
             Ok(p) => (p, None),
-            Err(e) => (e.path().to_path_buf(), Some(e.to_string())),
+            Err(e) => (e.path().to_path_buf(), Some(leukoscope::error_text(&e))),
         })
         .collect())
 }
@@ -518,9 +502,10 @@ fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
             }
             Err(e) => {
                 failed += 1;
+                let e = leukoscope::error_text(&e);
                 pb.suspend(|| log::warn!("{e}"));
                 writer.write(&vec![0f32; 3 * s * s])?;
-                meta.push(serde_json::json!({"path": path, "error": e.to_string()}));
+                meta.push(serde_json::json!({"path": path, "error": e}));
             }
         }
     }
@@ -661,7 +646,7 @@ fn calibrate(
                     }
                     Err(e) => {
                         failed += 1;
-                        pb.suspend(|| log::error!("{e}"));
+                        pb.suspend(|| log::error!("{}", leukoscope::error_text(&e)));
                     }
                 }
             }

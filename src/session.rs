@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("session storage {path}: {source}")]
+    #[error("session storage {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("journal {path} line {line} is damaged: {why}")]
     Corrupt { path: PathBuf, line: usize, why: String },

@@ -570,3 +570,37 @@ fn greyscale_and_uniform_fields_say_why_they_yield_no_cells() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.lines().any(|l| l.contains("grey.png") && l.contains("no cells: the image has no colour")), "{text}");
 }
+
+/// Issue 14: an error says what failed and its cause once ("Invalid PNG
+/// signature.: ...: Invalid PNG signature." was printed): each library error
+/// names what failed, its source chain says why, and the binary prints the
+/// chain as it is, with no de-duplication that could hide a repeat.
+#[test]
+fn errors_say_each_cause_once() {
+    let dir = scratch("causes");
+    std::fs::write(dir.join("not_an_image.png"), b"hello").expect("write");
+    let cases: Vec<(Vec<std::ffi::OsString>, i32, &str)> = vec![
+        (vec!["analyze".into(), dir.join("not_an_image.png").into()], 1, "not_an_image.png"),
+        (
+            vec!["classify".into(), "--model".into(), "/no/such/card.json".into(), field("BloodImage_00001").into()],
+            2,
+            "/no/such/card.json",
+        ),
+        (
+            vec!["analyze".into(), "--config".into(), "/no/such/config.toml".into(), field("BloodImage_00001").into()],
+            78,
+            "/no/such/config.toml",
+        ),
+    ];
+    for (args, code, names) in cases {
+        let (out, err) = run(bin().args(&args));
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        let line = err.lines().find(|l| l.contains(names)).unwrap_or_else(|| panic!("{args:?}: {err}"));
+        // What failed, then at least one cause, each said once.
+        let parts: Vec<&str> = line.split(": ").map(|p| p.trim_end_matches('.')).collect();
+        assert!(parts.len() >= 3, "{line}");
+        for (i, p) in parts.iter().enumerate() {
+            assert!(!parts[i + 1..].contains(p), "{p:?} repeated in {line}");
+        }
+    }
+}
