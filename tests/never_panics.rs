@@ -4,7 +4,8 @@
 //! keys; damaged session journals through the loader; camera buffers through
 //! the converters. Errors are fine; a panic, a box outside its field, cells
 //! counted on a truncated file or a silently changed journal count are not.
-//! Each property runs a fixed number of cases (PROPTEST_CASES overrides).
+//! Each property runs a fixed number of cases (set in its `proptest_config`):
+//! a fixed budget of about 10 s in `cargo test --release`.
 
 use image::{ImageFormat, RgbImage};
 use leukoscope::camera::{mjpeg_to_rgb, yuyv_to_rgb, ConvertError, Wire};
