@@ -22,7 +22,7 @@ pub enum ApplianceError {
     Session(#[from] SessionError),
     #[error(transparent)]
     Input(#[from] InputError),
-    #[error("analysing a field: {0}")]
+    #[error("analysing a field")]
     Model(#[from] crate::model::ModelError),
 }
 
@@ -368,7 +368,16 @@ pub fn run_loop(
     let mut shown: Option<View> = None;
     let mut signalled = false;
     let mut idle_wait = Duration::ZERO;
+    // Under systemd (Type=notify): ready once the loop turns, and a watchdog
+    // ping per turn, so a read that hangs (camera driver) gets the service restarted.
+    let mut notifier = crate::systemd::Notifier::from_env();
+    if let Some(n) = &notifier {
+        n.ready();
+    }
     loop {
+        if let Some(n) = notifier.as_mut() {
+            n.ping();
+        }
         for b in buttons.poll(idle_wait)? {
             app.handle(b)?;
         }
@@ -414,7 +423,7 @@ pub fn run_loop(
 fn show(screen: &mut dyn Display, view: &View, shown: &mut Option<View>) {
     if shown.as_ref() != Some(view) {
         if let Err(e) = screen.show(view) {
-            log::error!("display: {e}");
+            log::error!("display: {}", crate::error_text(&e));
         }
         *shown = Some(view.clone());
     }

@@ -20,7 +20,7 @@ pub const MATCH_IOU: f32 = 0.5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BccdError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: malformed annotation: {msg}")]
     Malformed { path: PathBuf, msg: String },

@@ -17,9 +17,9 @@ pub enum CalibrationError {
     NoEstimates { fields: usize },
     #[error("stage micrometer: {0}")]
     Micrometer(&'static str),
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write config {path}: {source}")]
+    #[error("cannot write config {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {message}")]
     Config { path: PathBuf, message: String },

@@ -373,7 +373,7 @@ pub struct DeviceInfo {
 /// Errors opening and configuring a camera. Each names the device.
 #[derive(Debug, thiserror::Error)]
 pub enum CameraError {
-    #[error("cannot open camera {device}: {source}")]
+    #[error("cannot open camera {device}")]
     Open { device: String, source: std::io::Error },
     #[error(
         "{device} ({card}) is not a streaming video capture device (a UVC metadata node? try another /dev/videoN)"
@@ -384,7 +384,7 @@ pub enum CameraError {
          (supported: YUYV, MJPG, RGB3; the driver lists: {listed})"
     )]
     UnsupportedFormat { device: String, granted: String, width: u32, height: u32, listed: String },
-    #[error("camera {device}: {what} failed: {source}")]
+    #[error("camera {device}: {what} failed")]
     Io { device: String, what: &'static str, source: std::io::Error },
 }
 
@@ -517,8 +517,8 @@ mod linux {
                     Ok(())
                 }
                 Err(e) => {
-                    debug!("camera {}: reopen failed: {e}", self.origin);
-                    self.last_error = e.to_string();
+                    debug!("camera {}: reopen failed: {}", self.origin, crate::error_text(&e));
+                    self.last_error = crate::error_text(&e);
                     Err(self.disconnected())
                 }
             }

@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {key} = {value}: {why}")]
     Value { path: PathBuf, key: &'static str, value: String, why: &'static str },
+    /// A class the config names that the model does not know.
+    #[error("config {path}: count.blast_classes = {class:?}: not a class of model {model} (classes: {classes})")]
+    UnknownClass { path: PathBuf, class: String, model: String, classes: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -147,6 +150,9 @@ impl Config {
         if let Err(why) = self.gate.validate() {
             return Err(ConfigError::Parse { path: path.into(), message: why });
         }
+        if let Err((key, value, why)) = self.detect.validate() {
+            return bad(key, value, why);
+        }
         if let Err((key, value, why)) = self.camera.validate() {
             return bad(key, value, why);
         }
@@ -217,6 +223,10 @@ mod tests {
         assert!(e.to_string().contains("scale.objective") && e.to_string().contains("40x"), "{e}");
         let e = Config::parse("[scale.objectives]\n\"100x\" = 0.0\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("100x"), "{e}");
+        let e = Config::parse("[detect]\nblue_weight = nan\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("detect.blue_weight"), "{e}");
+        let e = Config::parse("[detect]\nwork_px_per_um = 0.0\n", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("detect.work_px_per_um"), "{e}");
         let e = Config::parse("[count\n", Path::new("x.toml")).unwrap_err();
         assert!(e.to_string().contains("x.toml"), "{e}");
     }

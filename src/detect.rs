@@ -136,6 +136,121 @@ impl Default for DetectParams {
     }
 }
 
+impl DetectParams {
+    /// Every setting a number the detector can work with: finite and not
+    /// negative, sizes and scales above zero, the working resolution and
+    /// the scale copy bounded (they set how much memory a field takes).
+    /// The error names the `[detect]` key.
+    pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
+        let p = self;
+        let positive = [
+            ("detect.fallback_um_per_px", p.fallback_um_per_px),
+            ("detect.rbc_diameter_um", p.rbc_diameter_um),
+            ("detect.rbc_extent_per_inscribed", p.rbc_extent_per_inscribed),
+            ("detect.rbc_disc_spacing", p.rbc_disc_spacing),
+            ("detect.work_px_per_um", p.work_px_per_um),
+            ("detect.max_nucleus_um", p.max_nucleus_um),
+        ];
+        let not_negative = [
+            ("detect.rbc_min_od", p.rbc_min_od),
+            ("detect.rbc_otsu_fraction", p.rbc_otsu_fraction),
+            ("detect.rbc_max_hole_fraction", p.rbc_max_hole_fraction),
+            ("detect.rbc_min_disc_fraction", p.rbc_min_disc_fraction),
+            ("detect.blue_weight", p.blue_weight),
+            ("detect.nucleus_od", p.nucleus_od),
+            ("detect.nucleus_od_fraction", p.nucleus_od_fraction),
+            ("detect.nucleus_od_floor", p.nucleus_od_floor),
+            ("detect.open_um", p.open_um),
+            ("detect.min_fragment_um2", p.min_fragment_um2),
+            ("detect.lobe_merge_um", p.lobe_merge_um),
+            ("detect.min_nucleus_area_um2", p.min_nucleus_area_um2),
+            ("detect.box_margin_um", p.box_margin_um),
+            ("detect.platelet_veto_um", p.platelet_veto_um),
+            ("detect.scale_disagree_fraction", p.scale_disagree_fraction),
+        ];
+        if let Some((k, v)) = positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err((k, v.to_string(), "must be a positive number"));
+        }
+        if let Some((k, v)) = not_negative.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            return Err((k, v.to_string(), "must be a number, 0 or more"));
+        }
+        if p.fallback_um_per_px >= 10.0 {
+            return Err(("detect.fallback_um_per_px", p.fallback_um_per_px.to_string(), "must be below 10"));
+        }
+        if p.work_px_per_um > 20.0 {
+            return Err(("detect.work_px_per_um", p.work_px_per_um.to_string(), "must be at most 20"));
+        }
+        if !(16..=8192).contains(&p.scale_side_px) {
+            return Err(("detect.scale_side_px", p.scale_side_px.to_string(), "must be between 16 and 8192"));
+        }
+        if p.scale_min_cells == 0 {
+            return Err(("detect.scale_min_cells", "0".into(), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A field in which no leukocyte can be found, whatever the detector's
+/// settings: leukocytes are found by their nuclei's stain colour. Said with a
+/// result of 0 cells, so that a camera left in greyscale mode or a covered
+/// lens is not read as a sample without leukocytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlankField {
+    /// (Almost) one value everywhere: no objects at all.
+    Uniform,
+    /// No colour: a greyscale camera mode or image shows no stain.
+    Greyscale,
+}
+
+impl BlankField {
+    /// Whether `img` is blank. Percentiles, not extremes, so that a few hot
+    /// pixels or JPEG ringing do not make a blank field look like a smear.
+    pub fn of(img: &RgbImage) -> Option<BlankField> {
+        let n = img.width() as usize * img.height() as usize;
+        if n == 0 {
+            return Some(BlankField::Uniform);
+        }
+        let (mut luma, mut chroma) = ([0u32; 256], [0u32; 256]);
+        for p in img.pixels() {
+            let [r, g, b] = p.0;
+            luma[((u32::from(r) * 77 + u32::from(g) * 150 + u32::from(b) * 29) >> 8) as usize] += 1;
+            chroma[(r.max(g).max(b) - r.min(g).min(b)) as usize] += 1;
+        }
+        let at = |hist: &[u32; 256], q: f64| {
+            let want = (q * n as f64).ceil().max(1.0) as u64;
+            let mut seen = 0u64;
+            hist.iter()
+                .position(|&c| {
+                    seen += u64::from(c);
+                    seen >= want
+                })
+                .unwrap_or(255)
+        };
+        // A stained smear spans far more than 8 grey levels and 12 levels of colour.
+        if at(&luma, 0.99) - at(&luma, 0.01) < 8 {
+            Some(BlankField::Uniform)
+        } else if at(&chroma, 0.99) < 12 {
+            Some(BlankField::Greyscale)
+        } else {
+            None
+        }
+    }
+
+    /// Why such a field yields no cells, for people.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BlankField::Uniform => {
+                "the image is uniform (no objects at all: lens covered, light off, or an empty area)"
+            }
+            BlankField::Greyscale => {
+                "the image has no colour (greyscale camera mode or file): leukocytes are found by their \
+                 nuclei's stain colour, so none can be found"
+            }
+        }
+    }
+}
+
 /// Where the field scale came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1027,6 +1142,27 @@ mod tests {
         // Worst case for the u16 sums: 257 rows of 255.
         let white = RgbImage::from_pixel(300, 260, Rgb([255, 255, 255]));
         assert!(downsample(&white, 257).pixels().all(|p| p.0 == [255; 3]));
+    }
+
+    #[test]
+    fn blank_fields_are_told_from_smears() {
+        let dir = crate::input::data_dir().join("bccd/JPEGImages");
+        let mut n = 0;
+        for i in (0..400).step_by(10) {
+            let Ok(field) = crate::input::load_rgb(&dir.join(format!("BloodImage_{i:05}.jpg"))) else { continue };
+            n += 1;
+            assert_eq!(BlankField::of(&field), None, "BloodImage_{i:05} is a smear");
+            let grey = image::DynamicImage::ImageRgb8(field.clone()).grayscale().to_rgb8();
+            assert_eq!(BlankField::of(&grey), Some(BlankField::Greyscale), "BloodImage_{i:05} in grey");
+            // The field's mean colour, with sensor noise of a few levels.
+            let mean =
+                [0, 1, 2].map(|c| (field.pixels().map(|p| p[c] as u64).sum::<u64>() * 3 / field.len() as u64) as u8);
+            let flat = RgbImage::from_fn(field.width(), field.height(), |x, y| {
+                Rgb(mean.map(|v| v.saturating_add(((x * 7 + y * 13) % 4) as u8)))
+            });
+            assert_eq!(BlankField::of(&flat), Some(BlankField::Uniform), "{mean:?}");
+        }
+        assert!(n >= 30, "BCCD fields missing: set LEUKOSCOPE_DATA");
     }
 
     #[test]

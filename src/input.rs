@@ -9,9 +9,9 @@ pub enum InputError {
     Missing { path: PathBuf },
     #[error("{path}: directory holds no images (looked for {exts})", exts = IMAGE_EXTENSIONS.join(", "))]
     EmptyDir { path: PathBuf },
-    #[error("{path}: cannot read directory: {source}")]
+    #[error("{path}: cannot read directory")]
     Dir { path: PathBuf, source: std::io::Error },
-    #[error("{path}: cannot decode image: {source}")]
+    #[error("{path}: cannot decode image")]
     Decode { path: PathBuf, source: image::ImageError },
     #[error("{path}: image is empty ({width}x{height})")]
     Empty { path: PathBuf, width: u32, height: u32 },

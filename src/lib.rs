@@ -14,6 +14,20 @@ pub mod morphometry;
 pub mod npy;
 pub mod preprocess;
 
+/// An error and its causes, "what failed: why: why". Errors here say what
+/// failed and leave the why to their source chain (never both, so nothing is
+/// said twice): show them with this, or anyhow's `{:#}`.
+pub fn error_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// Printed with every result: the product is a screening aid.
 pub const DISCLAIMER: &str =
     "SCREENING AID ONLY - not a diagnosis. Every cell call, and blast calls above all, must be verified by a qualified person.";
@@ -42,3 +56,4 @@ pub mod session;
 pub mod source;
 pub mod stats;
 pub mod storage;
+pub mod systemd;

@@ -264,20 +264,44 @@ enum SessionAction {
     },
 }
 
+/// Exit status of a bad configuration: sysexits.h's EX_CONFIG, which the
+/// systemd unit's `RestartPreventExitStatus=78` keeps from restarting forever.
+const EX_CONFIG: i32 = 78;
+
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let journal = leukoscope::systemd::stderr_is_journal();
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if journal {
+        // The journal adds the time; the `<N>` prefix is the line's syslog priority.
+        logger.format(|buf, record| {
+            let p = leukoscope::systemd::syslog_priority(record.level());
+            writeln!(buf, "<{p}>{}: {}", record.level().as_str().to_lowercase(), record.args())
+        });
+    }
+    logger.init();
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("{}error: {e:#}", if journal { "<3>" } else { "" });
+            // A config error, also where building the analyzer found it (`transparent`
+            // hands on the inner error's source, not the error itself).
+            let bad_config = e.chain().any(|c| {
+                c.is::<leukoscope::config::ConfigError>()
+                    || matches!(c.downcast_ref(), Some(leukoscope::pipeline::BuildError::Config(_)))
+            });
             if damaged_journal(&e) {
                 eprintln!(
-                    "`leukoscope session repair` (with the same --config or --state) keeps every intact record, sets \
-                     the damaged ones aside beside the journal, and lets `run` resume"
+                    "{}`leukoscope session repair` (with the same --config or --state) keeps every intact record, \
+                     sets the damaged ones aside beside the journal, and lets `run` resume",
+                    if journal { "<6>" } else { "" }
                 );
             }
-            2
+            if bad_config {
+                EX_CONFIG
+            } else {
+                2
+            }
         }
     };
     std::process::exit(code);
@@ -291,22 +315,6 @@ fn damaged_journal(e: &anyhow::Error) -> bool {
         matches!(c.downcast_ref(), Some(SessionError::Corrupt { .. }))
             || matches!(c.downcast_ref(), Some(ApplianceError::Session(SessionError::Corrupt { .. })))
     })
-}
-
-/// The error and its causes, "a: b: c", leaving out a cause whose text the
-/// message already quotes (the library's errors name their source inline).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            if !text.is_empty() {
-                text.push_str(": ");
-            }
-            text.push_str(&part);
-        }
-    }
-    text
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -385,50 +393,6 @@ fn load_config(path: Option<&Path>) -> Result<leukoscope::config::Config> {
     })
 }
 
-/// How a config is named in messages: its file, or the defaults.
-fn config_name(path: Option<&Path>) -> String {
-    path.map_or_else(|| "(defaults)".into(), |p| p.display().to_string())
-}
-
-/// The analysis `analyze` and `run` share: the model, the call rules (the
-/// card's, overridden by the config) and the detector settings.
-fn build_analyzer(
-    model: Option<PathBuf>,
-    precision: Option<Precision>,
-    config: &leukoscope::config::Config,
-    config_path: Option<&Path>,
-) -> Result<leukoscope::pipeline::Analyzer> {
-    let clf = load_classifier(model.or(config.model.card.clone()), precision.unwrap_or(config.model.precision))?;
-    let mut rules = leukoscope::count::CallRules::from_card(&clf.card);
-    if let Some(b) = &config.count.blast_classes {
-        // Each must be a class of the model, or one the card itself calls a
-        // blast (older cards list MOB, which their model lacks).
-        let known = |c: &String| clf.card.classes.iter().any(|k| &k.code == c) || clf.card.blast_classes.contains(c);
-        if b.is_empty() {
-            bail!("config {}: count.blast_classes = []: must name at least one class", config_name(config_path));
-        }
-        if let Some(c) = b.iter().find(|c| !known(c)) {
-            let codes: Vec<&str> = clf.card.classes.iter().map(|k| k.code.as_str()).collect();
-            bail!(
-                "config {}: count.blast_classes = {c:?}: not a class of model {} (classes: {})",
-                config_name(config_path),
-                clf.card.name,
-                codes.join(", ")
-            );
-        }
-        rules.blast_classes = b.clone();
-    }
-    if let Some(c) = config.count.min_confidence {
-        rules.min_confidence = c;
-    }
-    Ok(leukoscope::pipeline::Analyzer {
-        classifier: clf,
-        rules,
-        detect: config.detect.clone(),
-        um_per_px: config.scale.configured(),
-    })
-}
-
 /// A batch's inputs in order, each an image path, or an input that gave none
 /// (missing, empty directory) with its error: the batch goes on with the
 /// others and reports it. With no image at all, the error stops everything.
@@ -438,7 +402,7 @@ fn batch_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Option<String>)>> {
         let mut errors = items.into_iter().filter_map(Result::err);
         let Some(first) = errors.next() else { bail!("no images given") };
         for e in errors {
-            log::error!("{e}");
+            log::error!("{}", leukoscope::error_text(&e));
         }
         return Err(first.into());
     }
@@ -446,7 +410,7 @@ fn batch_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, Option<String>)>> {
         .into_iter()
         .map(|i| match i {
             Ok(p) => (p, None),
-            Err(e) => (e.path().to_path_buf(), Some(e.to_string())),
+            Err(e) => (e.path().to_path_buf(), Some(leukoscope::error_text(&e))),
         })
         .collect())
 }
@@ -626,9 +590,10 @@ fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
             }
             Err(e) => {
                 failed += 1;
+                let e = leukoscope::error_text(&e);
                 pb.suspend(|| log::warn!("{e}"));
                 writer.write(&vec![0f32; 3 * s * s])?;
-                meta.push(serde_json::json!({"path": path, "error": e.to_string()}));
+                meta.push(serde_json::json!({"path": path, "error": e}));
             }
         }
     }
@@ -659,7 +624,7 @@ fn analyze(
     };
     let inputs = if inputs.is_empty() { demo_inputs()? } else { inputs };
     let paths = batch_inputs(&inputs)?;
-    let analyzer = build_analyzer(model, precision, &config, config_path.as_deref())?;
+    let analyzer = leukoscope::pipeline::Analyzer::from_config(&config, config_path.as_deref(), model, precision)?;
     let card = &analyzer.classifier.card;
     // Refused before any work if the folder is taken; written beside it and
     // renamed into place at the end.
@@ -688,8 +653,21 @@ fn analyze(
                         .with_context(|| format!("writing crops of {}", path.display()))?;
                 }
                 let classes: Vec<&str> = record.cells.iter().map(|c| c.class.as_str()).collect();
-                rows.push(format!("{:<50} {:>5}  {}", path.display(), classes.len(), classes.join(" ")));
-                images.push(serde_json::to_value(&record)?);
+                let mut value = serde_json::to_value(&record)?;
+                // Nothing seen at all: say whether the image could show anything.
+                let blank = (record.cells.is_empty() && record.not_counted.is_empty())
+                    .then(|| leukoscope::detect::BlankField::of(&img))
+                    .flatten();
+                let note = match blank {
+                    Some(b) => {
+                        value["no_cells"] = serde_json::json!({"why": b, "reason": b.reason()});
+                        log::warn!("{}: no cells: {}", path.display(), b.reason());
+                        format!("(no cells: {})", b.reason())
+                    }
+                    None => classes.join(" "),
+                };
+                rows.push(format!("{:<50} {:>5}  {note}", path.display(), classes.len()));
+                images.push(value);
                 records.push(record);
             }
             Err(e) => {
@@ -764,7 +742,7 @@ fn calibrate(
                     }
                     Err(e) => {
                         failed += 1;
-                        pb.suspend(|| log::error!("{e}"));
+                        pb.suspend(|| log::error!("{}", leukoscope::error_text(&e)));
                     }
                 }
             }
@@ -1028,7 +1006,7 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
     if let Some(fps) = a.replay_fps {
         config.source.replay_fps = fps;
     }
-    let analyzer = build_analyzer(a.model, a.precision, &config, a.config.as_deref())?;
+    let analyzer = leukoscope::pipeline::Analyzer::from_config(&config, a.config.as_deref(), a.model, a.precision)?;
     // The display first, so that every later failure can be shown on it.
     let mut screen = leukoscope::display::open(&config.display).context("opening the display")?;
     let use_camera = match config.source.kind {

@@ -14,15 +14,15 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("model card {path} is not valid: {source}")]
+    #[error("model card {path} is not valid")]
     Card { path: PathBuf, source: serde_json::Error },
     #[error("model file {path} has sha256 {actual}, but its card says {expected}: wrong or damaged model file")]
     Hash { path: PathBuf, expected: String, actual: String },
     #[error("model card {path}: {what}")]
     Mismatch { path: PathBuf, what: String },
-    #[error("tract cannot load {path}: {source}")]
+    #[error("tract cannot load {path}")]
     Tract { path: PathBuf, source: anyhow::Error },
     #[error("inference failed: {0}")]
     Run(anyhow::Error),

@@ -20,6 +20,67 @@ pub struct Analyzer {
     pub um_per_px: Option<f32>,
 }
 
+/// Why the analyzer of a configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("loading model card {path}")]
+    Model { path: std::path::PathBuf, source: ModelError },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+impl Analyzer {
+    /// The analysis `analyze` and `run` share, as the binary builds it: the
+    /// model (`model`, else the config's, else the shipped one) at `precision`
+    /// (else the config's), the card's call rules overridden by `[count]`, the
+    /// config's detector settings and scale. `config_path` names the config in
+    /// errors (`None`: the defaults).
+    pub fn from_config(
+        config: &crate::config::Config,
+        config_path: Option<&std::path::Path>,
+        model: Option<std::path::PathBuf>,
+        precision: Option<crate::model::Precision>,
+    ) -> Result<Analyzer, BuildError> {
+        use crate::config::ConfigError;
+        let card = model.or(config.model.card.clone()).unwrap_or_else(crate::model::default_card_path);
+        let classifier = Classifier::load_precision(&card, precision.unwrap_or(config.model.precision))
+            .map_err(|source| BuildError::Model { path: card.clone(), source })?;
+        log::debug!("model {} ({}, {})", classifier.card.name, classifier.variant, classifier.model_path.display());
+        let path = || config_path.map_or_else(|| "(defaults)".into(), |p| p.to_path_buf());
+        let mut rules = CallRules::from_card(&classifier.card);
+        if let Some(b) = &config.count.blast_classes {
+            if b.is_empty() {
+                return Err(ConfigError::Value {
+                    path: path(),
+                    key: "count.blast_classes",
+                    value: "[]".into(),
+                    why: "must name at least one class (else no cell is ever a blast)",
+                }
+                .into());
+            }
+            // Each must be a class of the model, or one the card itself calls a
+            // blast (older cards list MOB, which their model lacks).
+            let card = &classifier.card;
+            let known = |c: &String| card.classes.iter().any(|k| &k.code == c) || card.blast_classes.contains(c);
+            if let Some(c) = b.iter().find(|c| !known(c)) {
+                let codes: Vec<&str> = card.classes.iter().map(|k| k.code.as_str()).collect();
+                return Err(ConfigError::UnknownClass {
+                    path: path(),
+                    class: c.clone(),
+                    model: card.name.clone(),
+                    classes: codes.join(", "),
+                }
+                .into());
+            }
+            rules.blast_classes = b.clone();
+        }
+        if let Some(c) = config.count.min_confidence {
+            rules.min_confidence = c;
+        }
+        Ok(Analyzer { classifier, rules, detect: config.detect.clone(), um_per_px: config.scale.configured() })
+    }
+}
+
 /// One detected object and what the model made of it.
 #[derive(Debug, Clone)]
 pub struct CellResult {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("session storage {path}: {source}")]
+    #[error("session storage {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("session storage: {0}")]
     Storage(#[from] StorageError),

@@ -19,18 +19,10 @@ fn bccd_fields(n: usize, skip: usize) -> Vec<PathBuf> {
     common::bccd_field_paths().into_iter().skip(skip).take(n).collect()
 }
 
-fn analyzer() -> leukoscope::pipeline::Analyzer {
-    let config = leukoscope::config::Config::default();
-    let classifier = leukoscope::model::Classifier::load(&leukoscope::model::default_card_path()).expect("model");
-    let rules = leukoscope::count::CallRules::from_card(&classifier.card);
-    leukoscope::pipeline::Analyzer { classifier, rules, detect: config.detect, um_per_px: None }
-}
+use common::analyzer;
 
 fn temp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("leukoscope-appliance-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+    common::scratch("appliance", name)
 }
 
 /// Frames given in advance, each tagged with the field it shows.
@@ -130,17 +122,6 @@ fn run_cli(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_leukoscope")).args(args).env("RUST_LOG", "warn").output().expect("run")
 }
 
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let p = dir.join("leukoscope.toml");
-    let text = format!(
-        "[session]\nstate_dir = {:?}\n{extra}\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\n\n[display]\nkind = \"png\"\npng_path = {:?}\n",
-        dir.join("state"),
-        dir.join("screen.png")
-    );
-    std::fs::write(&p, text).expect("config");
-    p
-}
-
 fn session_dirs(state: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> =
         std::fs::read_dir(state.join("sessions")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
@@ -154,7 +135,7 @@ fn session_dirs(state: &Path) -> Vec<PathBuf> {
 #[test]
 fn run_reaches_the_target_and_writes_the_report() {
     let dir = temp("target");
-    let config = write_config(&dir, "target = 100\nfinish_at_target = true");
+    let config = common::write_run_config(&dir, "target = 100\nfinish_at_target = true");
     let list = bccd_fields(160, 0);
     let script = dir.join("buttons.txt");
     std::fs::write(&script, "1 start\n60 undo\n").expect("script");
@@ -187,6 +168,16 @@ fn run_reaches_the_target_and_writes_the_report() {
         .map(|i| i["cells"].as_array().map_or(0, Vec::len) + i["not_counted"].as_array().map_or(0, Vec::len))
         .sum();
     assert_eq!(csv.lines().count() - 1, seen);
+    // ...and one crop file per cell seen, each the one its record names.
+    let crops = common::files_under(&s.join("crops"));
+    assert_eq!(crops.len(), seen, "one crop per cell seen");
+    for c in doc["images"].as_array().expect("images").iter().flat_map(|i| {
+        i["cells"].as_array().into_iter().flatten().chain(i["not_counted"].as_array().into_iter().flatten())
+    }) {
+        let crop = s.join(c["crop"].as_str().unwrap_or_else(|| panic!("cell without a crop: {c}")));
+        assert!(crops.contains(&crop), "{} missing", crop.display());
+    }
+    assert!(crops.iter().all(|p| image::open(p).is_ok()), "every crop is an image");
     let journal = std::fs::read_to_string(s.join("journal.jsonl")).expect("journal");
     assert!(journal.contains(r#""t":"undo""#), "the scripted undo was journaled");
     assert!(journal.lines().last().is_some_and(|l| l.contains(r#""t":"finish""#)));

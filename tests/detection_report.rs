@@ -24,17 +24,18 @@
 use image::{Rgb, RgbImage};
 use leukoscope::bccd::{touches_border, without_duplicates, Annotation, Bccd, Class, Evaluation, YoloSet, MATCH_IOU};
 use leukoscope::calibrate::Calibration;
-use leukoscope::count::{Call, CallRules};
-use leukoscope::detect::{red_cell_scale, DetectParams, FieldScale, ScaleSource};
+use leukoscope::count::Call;
+use leukoscope::detect::{red_cell_scale, FieldScale, ScaleSource};
 use leukoscope::input::{data_dir, load_rgb};
 use leukoscope::mask::BBox;
-use leukoscope::model::{default_card_path, Classifier};
 use leukoscope::pipeline::{Analyzer, FieldResult};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+mod common;
 
 /// Annotated boxes this close to the border (px) are cut by it.
 const BORDER_MARGIN: u32 = 2;
@@ -153,14 +154,14 @@ fn sets() -> Vec<Set> {
     out
 }
 
+/// The analyzer the binary builds from the default config, with the detector
+/// settings of `LEUKOSCOPE_DETECT_PARAMS` (JSON) when set.
 fn analyzer() -> Analyzer {
-    let classifier = Classifier::load(&default_card_path()).expect("shipped model");
-    let rules = CallRules::from_card(&classifier.card);
-    let detect = match std::env::var("LEUKOSCOPE_DETECT_PARAMS") {
-        Ok(json) => serde_json::from_str(&json).unwrap_or_else(|e| panic!("LEUKOSCOPE_DETECT_PARAMS: {e}")),
-        Err(_) => DetectParams::default(),
-    };
-    Analyzer { classifier, rules, detect, um_per_px: None }
+    let mut config = leukoscope::config::Config::default();
+    if let Ok(json) = std::env::var("LEUKOSCOPE_DETECT_PARAMS") {
+        config.detect = serde_json::from_str(&json).unwrap_or_else(|e| panic!("LEUKOSCOPE_DETECT_PARAMS: {e}"));
+    }
+    common::analyzer_for(&config)
 }
 
 fn source_name(s: ScaleSource) -> &'static str {

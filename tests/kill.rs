@@ -6,7 +6,7 @@
 //! LEUKOSCOPE_KILLS sets how many kills at least (default 100).
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,19 +24,8 @@ struct Rig {
 
 impl Rig {
     fn new(name: &str, fields: &[String]) -> Rig {
-        let dir = std::env::temp_dir().join(format!("leukoscope-kill-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let config = dir.join("leukoscope.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[session]\nstate_dir = {:?}\n\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\n\n[display]\nkind = \"png\"\npng_path = {:?}\n",
-                dir.join("state"),
-                dir.join("screen.png")
-            ),
-        )
-        .expect("config");
+        let dir = common::scratch("kill", name);
+        let config = common::write_run_config(&dir, "");
         for (name, text) in [("start.txt", "1 start\n"), ("finish.txt", "1 finish\n")] {
             std::fs::write(dir.join(name), text).expect("script");
         }
@@ -99,14 +88,8 @@ impl Rig {
         let doc: Value =
             serde_json::from_str(&std::fs::read_to_string(sessions[0].join("results.json")).expect("results.json"))
                 .expect("json");
-        (doc, count_files(&sessions[0].join("crops")))
+        (doc, common::files_under(&sessions[0].join("crops")).len())
     }
-}
-
-fn count_files(d: &Path) -> usize {
-    std::fs::read_dir(d)
-        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 }).sum())
-        .unwrap_or(0)
 }
 
 /// One field's counted cells: (bbox, class) each.

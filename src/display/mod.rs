@@ -130,7 +130,7 @@ pub enum DisplayError {
     /// A transfer to an opened device failed.
     #[error("display {device}: {reason}")]
     Device { device: String, reason: String },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot encode the screen as PNG: {0}")]
     Encode(String),

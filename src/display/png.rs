@@ -217,7 +217,8 @@ mod tests {
     #[test]
     fn write_error_names_the_path() {
         let mut display = PngDisplay::new("/nonexistent-dir/screen.png", Layout::Compact);
-        let err = display.show(&View::default()).expect_err("no such directory").to_string();
+        let err = crate::error_text(&display.show(&View::default()).expect_err("no such directory"));
         assert!(err.starts_with("cannot write /nonexistent-dir/.screen.png.tmp: "), "{err}");
+        assert_eq!(err.matches("No such file").count(), 1, "the cause, once: {err}");
     }
 }

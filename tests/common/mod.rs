@@ -1,10 +1,26 @@
-//! Shared by the integration tests: the real BCCD smear fields in the data folder.
+//! Shared by the integration tests: the real data, scratch folders, the `run`
+//! configuration, and the analyzer built as the binary builds it.
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-/// Every BCCD field image, sorted by name. A missing data folder is a loud failure.
+/// The data folder, checked: a missing data folder is a loud failure, never a skip.
+pub fn data() -> PathBuf {
+    let d = leukoscope::input::data_dir();
+    assert!(d.join("bccd/JPEGImages").is_dir(), "data folder {} missing: set LEUKOSCOPE_DATA", d.display());
+    d
+}
+
+/// A BCCD field image by id (`BloodImage_00001`).
+pub fn field(id: &str) -> PathBuf {
+    data().join("bccd/JPEGImages").join(format!("{id}.jpg"))
+}
+
+/// Every BCCD field image, sorted by name.
 pub fn bccd_field_paths() -> Vec<PathBuf> {
-    let root = leukoscope::input::data_dir().join("bccd/JPEGImages");
+    let root = data().join("bccd/JPEGImages");
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("BCCD fields missing at {} ({e}): set LEUKOSCOPE_DATA", root.display()))
         .map(|e| e.expect("dir entry").path())
@@ -12,4 +28,71 @@ pub fn bccd_field_paths() -> Vec<PathBuf> {
         .collect();
     paths.sort();
     paths
+}
+
+/// The BCCD annotations (VOC), checked to be there.
+pub fn bccd() -> leukoscope::bccd::Bccd {
+    leukoscope::bccd::Bccd::new(&data())
+}
+
+/// A field with exactly one annotated leukocyte lying wholly inside it (8 px
+/// from every border): the fields where "one whole cell" is the right answer.
+pub fn one_whole_wbc(a: &leukoscope::bccd::Annotation) -> bool {
+    let wbc = a.boxes(leukoscope::bccd::Class::Wbc);
+    wbc.len() == 1 && wbc.iter().all(|b| b.x0 > 8 && b.y0 > 8 && b.x1 + 8 < a.width && b.y1 + 8 < a.height)
+}
+
+/// An empty scratch folder of its own for this test process: `<tmp>/leukoscope-<suite>-<pid>-<name>`.
+pub fn scratch(suite: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("leukoscope-{suite}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch dir");
+    d
+}
+
+/// Every file under `dir`, recursively, sorted; none when `dir` is missing.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(files_under(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// The `leukoscope` binary under test.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_leukoscope"))
+}
+
+/// A `run` configuration in `dir`: state in `dir/state`, frames replayed as
+/// fast as analysed, the screen written to `dir/screen.png`; `session` is
+/// added to `[session]`.
+pub fn write_run_config(dir: &Path, session: &str) -> PathBuf {
+    let p = dir.join("leukoscope.toml");
+    let text = format!(
+        "[session]\nstate_dir = {:?}\n{session}\n\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\n\n[display]\nkind = \"png\"\npng_path = {:?}\n",
+        dir.join("state"),
+        dir.join("screen.png")
+    );
+    std::fs::write(&p, text).expect("write run config");
+    p
+}
+
+/// The analyzer `analyze` and `run` build from a configuration: the same
+/// library call the binary makes, so the config's overrides apply.
+pub fn analyzer_for(config: &leukoscope::config::Config) -> leukoscope::pipeline::Analyzer {
+    leukoscope::pipeline::Analyzer::from_config(config, None, None, None).unwrap_or_else(|e| panic!("analyzer: {e}"))
+}
+
+/// The analyzer of the default configuration, as `analyze` without `--config` builds it.
+pub fn analyzer() -> leukoscope::pipeline::Analyzer {
+    analyzer_for(&leukoscope::config::Config::default())
 }
