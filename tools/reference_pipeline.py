@@ -411,8 +411,16 @@ def check_same(sizes, rust_bin):
     for size in sizes:
         stats = {}
         border_windows = [0, 0]  # windows that leave the field: checked, equal to padding the whole field
+        lut_same = [0, 0]  # fields whose cv2.LUT green OD (uint8) and stain (float32) equal numpy's indexing + clip
         for fid, rgb in bccd_fields(size):
             w = rgb.shape[1]
+            lut = Reference.od_lut(Reference.background(rgb))
+            green_np = np.clip(lut[1][rgb[:, :, 1]] * 255.0, 0, 255).astype(np.uint8)
+            green_cv = cv2.LUT(cv2.extractChannel(rgb, 1), np.clip(lut[1] * 255.0, 0, 255).astype(np.uint8))
+            stain_np = lut[0][rgb[:, :, 0]] - lut[2][rgb[:, :, 2]]
+            stain_cv = cv2.LUT(cv2.extractChannel(rgb, 0), lut[0]) - cv2.LUT(cv2.extractChannel(rgb, 2), lut[2])
+            lut_same[0] += 1
+            lut_same[1] += int(np.array_equal(green_np, green_cv) and np.array_equal(stain_np, stain_cv))
             for scale_mode in ("known", "estimated"):
                 s_in = BCCD_UM_PER_PX * 640.0 / w if scale_mode == "known" else None
                 oc, os_, obg = old.detect(rgb, s_in)
@@ -459,7 +467,9 @@ def check_same(sizes, rust_bin):
                 ok = False  # the changes meant to be exact are not
         print(json.dumps({"check": "window-only padding == whole-field padding", "size": f"{size[0]}x{size[1]}",
                           "border_windows": border_windows[0], "identical": border_windows[1]}))
-        ok = ok and border_windows[0] == border_windows[1]
+        print(json.dumps({"check": "cv2.LUT == numpy indexing + clip (green OD uint8, stain float32)",
+                          "size": f"{size[0]}x{size[1]}", "fields": lut_same[0], "identical": lut_same[1]}))
+        ok = ok and border_windows[0] == border_windows[1] and lut_same[0] == lut_same[1]
 
     # Calls against the Rust binary, native 640x480 fields, both with their own scale estimate.
     import subprocess
@@ -487,7 +497,7 @@ def check_same(sizes, rust_bin):
         print(json.dumps({"check": "calls vs leukoscope analyze --json --precision f32 (argmax class, cells paired at box IoU >= 0.5)",
                           "reference": name, "size": "640x480 (native)", "reference_cells": n_ref, "rust_cells": n_rust,
                           "paired": paired, "same_class": same}))
-    print(json.dumps({"verdict": "the exact changes are exact (identical boxes, backgrounds, scales, border windows)"
+    print(json.dumps({"verdict": "the exact changes are exact (identical boxes, backgrounds, scales, lookups, border windows)"
                       if ok else "AN EXACT CHANGE IS NOT EXACT (see above)",
                       "note": "exact-ratio INTER_AREA and the ~320 px scale copy change pixels, so their rows are "
                               "judged by same cell count and IoU >= 0.9; fields_differing lists the rest"}))
