@@ -513,8 +513,8 @@ def main():
     ap.add_argument("--um-per-px", type=float, default=None, help="known scale; default: estimate from red cells")
     ap.add_argument("--model", type=Path, default=None, help="ONNX model; default: the card's file for --precision")
     ap.add_argument("--precision", choices=["f32", "int8"], default="f32", help="which of the card's files (default f32)")
-    ap.add_argument("--scale-level", choices=["level", "full"], default="level",
-                    help="red cells measured on a ~320 px copy (default, as the Rust side) or at full resolution")
+    ap.add_argument("--scale-level", choices=["level", "full"], default="full",
+                    help="red cells measured at full resolution (default: same scale as before issue 17) or on a ~320 px copy as the Rust side does")
     ap.add_argument("--eval-bccd", action="store_true", help="recall/precision at IoU>=0.5 on the BCCD test split")
     ap.add_argument("--check-same", action="store_true",
                     help="detections vs the pre-issue-17 reference (tools/reference_legacy.py) on the 72 BCCD test "
