@@ -49,6 +49,29 @@ pub struct CellRecord {
     pub crop: Option<String>,
 }
 
+#[cfg(test)]
+impl CellRecord {
+    /// A counted cell of class `code` with a fixed box, for unit tests.
+    pub(crate) fn counted_for_test(code: &str, blast: bool) -> CellRecord {
+        CellRecord {
+            bbox: [10, 10, 40, 40],
+            class: code.into(),
+            label: code.into(),
+            confidence: 0.9,
+            blast,
+            best_class: code.into(),
+            call: Call::Cell { code: code.into(), blast, abnormal: blast },
+            nucleus_area_um2: None,
+            nucleus_diameter_um: None,
+            cell_area_um2: None,
+            cell_diameter_um: None,
+            nc_ratio: None,
+            reason: None,
+            crop: None,
+        }
+    }
+}
+
 impl CellRecord {
     pub fn new(card: &ModelCard, cell: &CellResult) -> CellRecord {
         let (i, confidence) = cell.prediction.top();

@@ -334,22 +334,7 @@ mod tests {
     use crate::report::CellRecord;
 
     fn cell(code: &str, blast: bool) -> CellRecord {
-        CellRecord {
-            bbox: [10, 10, 40, 40],
-            class: code.into(),
-            label: code.into(),
-            confidence: 0.9,
-            blast,
-            best_class: code.into(),
-            call: Call::Cell { code: code.into(), blast, abnormal: blast },
-            nucleus_area_um2: None,
-            nucleus_diameter_um: None,
-            cell_area_um2: None,
-            cell_diameter_um: None,
-            nc_ratio: None,
-            reason: None,
-            crop: None,
-        }
+        CellRecord::counted_for_test(code, blast)
     }
 
     fn folder(name: &str) -> PathBuf {

@@ -610,7 +610,6 @@ fn unix_time() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::count::Call;
     use crate::detect::{FieldScale, Rejected, ScaleSource};
     use crate::report::CellRecord;
 
@@ -619,22 +618,7 @@ mod tests {
     }
 
     fn cell(code: &str, blast: bool) -> CellRecord {
-        CellRecord {
-            bbox: [10, 10, 40, 40],
-            class: code.into(),
-            label: code.into(),
-            confidence: 0.9,
-            blast,
-            best_class: code.into(),
-            call: Call::Cell { code: code.into(), blast, abnormal: blast },
-            nucleus_area_um2: None,
-            nucleus_diameter_um: None,
-            cell_area_um2: None,
-            cell_diameter_um: None,
-            nc_ratio: None,
-            reason: None,
-            crop: None,
-        }
+        CellRecord::counted_for_test(code, blast)
     }
 
     fn field(cells: Vec<CellRecord>) -> FieldRecord {

@@ -3,23 +3,20 @@
 //! on real cells; the FHIR Bundle is validated by an independent library
 //! (tools/check_fhir.py, PyPI fhir.resources 6.1.0 = FHIR R4 4.0.1).
 
-mod support;
+mod common;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_leukoscope"));
+    let mut c = common::bin();
     c.env("RUST_LOG", "warn");
     c
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("leukoscope-reportfiles-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+    common::scratch("reportfiles", name)
 }
 
 fn read_json(p: &Path) -> Value {
@@ -140,7 +137,7 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
     let text = bundle.to_string();
     assert!(text.contains(sample.replace('"', "\\\"").as_str()), "the sample ID as the specimen's accession");
     assert!(text.contains(doc["model"]["sha256"].as_str().expect("sha")));
-    support::validate_fhir(&fhir_path, "preliminary");
+    common::validate_fhir(&fhir_path, "preliminary");
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -149,16 +146,7 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
 #[test]
 fn finish_writes_the_report_files() {
     let dir = scratch("finish");
-    let config = dir.join("leukoscope.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[session]\nstate_dir = {:?}\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\n[display]\nkind = \"png\"\npng_path = {:?}\n",
-            dir.join("state"),
-            dir.join("screen.png")
-        ),
-    )
-    .expect("config");
+    let config = common::write_run_config(&dir, "");
     let script = dir.join("buttons.txt");
     std::fs::write(&script, "1 start\n40 finish\n").expect("script");
     let o = bin()
@@ -183,6 +171,6 @@ fn finish_writes_the_report_files() {
     let bundle = read_json(&fhir);
     let cells = observation(&bundle, "leukocytes-counted").expect("cells counted");
     assert_eq!(cells["valueQuantity"]["value"], doc["summary"]["cells"]);
-    support::validate_fhir(&fhir, "preliminary");
+    common::validate_fhir(&fhir, "preliminary");
     std::fs::remove_dir_all(&dir).ok();
 }

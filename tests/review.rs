@@ -10,19 +10,16 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-mod support;
+mod common;
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_leukoscope"));
+    let mut c = common::bin();
     c.env("RUST_LOG", "warn");
     c
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("leukoscope-review-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("scratch dir");
-    d
+    common::scratch("review", name)
 }
 
 fn images(folder: &str, n: usize) -> Vec<PathBuf> {
@@ -313,7 +310,7 @@ fn a_scripted_review_is_logged_recounted_and_signed() {
     assert!(html.contains("Dr Jö Doe"));
     assert!(html.contains(&format!("Blasts: {} of {} leukocytes", blasts0 - 1, cells0 - 1)));
     assert!(html.contains(&r["signed_at"].as_str().expect("signed_at").replace('T', " ").replace('Z', " UTC")));
-    support::validate_fhir(&rep.join("report.fhir.json"), "final");
+    common::validate_fhir(&rep.join("report.fhir.json"), "final");
 
     // Killed and started again: everything acknowledged is there.
     drop(server);
@@ -331,7 +328,7 @@ fn a_scripted_review_is_logged_recounted_and_signed() {
     assert_eq!(p.status, 303);
     let html = std::fs::read_to_string(rep.join("report.html")).expect("report.html");
     assert!(html.contains("PRELIMINARY"));
-    support::validate_fhir(&rep.join("report.fhir.json"), "preliminary");
+    common::validate_fhir(&rep.join("report.fhir.json"), "preliminary");
     drop(again);
     std::fs::remove_dir_all(&dir).ok();
 }

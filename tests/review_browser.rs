@@ -9,7 +9,7 @@
 //! Needs `chromium` and `chromium-driver` (`.ci/run` installs them); without
 //! them the test fails, it does not skip.
 
-mod support;
+mod common;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,7 +30,7 @@ impl Drop for Killed {
 }
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_leukoscope"));
+    let mut c = common::bin();
     c.env("RUST_LOG", "warn");
     c
 }
@@ -180,7 +180,7 @@ fn bccd_fields(n: usize) -> Vec<PathBuf> {
 #[test]
 fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
     for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        if !support::external_tool(Path::new(tool), "apt-get install chromium chromium-driver") {
+        if !common::external_tool(Path::new(tool), "apt-get install chromium chromium-driver") {
             return;
         }
     }
@@ -191,16 +191,7 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
     std::fs::create_dir_all(&shots).expect("screenshot folder");
 
     // A session counted by the appliance from BCCD fields.
-    let config = dir.join("leukoscope.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[session]\nstate_dir = {:?}\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\n[display]\nkind = \"png\"\npng_path = {:?}\n",
-            dir.join("state"),
-            dir.join("screen.png")
-        ),
-    )
-    .expect("config");
+    let config = common::write_run_config(&dir, "");
     std::fs::write(dir.join("buttons.txt"), "1 start\n40 finish\n").expect("script");
     let o = bin()
         .args(["run", "--until-finished", "--config"])
@@ -324,6 +315,6 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
     let card = leukoscope::model::ModelCard::load(&leukoscope::model::default_card_path()).expect("card");
     let name = &card.classes[card.class_index(to).expect("class")].name;
     assert!(html.contains(&format!("<td>{to}</td><td>{name}</td>")), "{to} {name}");
-    support::validate_fhir(&session.join("report.fhir.json"), "final");
+    common::validate_fhir(&session.join("report.fhir.json"), "final");
     std::fs::remove_dir_all(&dir).ok();
 }
