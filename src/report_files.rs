@@ -45,6 +45,8 @@ pub struct ShownCell {
     pub class: String,
     pub confidence: f32,
     pub nucleus_diameter_um: Option<f32>,
+    pub cell_diameter_um: Option<f32>,
+    pub nc_ratio: Option<f32>,
     /// The crop's path relative to the report folder.
     pub crop: Option<String>,
 }
@@ -98,6 +100,8 @@ impl ReportFacts {
                 class: c.class.clone(),
                 confidence: c.confidence,
                 nucleus_diameter_um: c.nucleus_diameter_um,
+                cell_diameter_um: c.cell_diameter_um,
+                nc_ratio: c.nc_ratio,
                 crop: c.crop.clone(),
             })
             .collect();

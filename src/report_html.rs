@@ -297,7 +297,10 @@ fn blast_crops(facts: &ReportFacts, dir: &Path) -> String {
             .and_then(|p| std::fs::read(dir.join(p)).ok())
             .map(|png| format!("<img alt=\"{} cell\" src=\"data:image/png;base64,{}\">", esc(&c.class), base64(&png)))
             .unwrap_or_else(|| "<p><i>crop missing</i></p>".into());
-        let d = c.nucleus_diameter_um.map_or(String::new(), |d| format!(", nucleus {d:.1} µm"));
+        let mut d = c.nucleus_diameter_um.map_or(String::new(), |d| format!(", nucleus {d:.1} µm"));
+        if let (Some(cd), Some(nc)) = (c.cell_diameter_um, c.nc_ratio) {
+            d += &format!(", cell {cd:.1} µm, N:C {nc:.2}");
+        }
         let _ = write!(
             h,
             "<figure>{img}<figcaption>{} {:.0}%{d}</figcaption></figure>",

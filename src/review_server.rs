@@ -552,6 +552,9 @@ impl Review {
         if let (Some(a), Some(d)) = (c.nucleus_area_um2, c.nucleus_diameter_um) {
             t += &format!("<br>nucleus {a:.0} µm², {d:.1} µm");
         }
+        if let (Some(a), Some(d), Some(nc)) = (c.cell_area_um2, c.cell_diameter_um, c.nc_ratio) {
+            t += &format!("<br>cell {a:.0} µm², {d:.1} µm; N:C {nc:.2}");
+        }
         t += &format!("<br><small>{} &middot; cell {id}</small>", esc(&field));
         if can_edit && c.reason.as_deref() != Some("cut_by_border") {
             // Preselected: the reviewer's class, else the model's most likely one.
