@@ -580,14 +580,7 @@ fn sessions(state: &Path) -> Vec<PathBuf> {
 }
 
 fn bccd_fields(skip: usize, n: usize) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(data().join("bccd/JPEGImages"))
-        .expect("BCCD fields")
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
-        .collect();
-    v.sort();
-    v.into_iter().skip(skip).take(n).collect()
+    common::bccd_field_paths().into_iter().skip(skip).take(n).collect()
 }
 
 fn results(session: &Path) -> Value {

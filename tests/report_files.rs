@@ -24,20 +24,6 @@ fn read_json(p: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
 }
 
-/// The first `n` images of a data folder, sorted.
-fn images(folder: &str, n: usize) -> Vec<PathBuf> {
-    let dir = leukoscope::input::data_dir().join(folder);
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{} missing ({e}): set LEUKOSCOPE_DATA", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
-        .collect();
-    v.sort();
-    v.truncate(n);
-    v
-}
-
 /// The Observation of a LOINC code, if any.
 fn observation<'a>(bundle: &'a Value, loinc: &str) -> Option<&'a Value> {
     bundle["entry"].as_array()?.iter().map(|e| &e["resource"]).find(|r| {
@@ -58,9 +44,9 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
     // The LMU scanner's scale (the model card's source_um_per_px.lmu).
     std::fs::write(&config, "[scale]\num_per_px = 0.138\n").expect("config");
     let report = out.join("report");
-    let mut inputs = images("lmu/MYO", 8);
-    inputs.extend(images("lmu/NGS", 4));
-    inputs.extend(images("bccd/JPEGImages", 2));
+    let mut inputs = common::images("lmu/MYO", 8);
+    inputs.extend(common::images("lmu/NGS", 4));
+    inputs.extend(common::images("bccd/JPEGImages", 2));
     let sample = "S-17 <b>&\"x\"";
     let o = bin()
         .args(["analyze", "--config"])
@@ -155,7 +141,7 @@ fn finish_writes_the_report_files() {
         .arg("--script")
         .arg(&script)
         .arg("--replay")
-        .args(images("bccd/JPEGImages", 30))
+        .args(common::images("bccd/JPEGImages", 30))
         .output()
         .expect("run");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -22,28 +22,15 @@ fn scratch(name: &str) -> PathBuf {
     common::scratch("review", name)
 }
 
-fn images(folder: &str, n: usize) -> Vec<PathBuf> {
-    let dir = leukoscope::input::data_dir().join(folder);
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{} missing ({e}): set LEUKOSCOPE_DATA", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
-        .collect();
-    v.sort();
-    v.truncate(n);
-    v
-}
-
 /// A report folder of LMU myeloblasts and neutrophils (at the LMU scale) and
 /// BCCD fields, as `analyze --out` writes it.
 fn report(dir: &Path) -> PathBuf {
     let config = dir.join("lmu.toml");
     std::fs::write(&config, "[scale]\num_per_px = 0.138\n").expect("config");
     let out = dir.join("report");
-    let mut inputs = images("lmu/MYO", 4);
-    inputs.extend(images("lmu/NGS", 2));
-    inputs.extend(images("bccd/JPEGImages", 2));
+    let mut inputs = common::images("lmu/MYO", 4);
+    inputs.extend(common::images("lmu/NGS", 2));
+    inputs.extend(common::images("bccd/JPEGImages", 2));
     let o = bin()
         .args(["analyze", "--sample-id", "S-9", "--config"])
         .arg(&config)

@@ -14,7 +14,7 @@ mod common;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -165,18 +165,6 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-fn bccd_fields(n: usize) -> Vec<PathBuf> {
-    let dir = leukoscope::input::data_dir().join("bccd/JPEGImages");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{} missing ({e}): set LEUKOSCOPE_DATA", dir.display()))
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    v.sort();
-    v.truncate(n);
-    v
-}
-
 #[test]
 fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
     for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
@@ -199,7 +187,7 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
         .arg("--script")
         .arg(dir.join("buttons.txt"))
         .arg("--replay")
-        .args(bccd_fields(30))
+        .args(common::images("bccd/JPEGImages", 30))
         .output()
         .expect("run");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

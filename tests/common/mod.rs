@@ -18,16 +18,22 @@ pub fn field(id: &str) -> PathBuf {
     data().join("bccd/JPEGImages").join(format!("{id}.jpg"))
 }
 
-/// Every BCCD field image, sorted by name.
-pub fn bccd_field_paths() -> Vec<PathBuf> {
-    let root = data().join("bccd/JPEGImages");
+/// The first `n` `.jpg` images of a folder of the data folder, sorted by name.
+pub fn images(folder: &str, n: usize) -> Vec<PathBuf> {
+    let root = data().join(folder);
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("BCCD fields missing at {} ({e}): set LEUKOSCOPE_DATA", root.display()))
+        .unwrap_or_else(|e| panic!("{} missing ({e}): set LEUKOSCOPE_DATA", root.display()))
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
         .collect();
     paths.sort();
+    paths.truncate(n);
     paths
+}
+
+/// Every BCCD field image, sorted by name.
+pub fn bccd_field_paths() -> Vec<PathBuf> {
+    images("bccd/JPEGImages", usize::MAX)
 }
 
 /// The BCCD annotations (VOC), checked to be there.
