@@ -445,8 +445,7 @@ fn classify(
         let outcome = read_input(path, bad.as_deref()).and_then(|img| {
             let scale = leukoscope::pipeline::crop_scale(&img, um_per_px, &detect);
             let prepared = prepare(&img, &spec, None, scale.um_per_px);
-            let bg = leukoscope::color::Background::estimate(&img);
-            let morphometry = leukoscope::morphometry::measure(&img, &bg, &prepared, spec.min_nucleus_od);
+            let morphometry = leukoscope::morphometry::measure(&img, &prepared);
             Ok((clf.predict(&prepared)?, scale, morphometry))
         });
         match outcome {

@@ -17,7 +17,7 @@
 //! monocytes 0.58 on PBC: `tests/morphometry.rs`).
 
 use crate::color::{od_lut, Background};
-use crate::preprocess::{nucleus_signal, nucleus_threshold, Nucleus, Prepared};
+use crate::preprocess::{Nucleus, Prepared};
 use image::RgbImage;
 use serde::Serialize;
 
@@ -45,15 +45,16 @@ pub struct Morphometry {
 }
 
 /// Measures the cell whose nucleus `prepared` found in `img` (the image it was
-/// prepared from, at `prepared.um_per_px`); `None` when it found none.
-pub fn measure(img: &RgbImage, bg: &Background, prepared: &Prepared, min_nucleus_od: f32) -> Option<Morphometry> {
+/// prepared from, at `prepared.um_per_px`, against `prepared.background`);
+/// `None` when it found none.
+pub fn measure(img: &RgbImage, prepared: &Prepared) -> Option<Morphometry> {
     let nucleus = prepared.nucleus?;
     let um = prepared.um_per_px;
     if !(um.is_finite() && um > 0.0) {
         return None;
     }
     let nucleus_area_um2 = nucleus.area_px as f32 * um * um;
-    let cell_area_um2 = cell_area_px(img, bg, &nucleus, min_nucleus_od, MAX_CELL_DIAMETER_UM / 2.0 / um)
+    let cell_area_um2 = cell_area_px(img, &prepared.background, &nucleus, MAX_CELL_DIAMETER_UM / 2.0 / um)
         .map(|px| (px * um * um).max(nucleus_area_um2));
     Some(Morphometry {
         nucleus_area_um2,
@@ -69,22 +70,29 @@ fn diameter(area: f32) -> f32 {
 }
 
 /// Area in pixels of the star-shaped outline around `nucleus`.
-fn cell_area_px(img: &RgbImage, bg: &Background, nucleus: &Nucleus, min_od: f32, max_radius: f32) -> Option<f32> {
+fn cell_area_px(img: &RgbImage, bg: &Background, nucleus: &Nucleus, max_radius: f32) -> Option<f32> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
         return None;
     }
-    let signal = nucleus_signal(img, bg);
-    let threshold = nucleus_threshold(&signal, min_od);
+    // Only the pixels the rays read are looked at: optical density per
+    // channel, and the nuclear signal as the nucleus was segmented with
+    // (`preprocess::nucleus_signal`, above the threshold it used).
     let luts: [[f32; 256]; 3] = std::array::from_fn(|c| od_lut(bg.0[c]));
     let raw = img.as_raw();
-    let stained = |x: usize, y: usize| {
+    let od = |x: usize, y: usize| -> [f32; 3] {
         let p = &raw[(y * w + x) * 3..(y * w + x) * 3 + 3];
-        (0..3).any(|c| luts[c][p[c] as usize] > STAINED_OD)
+        std::array::from_fn(|c| luts[c][p[c] as usize])
     };
+    let stained = |x: usize, y: usize| od(x, y).iter().any(|&v| v > STAINED_OD);
     let b = nucleus.bbox;
     let in_nucleus = |x: usize, y: usize| {
-        x as u32 >= b.x0 && (x as u32) < b.x1 && y as u32 >= b.y0 && (y as u32) < b.y1 && signal[y * w + x] > threshold
+        let [red, _, blue] = od(x, y);
+        x as u32 >= b.x0
+            && (x as u32) < b.x1
+            && y as u32 >= b.y0
+            && (y as u32) < b.y1
+            && (red - blue).max(0.0) > nucleus.threshold
     };
     let (cx, cy) = b.center();
     let step = 0.5f32;
@@ -182,8 +190,7 @@ mod tests {
             let img = cell(rc, rn);
             let spec = PreprocessSpec::default();
             let p = prepare(&img, &spec, None, um);
-            let bg = Background::estimate(&img);
-            let m = measure(&img, &bg, &p, spec.min_nucleus_od).expect("a nucleus");
+            let m = measure(&img, &p).expect("a nucleus");
             let true_cell = std::f32::consts::PI * rc * rc * um * um;
             let true_nucleus = std::f32::consts::PI * rn * rn * um * um;
             let cell_area = m.cell_area_um2.expect("cell area");
@@ -199,6 +206,6 @@ mod tests {
         let img = RgbImage::from_pixel(64, 64, Rgb([240, 240, 240]));
         let spec = PreprocessSpec::default();
         let p = prepare(&img, &spec, None, 0.2);
-        assert!(measure(&img, &Background::estimate(&img), &p, spec.min_nucleus_od).is_none());
+        assert!(measure(&img, &p).is_none());
     }
 }

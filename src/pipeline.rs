@@ -145,7 +145,7 @@ impl Analyzer {
             cells.push(CellResult {
                 bbox: d.bbox,
                 nucleus: d.nucleus,
-                morphometry: morphometry::measure(&region, &found.background, &prepared, spec.min_nucleus_od),
+                morphometry: morphometry::measure(&region, &prepared),
                 prediction,
                 call,
                 cut_by_border: d.cut_by_border,

@@ -108,14 +108,19 @@ pub struct Prepared {
     pub window: (f32, f32, f32),
     /// Scale of the input the window was sized with (µm per input pixel).
     pub um_per_px: f32,
+    /// The slide colour the input was white-balanced against.
+    pub background: Background,
 }
 
 /// The nucleus of the central cell: its box (all lobes) and stained area.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Nucleus {
     pub bbox: BBox,
     /// Stained pixels of the lobes in `bbox`.
     pub area_px: u64,
+    /// The nuclear signal ([`nucleus_signal`]) above which a pixel counted as
+    /// nucleus in this image.
+    pub threshold: f32,
 }
 
 impl Prepared {
@@ -144,7 +149,7 @@ pub fn prepare(img: &RgbImage, spec: &PreprocessSpec, background: Option<Backgro
         None => (w / 2.0, h / 2.0, w.min(h)),
     };
     let tensor = sample_standardised(img, &bg, window, spec);
-    Prepared { tensor, nucleus, window, um_per_px }
+    Prepared { tensor, nucleus, window, um_per_px, background: bg }
 }
 
 /// Nuclear stain signal: red minus blue optical density. Nuclei (azure,
@@ -220,11 +225,11 @@ pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Opt
             area_px += c.area;
         }
     }
-    Some(Nucleus { bbox, area_px })
+    Some(Nucleus { bbox, area_px, threshold })
 }
 
 /// The nuclear signal above which a pixel is nucleus, for one image's signal.
-pub fn nucleus_threshold(od: &[f32], min_od: f32) -> f32 {
+fn nucleus_threshold(od: &[f32], min_od: f32) -> f32 {
     // Otsu alone is pulled up by a heavy tail (dark granules, JPEG colour
     // fringes) and then keeps only specks of a large nucleus; half the 99th
     // percentile alone clips pale nuclei. The lower of the two held up across

@@ -5,10 +5,11 @@
 //! neutrophils a low one), and in that order. The ranges are the textbooks',
 //! widened by a micrometre for the scanners' scale error, not fitted here.
 
-use leukoscope::color::Background;
-use leukoscope::input::{data_dir, load_rgb};
+use leukoscope::input::load_rgb;
 use leukoscope::morphometry::{measure, Morphometry};
 use leukoscope::preprocess::{prepare, PreprocessSpec};
+
+mod common;
 
 /// The scanners' scales, as the training data records them (tools/datasets.py).
 const PBC_UM_PER_PX: f32 = 0.184;
@@ -16,15 +17,10 @@ const LMU_UM_PER_PX: f32 = 0.138;
 const PER_CLASS: usize = 40;
 
 fn measured(dir: &str, prefix: &str, um_per_px: f32) -> Vec<Morphometry> {
-    let root = data_dir().join(dir);
-    let mut paths: Vec<_> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("{} missing ({e}): set LEUKOSCOPE_DATA", root.display()))
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".jpg"))
-        })
+    let paths: Vec<_> = common::images(dir, usize::MAX)
+        .into_iter()
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
         .collect();
-    paths.sort();
     // Every k-th file: spread over the whole folder, same picks every run.
     let step = (paths.len() / PER_CLASS).max(1);
     let spec = PreprocessSpec::default();
@@ -35,7 +31,7 @@ fn measured(dir: &str, prefix: &str, um_per_px: f32) -> Vec<Morphometry> {
         .filter_map(|p| {
             let img = load_rgb(p).expect("readable crop");
             let prepared = prepare(&img, &spec, None, um_per_px);
-            measure(&img, &Background::estimate(&img), &prepared, spec.min_nucleus_od)
+            measure(&img, &prepared)
         })
         .collect()
 }
