@@ -24,14 +24,14 @@ pub struct Config {
     pub model: ModelConfig,
     pub count: CountConfig,
     pub scale: ScaleConfig,
-    pub detect: crate::detect::DetectParams,
+    pub detect: crate::vision::detect::DetectParams,
     pub session: crate::appliance::SessionConfig,
-    pub gate: crate::gating::GateParams,
-    pub source: crate::source::SourceConfig,
-    pub camera: crate::camera::CameraConfig,
-    pub display: crate::display::DisplayConfig,
-    pub buttons: crate::gpio::ButtonsConfig,
-    pub review: crate::review_server::ReviewConfig,
+    pub gate: crate::vision::gating::GateParams,
+    pub source: crate::hw::source::SourceConfig,
+    pub camera: crate::hw::camera::CameraConfig,
+    pub display: crate::hw::display::DisplayConfig,
+    pub buttons: crate::hw::gpio::ButtonsConfig,
+    pub review: crate::review::server::ReviewConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -41,7 +41,7 @@ pub struct ModelConfig {
     pub card: Option<PathBuf>,
     /// Which of the card's files to run: "auto" (the one the card measured
     /// fastest on this CPU: f32 on x86_64, int8 on ARM), "int8" or "f32".
-    pub precision: crate::model::Precision,
+    pub precision: crate::classify::model::Precision,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +49,8 @@ pub struct ModelConfig {
 pub struct CountConfig {
     /// Flag the sample when the blast percentage reaches this value (percent).
     pub blast_threshold_percent: f64,
-    /// Classes counted as blasts; unset = the model card's list (MYO, MOB).
+    /// Classes counted as blasts; unset = the model card's list (MYO, MOB). Each must be
+    /// a class of the model (or in the card's own list); an empty list is refused.
     pub blast_classes: Option<Vec<String>>,
     /// Cells below this top-class probability are "unidentified"; unset = the card's value.
     pub min_confidence: Option<f32>,

@@ -2,17 +2,31 @@
 //! int8 ONNX model run by tract and keeps a differential count with the blast
 //! percentage. A screening aid: a person verifies every result.
 //!
-//! Data flows one way:
-//! `image` -> [`detect`] (cells in a field) -> [`preprocess`] (crop -> tensor)
-//! -> [`model`] (classes) -> [`count`] (differential, statistics) -> [`report`].
+//! # Layout
+//!
+//! Data flows one way, and the modules are named for its steps:
+//!
+//! `image` -> [`vision`] (colour balance, nuclei, leukocytes and scale in a field,
+//! each cell cut out as the model's input) -> [`classify`] (the model, one field
+//! from pixels to calls, the differential and its statistics) -> [`report`]
+//! (results.json, cells.csv, crops, report.html, FHIR) -> [`review`] (a person
+//! verifies and signs).
+//!
+//! Around it: [`appliance`] (the counting loop at the microscope and its
+//! journaled session), [`hw`] (camera, buttons, screen: traits and their Linux
+//! adapters), [`config`] (the TOML file), [`input`] (finding and decoding image
+//! files) and [`storage`] (the one seam through which anything reaches the disk).
+//! The `leukoscope` binary (`src/main.rs`, `src/cli/`) only parses and prints.
 
-pub mod color;
+pub mod appliance;
+pub mod classify;
+pub mod config;
+pub mod hw;
 pub mod input;
-pub mod mask;
-pub mod model;
-pub mod morphometry;
-pub mod npy;
-pub mod preprocess;
+pub mod report;
+pub mod review;
+pub mod storage;
+pub mod vision;
 
 /// An error and its causes, "what failed: why: why". Errors here say what
 /// failed and leave the why to their source chain (never both, so nothing is
@@ -31,29 +45,3 @@ pub fn error_text(e: &dyn std::error::Error) -> String {
 /// Printed with every result: the product is a screening aid.
 pub const DISCLAIMER: &str =
     "SCREENING AID ONLY - not a diagnosis. Every cell call, and blast calls above all, must be verified by a qualified person.";
-pub mod appliance;
-pub mod bccd;
-pub mod bench;
-pub mod buttons;
-pub mod calibrate;
-pub mod camera;
-pub mod camera_check;
-pub mod config;
-pub mod count;
-pub mod detect;
-pub mod display;
-pub mod fhir;
-pub mod gating;
-pub mod gpio;
-pub mod keyboard;
-pub mod pipeline;
-pub mod report;
-pub mod report_files;
-pub mod report_html;
-pub mod review;
-pub mod review_server;
-pub mod session;
-pub mod source;
-pub mod stats;
-pub mod storage;
-pub mod systemd;

@@ -1,10 +1,12 @@
 //! `leukoscope`: command-line front end. Parsing, progress and printing live
 //! here; everything else is in the library.
 
+mod cli;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use leukoscope::model::{Classifier, Precision};
-use leukoscope::preprocess::{prepare, PreprocessSpec};
+use leukoscope::classify::model::{Classifier, Precision};
+use leukoscope::vision::preprocess::{prepare, PreprocessSpec};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -218,7 +220,7 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        args: leukoscope::camera_check::CameraCheckArgs,
+        args: leukoscope::hw::camera_check::CameraCheckArgs,
     },
     /// Look after the appliance's state folder.
     Session {
@@ -269,12 +271,12 @@ enum SessionAction {
 const EX_CONFIG: i32 = 78;
 
 fn main() {
-    let journal = leukoscope::systemd::stderr_is_journal();
+    let journal = leukoscope::appliance::systemd::stderr_is_journal();
     let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if journal {
         // The journal adds the time; the `<N>` prefix is the line's syslog priority.
         logger.format(|buf, record| {
-            let p = leukoscope::systemd::syslog_priority(record.level());
+            let p = leukoscope::appliance::systemd::syslog_priority(record.level());
             writeln!(buf, "<{p}>{}: {}", record.level().as_str().to_lowercase(), record.args())
         });
     }
@@ -288,7 +290,7 @@ fn main() {
             // hands on the inner error's source, not the error itself).
             let bad_config = e.chain().any(|c| {
                 c.is::<leukoscope::config::ConfigError>()
-                    || matches!(c.downcast_ref(), Some(leukoscope::pipeline::BuildError::Config(_)))
+                    || matches!(c.downcast_ref(), Some(leukoscope::classify::pipeline::BuildError::Config(_)))
             });
             if damaged_journal(&e) {
                 eprintln!(
@@ -309,8 +311,8 @@ fn main() {
 
 /// Whether the error is a damaged journal (`session repair` is the way out).
 fn damaged_journal(e: &anyhow::Error) -> bool {
+    use leukoscope::appliance::session::SessionError;
     use leukoscope::appliance::ApplianceError;
-    use leukoscope::session::SessionError;
     e.chain().any(|c| {
         matches!(c.downcast_ref(), Some(SessionError::Corrupt { .. }))
             || matches!(c.downcast_ref(), Some(ApplianceError::Session(SessionError::Corrupt { .. })))
@@ -350,7 +352,7 @@ fn run(cli: Cli) -> Result<i32> {
             calibrate(config, objective, write, micrometer_px.zip(micrometer_um), json, &fields)
         }
         Command::CameraCheck { config, args } => {
-            leukoscope::camera_check::camera_check(&args, &load_config(config.as_deref())?.camera)?;
+            leukoscope::hw::camera_check::camera_check(&args, &load_config(config.as_deref())?.camera)?;
             Ok(0)
         }
         Command::Review { config, model, state, listen, port, print_token, dirs } => {
@@ -379,7 +381,7 @@ fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
 }
 
 fn load_classifier(model: Option<PathBuf>, precision: Precision) -> Result<Classifier> {
-    let card = model.unwrap_or_else(leukoscope::model::default_card_path);
+    let card = model.unwrap_or_else(leukoscope::classify::model::default_card_path);
     let clf = Classifier::load_precision(&card, precision)
         .with_context(|| format!("loading model card {}", card.display()))?;
     log::debug!("model {} ({}, {})", clf.card.name, clf.variant, clf.model_path.display());
@@ -436,16 +438,16 @@ fn classify(
         bail!("--um-per-px {s}: must be a positive number below 10");
     }
     let spec = clf.card.input.preprocessing.clone();
-    let detect = leukoscope::detect::DetectParams::default();
+    let detect = leukoscope::vision::detect::DetectParams::default();
     let pb = progress(paths.len(), "classifying");
     let mut results = Vec::new();
     let mut failed = 0;
     for (path, bad) in &paths {
         pb.inc(1);
         let outcome = read_input(path, bad.as_deref()).and_then(|img| {
-            let scale = leukoscope::pipeline::crop_scale(&img, um_per_px, &detect);
+            let scale = leukoscope::classify::pipeline::crop_scale(&img, um_per_px, &detect);
             let prepared = prepare(&img, &spec, None, scale.um_per_px);
-            let morphometry = leukoscope::morphometry::measure(&img, &prepared);
+            let morphometry = leukoscope::vision::morphometry::measure(&img, &prepared);
             Ok((clf.predict(&prepared)?, scale, morphometry))
         });
         match outcome {
@@ -459,12 +461,12 @@ fn classify(
     }
     pb.finish_and_clear();
     let card = &clf.card;
-    let rules = leukoscope::count::CallRules::from_card(card);
+    let rules = leukoscope::classify::count::CallRules::from_card(card);
     // A crop seldom shows enough red cells to measure its scale; with the
     // physical window a wrong scale changes the call, so say it once, loudly.
     let guessed = results
         .iter()
-        .filter(|(_, r)| matches!(r, Ok((_, s, _)) if s.source == leukoscope::detect::ScaleSource::Fallback))
+        .filter(|(_, r)| matches!(r, Ok((_, s, _)) if s.source == leukoscope::vision::detect::ScaleSource::Fallback))
         .count();
     if guessed > 0 && card.input.preprocessing.is_physical() {
         log::warn!(
@@ -539,16 +541,16 @@ fn classify(
 }
 
 /// Why a call leaves the cell unidentified, if it does.
-fn doubt_of(call: &leukoscope::count::Call) -> Option<leukoscope::count::Doubt> {
+fn doubt_of(call: &leukoscope::classify::count::Call) -> Option<leukoscope::classify::count::Doubt> {
     match call {
-        leukoscope::count::Call::Unidentified { why, .. } => Some(*why),
+        leukoscope::classify::count::Call::Unidentified { why, .. } => Some(*why),
         _ => None,
     }
 }
 
 fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
     let spec = match card {
-        Some(c) => leukoscope::model::ModelCard::load(&c)?.input.preprocessing,
+        Some(c) => leukoscope::classify::model::ModelCard::load(&c)?.input.preprocessing,
         None => PreprocessSpec::default(),
     };
     let text = std::fs::read_to_string(list).with_context(|| format!("reading list {}", list.display()))?;
@@ -566,9 +568,9 @@ fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
     if items.is_empty() {
         bail!("{}: list is empty", list.display());
     }
-    let detect = leukoscope::detect::DetectParams::default();
+    let detect = leukoscope::vision::detect::DetectParams::default();
     let s = spec.size as usize;
-    let mut writer = leukoscope::npy::NpyWriter::create(out, &[items.len(), 3, s, s])?;
+    let mut writer = leukoscope::report::npy::NpyWriter::create(out, &[items.len(), 3, s, s])?;
     let pb = progress(items.len(), "preprocessing");
     let mut meta = Vec::with_capacity(items.len());
     let mut failed = 0;
@@ -576,7 +578,7 @@ fn preprocess(list: &Path, out: &Path, card: Option<PathBuf>) -> Result<i32> {
         pb.inc(1);
         match leukoscope::input::load_rgb(path) {
             Ok(img) => {
-                let scale = leukoscope::pipeline::crop_scale(&img, *given, &detect);
+                let scale = leukoscope::classify::pipeline::crop_scale(&img, *given, &detect);
                 let p = prepare(&img, &spec, None, scale.um_per_px);
                 writer.write(&p.tensor)?;
                 meta.push(serde_json::json!({
@@ -614,7 +616,7 @@ fn analyze(
     (sample_id, operator_id): (Option<String>, Option<String>),
     inputs: Vec<PathBuf>,
 ) -> Result<i32> {
-    use leukoscope::count::Differential;
+    use leukoscope::classify::count::Differential;
     use leukoscope::report::FieldRecord;
     let config_path = config;
     let config = match &config_path {
@@ -623,7 +625,8 @@ fn analyze(
     };
     let inputs = if inputs.is_empty() { demo_inputs()? } else { inputs };
     let paths = batch_inputs(&inputs)?;
-    let analyzer = leukoscope::pipeline::Analyzer::from_config(&config, config_path.as_deref(), model, precision)?;
+    let analyzer =
+        leukoscope::classify::pipeline::Analyzer::from_config(&config, config_path.as_deref(), model, precision)?;
     let card = &analyzer.classifier.card;
     // Refused before any work if the folder is taken; written beside it and
     // renamed into place at the end.
@@ -655,7 +658,7 @@ fn analyze(
                 let mut value = serde_json::to_value(&record)?;
                 // Nothing seen at all: say whether the image could show anything.
                 let blank = (record.cells.is_empty() && record.not_counted.is_empty())
-                    .then(|| leukoscope::detect::BlankField::of(&img))
+                    .then(|| leukoscope::vision::detect::BlankField::of(&img))
                     .flatten();
                 let note = match blank {
                     Some(b) => {
@@ -718,7 +721,7 @@ fn calibrate(
     json: bool,
     inputs: &[PathBuf],
 ) -> Result<i32> {
-    use leukoscope::calibrate::Calibration;
+    use leukoscope::vision::calibrate::Calibration;
     // The detector parameters (assumed red-cell size) come from the config.
     let cfg = match &config {
         Some(p) if p.exists() => leukoscope::config::Config::load(p)?,
@@ -735,7 +738,7 @@ fn calibrate(
                 pb.inc(1);
                 match leukoscope::input::load_rgb(p) {
                     Ok(img) => {
-                        let e = leukoscope::detect::red_cell_scale(&img, &cfg.detect);
+                        let e = leukoscope::vision::detect::red_cell_scale(&img, &cfg.detect);
                         log::debug!("{}: {e:?}", p.display());
                         estimates.push(e);
                     }
@@ -773,7 +776,7 @@ fn calibrate(
     }
     if write {
         let path = config.context("--write needs --config FILE")?;
-        leukoscope::calibrate::write_scale(&path, objective.as_deref(), c.um_per_px)?;
+        leukoscope::vision::calibrate::write_scale(&path, objective.as_deref(), c.um_per_px)?;
         let which = match leukoscope::config::Config::load(&path)?.scale.objective {
             Some(o) => format!("[scale.objectives] \"{o}\" (objective in use)"),
             None => "[scale] um_per_px".into(),
@@ -813,8 +816,8 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
 
 /// `bench --fields`: the whole field averaged over many fields.
 fn bench_fields(model: Option<PathBuf>, seconds: f64, json: bool, inputs: &[PathBuf], size: (u32, u32)) -> Result<i32> {
-    use leukoscope::bench::{many_fields_figures, resized};
-    let card = model.unwrap_or_else(leukoscope::model::default_card_path);
+    use cli::bench::{many_fields_figures, resized};
+    let card = model.unwrap_or_else(leukoscope::classify::model::default_card_path);
     let classifier = Classifier::load(&card).with_context(|| format!("loading {}", card.display()))?;
     let name = classifier.variant.to_string();
     let paths = if inputs.is_empty() { demo_inputs()? } else { leukoscope::input::collect_images(inputs)? };
@@ -834,16 +837,16 @@ fn bench_fields(model: Option<PathBuf>, seconds: f64, json: bool, inputs: &[Path
 }
 
 /// The analyzer `bench` times: default detection, scale estimated per field.
-fn bench_analyzer(classifier: Classifier) -> leukoscope::pipeline::Analyzer {
-    leukoscope::pipeline::Analyzer {
-        rules: leukoscope::count::CallRules::from_card(&classifier.card),
+fn bench_analyzer(classifier: Classifier) -> leukoscope::classify::pipeline::Analyzer {
+    leukoscope::classify::pipeline::Analyzer {
+        rules: leukoscope::classify::count::CallRules::from_card(&classifier.card),
         classifier,
         detect: Default::default(),
         um_per_px: None,
     }
 }
 
-fn print_figures(figs: &[leukoscope::bench::Figure], json: bool) -> Result<()> {
+fn print_figures(figs: &[cli::bench::Figure], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(figs)?);
     } else {
@@ -862,9 +865,9 @@ fn bench(
     crop: Option<PathBuf>,
     field: Option<PathBuf>,
 ) -> Result<i32> {
-    use leukoscope::bench::{crop_figures, field_figures, resized, Figure};
+    use cli::bench::{crop_figures, field_figures, resized, Figure};
     use std::time::{Duration, Instant};
-    let card = model.unwrap_or_else(leukoscope::model::default_card_path);
+    let card = model.unwrap_or_else(leukoscope::classify::model::default_card_path);
     let t0 = Instant::now();
     let int8 =
         Classifier::load_precision(&card, Precision::Int8).with_context(|| format!("loading {}", card.display()))?;
@@ -872,7 +875,9 @@ fn bench(
     let data = leukoscope::input::data_dir();
     let crop_path = crop.unwrap_or_else(|| data.join("lmu/MYO/MYO_0001.jpg"));
     let crop = leukoscope::input::load_rgb(&crop_path)?;
-    let crop_um = leukoscope::pipeline::crop_scale(&crop, None, &leukoscope::detect::DetectParams::default()).um_per_px;
+    let crop_um =
+        leukoscope::classify::pipeline::crop_scale(&crop, None, &leukoscope::vision::detect::DetectParams::default())
+            .um_per_px;
     let first = int8.predict(&prepare(&crop, &int8.card.input.preprocessing, None, crop_um))?;
     let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
     let f32_ref = Classifier::load_precision(&card, Precision::F32).ok();
@@ -896,7 +901,8 @@ fn bench(
     if let Some(f) = f32_ref {
         analyzers.push(("f32", bench_analyzer(f)));
     }
-    let analyzers: Vec<(&str, &leukoscope::pipeline::Analyzer)> = analyzers.iter().map(|(n, a)| (*n, a)).collect();
+    let analyzers: Vec<(&str, &leukoscope::classify::pipeline::Analyzer)> =
+        analyzers.iter().map(|(n, a)| (*n, a)).collect();
     for (w, h) in [(640, 480), (1280, 960), (1920, 1080)] {
         let f = if (w, h) == (field.width(), field.height()) { field.clone() } else { resized(&field, w, h) };
         figs.extend(field_figures(&f, &analyzers, budget));
@@ -927,8 +933,8 @@ fn session_repair(config: Option<PathBuf>, state: Option<PathBuf>) -> Result<i32
         cfg.session.state_dir = Some(dir);
     }
     let root = cfg.session.state_dir();
-    let _lock = leukoscope::session::lock_state(&root)?;
-    let repairs = leukoscope::session::Store::open(&root)?.repair()?;
+    let _lock = leukoscope::appliance::session::lock_state(&root)?;
+    let repairs = leukoscope::appliance::session::Store::open(&root)?.repair()?;
     if repairs.is_empty() {
         println!("{}: every session journal reads whole: nothing to repair", root.display());
     }
@@ -937,7 +943,7 @@ fn session_repair(config: Option<PathBuf>, state: Option<PathBuf>) -> Result<i32
         let lines: Vec<String> = r.set_aside.iter().map(usize::to_string).collect();
         println!(
             "{}: line(s) {} set aside in {}{}; {}",
-            r.dir.join(leukoscope::session::JOURNAL).display(),
+            r.dir.join(leukoscope::appliance::session::JOURNAL).display(),
             lines.join(", "),
             r.aside_file.display(),
             if r.torn { " (the last one torn)" } else { "" },
@@ -953,12 +959,12 @@ fn session_repair(config: Option<PathBuf>, state: Option<PathBuf>) -> Result<i32
 
 /// Files `session repair` wrote (as root, say) get the session folder's owner,
 /// else the service's user could no longer append to its journal.
-fn keep_owner(r: &leukoscope::session::Repair) {
+fn keep_owner(r: &leukoscope::appliance::session::Repair) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
         let Ok(owner) = std::fs::metadata(&r.dir) else { return };
-        for f in [r.dir.join(leukoscope::session::JOURNAL), r.aside_file.clone()] {
+        for f in [r.dir.join(leukoscope::appliance::session::JOURNAL), r.aside_file.clone()] {
             let differs = std::fs::metadata(&f).is_ok_and(|m| (m.uid(), m.gid()) != (owner.uid(), owner.gid()));
             if differs {
                 if let Err(e) = std::os::unix::fs::chown(&f, Some(owner.uid()), Some(owner.gid())) {
@@ -986,7 +992,7 @@ struct RunArgs {
 
 fn run_appliance(a: RunArgs) -> Result<i32> {
     use leukoscope::appliance::{run_loop, Appliance, LoopOptions};
-    use leukoscope::source::{FrameSource, ReplaySource, SourceKind, StageSimulator};
+    use leukoscope::hw::source::{FrameSource, ReplaySource, SourceKind, StageSimulator};
     let mut config = match &a.config {
         Some(p) => leukoscope::config::Config::load(p)?,
         None => leukoscope::config::Config::default(),
@@ -995,7 +1001,7 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
         config.session.state_dir = Some(dir);
     }
     if let Some(png) = a.screen_png {
-        config.display.kind = leukoscope::display::DisplayKind::Png;
+        config.display.kind = leukoscope::hw::display::DisplayKind::Png;
         config.display.png_path = png;
     }
     if !a.replay.is_empty() {
@@ -1005,9 +1011,10 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
     if let Some(fps) = a.replay_fps {
         config.source.replay_fps = fps;
     }
-    let analyzer = leukoscope::pipeline::Analyzer::from_config(&config, a.config.as_deref(), a.model, a.precision)?;
+    let analyzer =
+        leukoscope::classify::pipeline::Analyzer::from_config(&config, a.config.as_deref(), a.model, a.precision)?;
     // The display first, so that every later failure can be shown on it.
-    let mut screen = leukoscope::display::open(&config.display).context("opening the display")?;
+    let mut screen = leukoscope::hw::display::open(&config.display).context("opening the display")?;
     let use_camera = match config.source.kind {
         SourceKind::Camera => true,
         SourceKind::Replay => false,
@@ -1015,7 +1022,7 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
     };
     let mut source: Box<dyn FrameSource> = if use_camera {
         log::info!("camera {}", config.camera.device.display());
-        Box::new(leukoscope::camera::V4l2Source::new(&config.camera))
+        Box::new(leukoscope::hw::camera::V4l2Source::new(&config.camera))
     } else {
         let inputs = if config.source.replay.is_empty() { demo_inputs()? } else { config.source.replay.clone() };
         let paths = leukoscope::input::collect_images(&inputs)?;
@@ -1028,14 +1035,14 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
         }
     };
     log::info!("frames from {}", source.describe());
-    let mut buttons: Box<dyn leukoscope::buttons::ButtonSource> = match &a.script {
+    let mut buttons: Box<dyn leukoscope::hw::buttons::ButtonSource> = match &a.script {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading script {}", p.display()))?;
-            Box::new(leukoscope::buttons::ScriptedButtons::parse(&text)?)
+            Box::new(leukoscope::hw::buttons::ScriptedButtons::parse(&text)?)
         }
-        None => leukoscope::gpio::open_buttons(&config.buttons)?,
+        None => leukoscope::hw::gpio::open_buttons(&config.buttons)?,
     };
-    let mut signal = leukoscope::gpio::open_signal(&config.buttons)?;
+    let mut signal = leukoscope::hw::gpio::open_signal(&config.buttons)?;
     let mut app =
         Appliance::new(analyzer, config.session.clone(), config.gate.clone(), config.count.blast_threshold_percent)?
             .calibrate_over(config.scale.calibrate_fields);
@@ -1045,7 +1052,7 @@ fn run_appliance(a: RunArgs) -> Result<i32> {
         source.as_mut(),
         buttons.as_mut(),
         screen.as_mut(),
-        signal.as_mut().map(|s| s.as_mut() as &mut dyn leukoscope::buttons::Signal),
+        signal.as_mut().map(|s| s.as_mut() as &mut dyn leukoscope::hw::buttons::Signal),
         opts,
     )?;
     if let Some(s) = app.session() {
@@ -1062,8 +1069,8 @@ fn review(
     print_token: bool,
     dirs: Vec<PathBuf>,
 ) -> Result<i32> {
+    use leukoscope::review::server::{self as review_server, Review, ReviewConfig};
     use leukoscope::review::ReportDir;
-    use leukoscope::review_server::{self, Review, ReviewConfig};
     let config = load_config(config_path.as_deref())?;
     let state = state.unwrap_or_else(|| config.session.state_dir());
     let token = review_server::token(&state)?;
@@ -1071,10 +1078,10 @@ fn review(
         println!("{token}");
         return Ok(0);
     }
-    let card_path = model.or(config.model.card.clone()).unwrap_or_else(leukoscope::model::default_card_path);
-    let card = leukoscope::model::ModelCard::load(&card_path)
+    let card_path = model.or(config.model.card.clone()).unwrap_or_else(leukoscope::classify::model::default_card_path);
+    let card = leukoscope::classify::model::ModelCard::load(&card_path)
         .with_context(|| format!("loading model card {}", card_path.display()))?;
-    let mut rules = leukoscope::count::CallRules::from_card(&card);
+    let mut rules = leukoscope::classify::count::CallRules::from_card(&card);
     if let Some(b) = &config.count.blast_classes {
         rules.blast_classes = b.clone();
     }

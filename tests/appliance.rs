@@ -4,10 +4,10 @@
 
 use image::RgbImage;
 use leukoscope::appliance::{run_loop, Appliance, LoopOptions, SessionConfig};
-use leukoscope::buttons::ScriptedButtons;
-use leukoscope::display::{render_rgb, Display, DisplayError, Layout, View};
-use leukoscope::gating::GateParams;
-use leukoscope::source::{shift_image, Frame, FrameSource, SourceError};
+use leukoscope::hw::buttons::ScriptedButtons;
+use leukoscope::hw::display::{render_rgb, Display, DisplayError, Layout, View};
+use leukoscope::hw::source::{shift_image, Frame, FrameSource, SourceError};
+use leukoscope::vision::gating::GateParams;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -109,7 +109,7 @@ fn moving_stage_counts_each_field_once() {
     assert_eq!(counted, expected, "each field with leukocytes counted once, the revisit skipped");
     // The screens said why frames were skipped.
     let skips: Vec<_> = screens.0.iter().filter_map(|v| v.skip).collect();
-    use leukoscope::display::Skip;
+    use leukoscope::hw::display::Skip;
     for want in [Skip::Moving, Skip::Blurred, Skip::SameField] {
         assert!(skips.contains(&want), "no {want:?} screen among {skips:?}");
     }
@@ -195,7 +195,7 @@ fn run_reaches_the_target_and_writes_the_report() {
     by_class.truncate(4);
     let ci = sum["ci95"].as_array().expect("ci");
     let expected = View {
-        phase: leukoscope::display::Phase::Finished,
+        phase: leukoscope::hw::display::Phase::Finished,
         sample_id: "S0001".into(),
         counted: n,
         target: 100,
@@ -212,7 +212,7 @@ fn run_reaches_the_target_and_writes_the_report() {
         message: Some("report saved".into()),
     };
     // The skip reason of the last frame is not in the report: try each.
-    let matches = [None, Some(leukoscope::display::Skip::SameField), Some(leukoscope::display::Skip::Moving)]
+    let matches = [None, Some(leukoscope::hw::display::Skip::SameField), Some(leukoscope::hw::display::Skip::Moving)]
         .into_iter()
         .any(|skip| render_rgb(Layout::Large, &View { skip, ..expected.clone() }) == shown);
     assert!(matches, "screen.png is not the final count's screen");

@@ -1,8 +1,8 @@
 //! `leukoscope calibrate` as a user runs it, checked against the red-cell
 //! size BCCD's annotators drew, and a configured scale used by `analyze`.
 
-use leukoscope::bccd::{Bccd, Class};
-use leukoscope::detect::DetectParams;
+use common::bccd::{Bccd, Class};
+use leukoscope::vision::detect::DetectParams;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -2,8 +2,8 @@
 //! validation crops that training never saw: the same calls as the Python
 //! evaluation (onnxruntime on the same tensors), and blast calls that hold up.
 
-use leukoscope::model::{Classifier, Precision, Variant};
-use leukoscope::preprocess::prepare;
+use leukoscope::classify::model::{Classifier, Precision, Variant};
+use leukoscope::vision::preprocess::prepare;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -26,7 +26,7 @@ struct Item {
 
 impl Item {
     fn scale(&self, img: &image::RgbImage) -> f32 {
-        leukoscope::pipeline::crop_scale(img, self.um_per_px, &Default::default()).um_per_px
+        leukoscope::classify::pipeline::crop_scale(img, self.um_per_px, &Default::default()).um_per_px
     }
 }
 
@@ -138,10 +138,10 @@ fn rust_runtime_matches_python_and_calls_blasts() {
 /// preparation cost the same at every camera resolution does not move them.
 #[test]
 fn averaged_down_regions_of_finer_cameras_keep_the_calls() {
-    use leukoscope::color::Background;
-    use leukoscope::mask::BBox;
-    use leukoscope::pipeline::{cell_region, RegionGeometry};
-    use leukoscope::preprocess::find_central_nucleus;
+    use leukoscope::classify::pipeline::{cell_region, RegionGeometry};
+    use leukoscope::vision::color::Background;
+    use leukoscope::vision::mask::BBox;
+    use leukoscope::vision::preprocess::find_central_nucleus;
     let clf = Classifier::load(&models().join("leukoscope.card.json")).expect("shipped model loads");
     let golden = golden();
     let direct = calls(&clf, &golden);

@@ -78,7 +78,7 @@ fn a_field_with_one_neutrophil_is_one_cell_not_a_blast() {
     // The report names the file that made the calls, and its hash is that file's.
     let file = doc["model"]["file"].as_str().expect("model file");
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let sha = leukoscope::model::sha256_file(&models.join(file)).expect("model file readable");
+    let sha = leukoscope::classify::model::sha256_file(&models.join(file)).expect("model file readable");
     assert_eq!(doc["model"]["sha256"].as_str(), Some(sha.as_str()));
 }
 
@@ -86,7 +86,7 @@ fn a_field_with_one_neutrophil_is_one_cell_not_a_blast() {
 fn summary_adds_up_over_a_batch_and_report_files_are_written() {
     let out_dir = scratch("report");
     // Test fields whose annotated leukocyte lies wholly inside the image.
-    let bccd = leukoscope::bccd::Bccd::new(&data());
+    let bccd = common::bccd::Bccd::new(&data());
     let ids: Vec<String> = bccd
         .split("test")
         .expect("BCCD test split")
@@ -236,7 +236,7 @@ fn bad_config_names_the_key() {
 #[test]
 fn config_threshold_changes_the_flag() {
     let dir = scratch("threshold");
-    let bccd = leukoscope::bccd::Bccd::new(&data());
+    let bccd = common::bccd::Bccd::new(&data());
     let ids: Vec<String> = bccd.split("test").expect("BCCD test split").into_iter().take(12).collect();
     let analyze = |config: &Path| {
         let (out, err) =

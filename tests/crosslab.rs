@@ -5,9 +5,9 @@
 //! (`python tools/crosslab.py`), so that a regression fails here; plus the
 //! abstention on inputs that hold no cell at all.
 
-use leukoscope::count::{Call, CallRules, Doubt};
-use leukoscope::model::{Classifier, ModelCard};
-use leukoscope::preprocess::prepare;
+use leukoscope::classify::count::{Call, CallRules, Doubt};
+use leukoscope::classify::model::{Classifier, ModelCard};
+use leukoscope::vision::preprocess::prepare;
 use std::path::{Path, PathBuf};
 
 fn card_path() -> PathBuf {

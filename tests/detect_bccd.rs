@@ -3,12 +3,12 @@
 //! `LEUKOSCOPE_DATA` if it is not at `../shared/data`; without it these tests
 //! fail, they never skip.
 
-use leukoscope::bccd::{Annotation, Bccd, Class, Evaluation, MATCH_IOU};
-use leukoscope::count::Call;
-use leukoscope::detect::{detect, DetectParams, FieldDetections, ScaleSource};
+use common::bccd::{Annotation, Bccd, Class, Evaluation, MATCH_IOU};
+use leukoscope::classify::count::Call;
+use leukoscope::classify::pipeline::FieldResult;
 use leukoscope::input::{data_dir, load_rgb};
-use leukoscope::mask::BBox;
-use leukoscope::pipeline::FieldResult;
+use leukoscope::vision::detect::{detect, DetectParams, FieldDetections, ScaleSource};
+use leukoscope::vision::mask::BBox;
 use std::sync::OnceLock;
 
 mod common;

@@ -21,14 +21,14 @@
 //! odd: held-out); detector changes may look at the tune half only, and
 //! BCCD's test split is never tuned on.
 
+use common::bccd::{touches_border, without_duplicates, Annotation, Bccd, Class, Evaluation, YoloSet, MATCH_IOU};
 use image::{Rgb, RgbImage};
-use leukoscope::bccd::{touches_border, without_duplicates, Annotation, Bccd, Class, Evaluation, YoloSet, MATCH_IOU};
-use leukoscope::calibrate::Calibration;
-use leukoscope::count::Call;
-use leukoscope::detect::{red_cell_scale, FieldScale, ScaleSource};
+use leukoscope::classify::count::Call;
+use leukoscope::classify::pipeline::{Analyzer, FieldResult};
 use leukoscope::input::{data_dir, load_rgb};
-use leukoscope::mask::BBox;
-use leukoscope::pipeline::{Analyzer, FieldResult};
+use leukoscope::vision::calibrate::Calibration;
+use leukoscope::vision::detect::{red_cell_scale, FieldScale, ScaleSource};
+use leukoscope::vision::mask::BBox;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -173,7 +173,7 @@ fn source_name(s: ScaleSource) -> &'static str {
     }
 }
 
-fn is_counted(c: &leukoscope::pipeline::CellResult) -> bool {
+fn is_counted(c: &leukoscope::classify::pipeline::CellResult) -> bool {
     !matches!(c.call, Call::NotLeukocyte { .. })
 }
 

@@ -2,8 +2,8 @@
 //! sharp field passes and a defocused one does not; the same field moved by up
 //! to a third is recognised, other fields are not taken for it.
 
-use leukoscope::gating::{focus, GateParams, Thumb};
-use leukoscope::source::shift_image;
+use leukoscope::hw::source::shift_image;
+use leukoscope::vision::gating::{focus, GateParams, Thumb};
 
 mod common;
 

@@ -6,8 +6,8 @@
 //! widened by a micrometre for the scanners' scale error, not fitted here.
 
 use leukoscope::input::load_rgb;
-use leukoscope::morphometry::{measure, Morphometry};
-use leukoscope::preprocess::{prepare, PreprocessSpec};
+use leukoscope::vision::morphometry::{measure, Morphometry};
+use leukoscope::vision::preprocess::{prepare, PreprocessSpec};
 
 mod common;
 

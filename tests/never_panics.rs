@@ -8,11 +8,11 @@
 //! a fixed budget of about 10 s in `cargo test --release`.
 
 use image::{ImageFormat, RgbImage};
-use leukoscope::camera::{mjpeg_to_rgb, yuyv_to_rgb, ConvertError, Wire};
+use leukoscope::classify::pipeline::Analyzer;
 use leukoscope::config::Config;
+use leukoscope::hw::camera::{mjpeg_to_rgb, yuyv_to_rgb, ConvertError, Wire};
 use leukoscope::input::load_rgb;
-use leukoscope::pipeline::Analyzer;
-use leukoscope::preprocess::{prepare, PreprocessSpec};
+use leukoscope::vision::preprocess::{prepare, PreprocessSpec};
 use proptest::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -291,12 +291,13 @@ fn journal() -> &'static (Vec<u8>, Vec<Vec<u64>>) {
 }
 
 /// The loader on `bytes` as a session's journal: its counted field numbers.
-fn load_journal(bytes: &[u8]) -> Result<Vec<u64>, leukoscope::session::SessionError> {
+fn load_journal(bytes: &[u8]) -> Result<Vec<u64>, leukoscope::appliance::session::SessionError> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = common::scratch("prop", &format!("session{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     std::fs::write(dir.join("journal.jsonl"), bytes).expect("write journal");
     let os: std::sync::Arc<dyn leukoscope::storage::Storage> = std::sync::Arc::new(leukoscope::storage::Os);
-    let loaded = leukoscope::session::load(&os, &dir).map(|(s, _)| s.fields.iter().map(|(n, _)| *n).collect());
+    let loaded =
+        leukoscope::appliance::session::load(&os, &dir).map(|(s, _)| s.fields.iter().map(|(n, _)| *n).collect());
     std::fs::remove_dir_all(&dir).ok();
     loaded
 }

@@ -16,11 +16,11 @@
 //! LEUKOSCOPE_CUTS sets how many cuts at least (default 2,000).
 
 use image::RgbImage;
-use leukoscope::gating::PackedThumb;
-use leukoscope::model::ModelCard;
+use leukoscope::appliance::session::{self, Journal, Session, Store};
+use leukoscope::classify::model::ModelCard;
 use leukoscope::report::{FieldRecord, OutFolder};
-use leukoscope::session::{self, Journal, Session, Store};
 use leukoscope::storage::{Kind, Storage, StorageFile};
+use leukoscope::vision::gating::PackedThumb;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -516,9 +516,11 @@ fn script() -> Vec<Step> {
 
 fn fields() -> (Vec<Field>, ModelCard) {
     let config = leukoscope::config::Config::default();
-    let classifier = leukoscope::model::Classifier::load(&leukoscope::model::default_card_path()).expect("model");
-    let rules = leukoscope::count::CallRules::from_card(&classifier.card);
-    let analyzer = leukoscope::pipeline::Analyzer { classifier, rules, detect: config.detect, um_per_px: None };
+    let classifier = leukoscope::classify::model::Classifier::load(&leukoscope::classify::model::default_card_path())
+        .expect("model");
+    let rules = leukoscope::classify::count::CallRules::from_card(&classifier.card);
+    let analyzer =
+        leukoscope::classify::pipeline::Analyzer { classifier, rules, detect: config.detect, um_per_px: None };
     let card = analyzer.classifier.card.clone();
     let fields = common::bccd_field_paths()
         .into_iter()
@@ -528,7 +530,7 @@ fn fields() -> (Vec<Field>, ModelCard) {
             let image = leukoscope::input::load_rgb(&p).expect("field");
             let r = analyzer.analyze(&image).expect("analyze");
             let record = FieldRecord::new(&card, &p.display().to_string(), &r);
-            let thumb = leukoscope::gating::Thumb::of(&image).pack();
+            let thumb = leukoscope::vision::gating::Thumb::of(&image).pack();
             Field { record, image, thumb }
         })
         .collect();

@@ -94,7 +94,7 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
         .find(|c| c["blast"] == true)
         .expect("a blast");
     let png = std::fs::read(report.join(first_blast["crop"].as_str().expect("crop"))).expect("crop file");
-    assert!(html.contains(&leukoscope::report_html::base64(&png)));
+    assert!(html.contains(&leukoscope::report::html::base64(&png)));
     // Self-contained: nothing loaded from anywhere, and a policy that forbids it.
     for bad in ["<script", "src=\"http", "href=", "@import", "url(", "<link"] {
         assert!(!html.contains(bad), "report.html contains {bad}");

@@ -300,7 +300,8 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
     assert!(html.contains("VERIFIED") && html.contains("Dr Web") && html.contains("as reviewed"));
     assert!(html.contains(&format!("of {expect_cells} leukocytes")));
     // The reviewer's class under its name in the table.
-    let card = leukoscope::model::ModelCard::load(&leukoscope::model::default_card_path()).expect("card");
+    let card =
+        leukoscope::classify::model::ModelCard::load(&leukoscope::classify::model::default_card_path()).expect("card");
     let name = &card.classes[card.class_index(to).expect("class")].name;
     assert!(html.contains(&format!("<td>{to}</td><td>{name}</td>")), "{to} {name}");
     common::validate_fhir(&session.join("report.fhir.json"), "final");

@@ -8,7 +8,9 @@ use embedded_graphics::{
     pixelcolor::{BinaryColor, Rgb565},
     prelude::*,
 };
-use leukoscope::display::{draw_compact, draw_large, render_rgb, Layout, Phase, Skip, View, COMPACT_SIZE, LARGE_SIZE};
+use leukoscope::hw::display::{
+    draw_compact, draw_large, render_rgb, Layout, Phase, Skip, View, COMPACT_SIZE, LARGE_SIZE,
+};
 use std::path::{Path, PathBuf};
 
 /// 87 cells into a 200-cell count, 9 blasts: below the threshold.

@@ -17,14 +17,14 @@ SECTIONS = [
     ("model", "src/config.rs", "ModelConfig", "The classifier."),
     ("count", "src/config.rs", "CountConfig", "What counts as what."),
     ("scale", "src/config.rs", "ScaleConfig", "The camera's scale."),
-    ("detect", "src/detect.rs", "DetectParams", "Leukocyte detector (src/detect.rs). Tuned on BCCD trainval; lengths in um."),
-    ("session", "src/appliance.rs", "SessionConfig", "`leukoscope run`: the counting session."),
-    ("gate", "src/gating.rs", "GateParams", "`leukoscope run`: which frames are analysed (sharp, still, a new field)."),
-    ("source", "src/source.rs", "SourceConfig", "`leukoscope run`: where frames come from."),
-    ("camera", "src/camera.rs", "CameraConfig", "`leukoscope run`: the V4L2 camera."),
-    ("display", "src/display/mod.rs", "DisplayConfig", "`leukoscope run`: the screen."),
-    ("buttons", "src/gpio.rs", "ButtonsConfig", "`leukoscope run`: the operator's buttons and the signal output."),
-    ("review", "src/review_server.rs", "ReviewConfig", "`leukoscope review`: the review page."),
+    ("detect", "src/vision/detect.rs", "DetectParams", "Leukocyte detector (src/vision/detect.rs). Tuned on BCCD trainval; lengths in um."),
+    ("session", "src/appliance/mod.rs", "SessionConfig", "`leukoscope run`: the counting session."),
+    ("gate", "src/vision/gating.rs", "GateParams", "`leukoscope run`: which frames are analysed (sharp, still, a new field)."),
+    ("source", "src/hw/source.rs", "SourceConfig", "`leukoscope run`: where frames come from."),
+    ("camera", "src/hw/camera.rs", "CameraConfig", "`leukoscope run`: the V4L2 camera."),
+    ("display", "src/hw/display/mod.rs", "DisplayConfig", "`leukoscope run`: the screen."),
+    ("buttons", "src/hw/gpio.rs", "ButtonsConfig", "`leukoscope run`: the operator's buttons and the signal output."),
+    ("review", "src/review/server.rs", "ReviewConfig", "`leukoscope review`: the review page."),
 ]
 # Keys whose default is "unset": an example value, shown commented out.
 EXAMPLES = {

@@ -3,6 +3,8 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod bccd;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -37,14 +39,14 @@ pub fn bccd_field_paths() -> Vec<PathBuf> {
 }
 
 /// The BCCD annotations (VOC), checked to be there.
-pub fn bccd() -> leukoscope::bccd::Bccd {
-    leukoscope::bccd::Bccd::new(&data())
+pub fn bccd() -> bccd::Bccd {
+    bccd::Bccd::new(&data())
 }
 
 /// A field with exactly one annotated leukocyte lying wholly inside it (8 px
 /// from every border): the fields where "one whole cell" is the right answer.
-pub fn one_whole_wbc(a: &leukoscope::bccd::Annotation) -> bool {
-    let wbc = a.boxes(leukoscope::bccd::Class::Wbc);
+pub fn one_whole_wbc(a: &bccd::Annotation) -> bool {
+    let wbc = a.boxes(bccd::Class::Wbc);
     wbc.len() == 1 && wbc.iter().all(|b| b.x0 > 8 && b.y0 > 8 && b.x1 + 8 < a.width && b.y1 + 8 < a.height)
 }
 
@@ -94,12 +96,13 @@ pub fn write_run_config(dir: &Path, session: &str) -> PathBuf {
 
 /// The analyzer `analyze` and `run` build from a configuration: the same
 /// library call the binary makes, so the config's overrides apply.
-pub fn analyzer_for(config: &leukoscope::config::Config) -> leukoscope::pipeline::Analyzer {
-    leukoscope::pipeline::Analyzer::from_config(config, None, None, None).unwrap_or_else(|e| panic!("analyzer: {e}"))
+pub fn analyzer_for(config: &leukoscope::config::Config) -> leukoscope::classify::pipeline::Analyzer {
+    leukoscope::classify::pipeline::Analyzer::from_config(config, None, None, None)
+        .unwrap_or_else(|e| panic!("analyzer: {e}"))
 }
 
 /// The analyzer of the default configuration, as `analyze` without `--config` builds it.
-pub fn analyzer() -> leukoscope::pipeline::Analyzer {
+pub fn analyzer() -> leukoscope::classify::pipeline::Analyzer {
     analyzer_for(&leukoscope::config::Config::default())
 }
 

@@ -2,11 +2,11 @@
 //! the same inputs (median of repeated runs, one thread). Figures are recorded
 //! in docs/performance.md; nothing here is asserted by tests.
 
-use crate::detect::{detect, FieldDetections};
-use crate::model::Classifier;
-use crate::pipeline::{cell_region, Analyzer, RegionGeometry};
-use crate::preprocess::{prepare, PreprocessSpec};
 use image::RgbImage;
+use leukoscope::classify::model::Classifier;
+use leukoscope::classify::pipeline::{cell_region, Analyzer, RegionGeometry};
+use leukoscope::vision::detect::{detect, FieldDetections};
+use leukoscope::vision::preprocess::{prepare, PreprocessSpec};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

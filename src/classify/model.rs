@@ -4,7 +4,7 @@
 //! model whose file hash, input shape, class count or preprocessing does not
 //! match its card is refused with a message naming what differs.
 
-use crate::preprocess::{Prepared, PreprocessSpec};
+use crate::vision::preprocess::{Prepared, PreprocessSpec};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use crate::buttons::{Button, ButtonSource, InputError};
+use crate::hw::buttons::{Button, ButtonSource, InputError};
 
 /// The button a typed line stands for; `None` for anything unknown. Case and
 /// surrounding blanks are ignored; whole words ("start", "capture"...) work too.

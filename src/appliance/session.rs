@@ -9,10 +9,10 @@
 //! at the end `results.json` and `cells.csv` (atomic renames): the same report
 //! folder as `analyze --out`.
 
-use crate::count::{Differential, Summary};
-use crate::gating::PackedThumb;
+use crate::classify::count::{Differential, Summary};
 use crate::report::{self, FieldRecord};
 use crate::storage::{self, Kind, Os, Storage, StorageError, StorageFile};
+use crate::vision::gating::PackedThumb;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -155,12 +155,16 @@ impl Session {
     }
 
     /// The report document: `analyze --json`'s shape plus the session's facts.
-    pub fn document(&self, card: &crate::model::ModelCard) -> serde_json::Value {
+    pub fn document(&self, card: &crate::classify::model::ModelCard) -> serde_json::Value {
         let images = self.fields.iter().filter_map(|(_, r)| serde_json::to_value(r).ok()).collect();
         self.document_of(card, images)
     }
 
-    fn document_of(&self, card: &crate::model::ModelCard, images: Vec<serde_json::Value>) -> serde_json::Value {
+    fn document_of(
+        &self,
+        card: &crate::classify::model::ModelCard,
+        images: Vec<serde_json::Value>,
+    ) -> serde_json::Value {
         let scale = report::ScaleSummary::of(self.fields.iter().map(|(_, r)| r));
         let mut doc = report::analysis_json(card, images, &self.summary(), &scale);
         doc["session"] = serde_json::json!({
@@ -287,7 +291,10 @@ impl Store {
     /// Finds the session a crash left open, or a finished one whose report was
     /// not completely written (which is then written). Sessions are numbered,
     /// so the newest is last.
-    pub fn recover(&self, card: &crate::model::ModelCard) -> Result<Option<(Session, Journal)>, SessionError> {
+    pub fn recover(
+        &self,
+        card: &crate::classify::model::ModelCard,
+    ) -> Result<Option<(Session, Journal)>, SessionError> {
         for dir in self.session_dirs()? {
             let (s, j) = load(&self.fs, &dir)?;
             remove_strays(self.fs.as_ref(), &s)?;
@@ -523,7 +530,7 @@ pub fn undo_last(session: &mut Session, journal: &mut Journal) -> Result<Option<
 pub fn finish(
     session: &mut Session,
     journal: &mut Journal,
-    card: &crate::model::ModelCard,
+    card: &crate::classify::model::ModelCard,
 ) -> Result<(), SessionError> {
     let e = Entry::Finish { unix_time: unix_time() };
     journal.append(&e)?;
@@ -534,7 +541,11 @@ pub fn finish(
 /// The report from the journal. A crop that is gone (the folder deleted by
 /// hand) is not pointed to; the report says how many are missing, and so
 /// does the log. A repaired journal is mentioned too.
-fn write_report(fs: &dyn Storage, session: &Session, card: &crate::model::ModelCard) -> Result<(), SessionError> {
+fn write_report(
+    fs: &dyn Storage,
+    session: &Session,
+    card: &crate::classify::model::ModelCard,
+) -> Result<(), SessionError> {
     let mut records: Vec<FieldRecord> = session.fields.iter().map(|(_, r)| r.clone()).collect();
     let (mut crops, mut missing) = (0, 0);
     for c in records.iter_mut().flat_map(|r| r.cells.iter_mut().chain(r.not_counted.iter_mut())) {
@@ -610,11 +621,11 @@ fn unix_time() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{FieldScale, Rejected, ScaleSource};
     use crate::report::CellRecord;
+    use crate::vision::detect::{FieldScale, Rejected, ScaleSource};
 
-    fn card() -> crate::model::ModelCard {
-        crate::model::ModelCard::load(&crate::model::default_card_path()).expect("shipped card")
+    fn card() -> crate::classify::model::ModelCard {
+        crate::classify::model::ModelCard::load(&crate::classify::model::default_card_path()).expect("shipped card")
     }
 
     fn cell(code: &str, blast: bool) -> CellRecord {
@@ -634,7 +645,7 @@ mod tests {
     }
 
     fn thumb() -> PackedThumb {
-        crate::gating::Thumb::of(&image::RgbImage::from_fn(64, 48, |x, y| {
+        crate::vision::gating::Thumb::of(&image::RgbImage::from_fn(64, 48, |x, y| {
             image::Rgb([(x * 4) as u8, (y * 5) as u8, 9])
         }))
         .pack()

@@ -5,13 +5,16 @@
 //! [`Appliance`] is the state machine and knows no devices; [`run_loop`] feeds
 //! it from any [`FrameSource`] and [`ButtonSource`] and shows it on any [`Display`].
 
-use crate::buttons::{Button, ButtonSource, InputError, Signal};
-use crate::display::{self, Display, View};
-use crate::gating::{Decision, FieldGate, GateParams, Skip};
-use crate::pipeline::Analyzer;
+pub mod session;
+pub mod systemd;
+
+use crate::appliance::session::{Journal, Phase, Session, SessionError, Store};
+use crate::classify::pipeline::Analyzer;
+use crate::hw::buttons::{Button, ButtonSource, InputError, Signal};
+use crate::hw::display::{self, Display, View};
+use crate::hw::source::{Frame, FrameSource, SourceError};
 use crate::report::FieldRecord;
-use crate::session::{self, Journal, Phase, Session, SessionError, Store};
-use crate::source::{Frame, FrameSource, SourceError};
+use crate::vision::gating::{Decision, FieldGate, GateParams, Skip};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,7 +26,7 @@ pub enum ApplianceError {
     #[error(transparent)]
     Input(#[from] InputError),
     #[error("analysing a field")]
-    Model(#[from] crate::model::ModelError),
+    Model(#[from] crate::classify::model::ModelError),
 }
 
 /// `[session]` in the configuration.
@@ -88,7 +91,7 @@ pub struct Appliance {
     calibrate_fields: Option<usize>,
     /// The open session's calibration, rebuilt from its journaled fields
     /// (on start, resume and undo) so that a restart changes nothing.
-    scale: Option<crate::calibrate::SessionScale>,
+    scale: Option<crate::vision::calibrate::SessionScale>,
 }
 
 impl Appliance {
@@ -113,7 +116,7 @@ impl Appliance {
                 s.diff.cells(),
                 s.dir.display()
             );
-            let keep = s.thumbs.len().saturating_sub(crate::gating::REMEMBERED_FIELDS);
+            let keep = s.thumbs.len().saturating_sub(crate::vision::gating::REMEMBERED_FIELDS);
             for t in s.thumbs[keep..].iter().filter_map(|t| t.unpack()) {
                 gate.counted(t);
             }
@@ -153,7 +156,7 @@ impl Appliance {
     fn rebuild_scale(&mut self) {
         self.scale = match (self.calibrate_fields, &self.open) {
             (Some(n), Some((s, _))) => {
-                let mut sc = crate::calibrate::SessionScale::new(n);
+                let mut sc = crate::vision::calibrate::SessionScale::new(n);
                 for (_, r) in &s.fields {
                     sc.observe(&r.scale);
                 }
@@ -370,7 +373,7 @@ pub fn run_loop(
     let mut idle_wait = Duration::ZERO;
     // Under systemd (Type=notify): ready once the loop turns, and a watchdog
     // ping per turn, so a read that hangs (camera driver) gets the service restarted.
-    let mut notifier = crate::systemd::Notifier::from_env();
+    let mut notifier = crate::appliance::systemd::Notifier::from_env();
     if let Some(n) = &notifier {
         n.ready();
     }

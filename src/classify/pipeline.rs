@@ -1,14 +1,14 @@
 //! One field, start to end: detect leukocytes, cut each one out, classify it and
 //! decide what it counts as. The appliance loop and `analyze` both call this.
 
-use crate::count::{Call, CallRules};
-use crate::detect::{
+use crate::classify::count::{Call, CallRules};
+use crate::classify::model::{Classifier, ModelError, Prediction};
+use crate::vision::detect::{
     detect_at, reciprocal, red_cell_scale, sane_scale, DetectParams, FieldScale, Rejected, ScaleSource,
 };
-use crate::mask::BBox;
-use crate::model::{Classifier, ModelError, Prediction};
-use crate::morphometry::{self, Morphometry};
-use crate::preprocess::{prepare, reflect, PreprocessSpec};
+use crate::vision::mask::BBox;
+use crate::vision::morphometry::{self, Morphometry};
+use crate::vision::preprocess::{prepare, reflect, PreprocessSpec};
 use image::RgbImage;
 
 /// Everything needed to analyse fields, built once.
@@ -39,10 +39,10 @@ impl Analyzer {
         config: &crate::config::Config,
         config_path: Option<&std::path::Path>,
         model: Option<std::path::PathBuf>,
-        precision: Option<crate::model::Precision>,
+        precision: Option<crate::classify::model::Precision>,
     ) -> Result<Analyzer, BuildError> {
         use crate::config::ConfigError;
-        let card = model.or(config.model.card.clone()).unwrap_or_else(crate::model::default_card_path);
+        let card = model.or(config.model.card.clone()).unwrap_or_else(crate::classify::model::default_card_path);
         let classifier = Classifier::load_precision(&card, precision.unwrap_or(config.model.precision))
             .map_err(|source| BuildError::Model { path: card.clone(), source })?;
         log::debug!("model {} ({}, {})", classifier.card.name, classifier.variant, classifier.model_path.display());
@@ -138,7 +138,7 @@ impl Analyzer {
             let nucleus_um = d.nucleus.width().max(d.nucleus.height()) as f32 * found.scale.um_per_px;
             let call = match self.rules.call(&self.classifier.card, &prediction) {
                 Call::NotLeukocyte { code } if nucleus_um >= self.detect.platelet_veto_um => {
-                    Call::Unidentified { best: code, why: crate::count::Doubt::LowConfidence }
+                    Call::Unidentified { best: code, why: crate::classify::count::Doubt::LowConfidence }
                 }
                 call => call,
             };
@@ -327,7 +327,7 @@ mod tests {
             for p in files.iter().step_by(53).take(8) {
                 let img = crate::input::load_rgb(p).expect("crop");
                 let scale = crop_scale(&img, None, &params);
-                assert_eq!(scale, crate::detect::detect(&img, &params, None).scale, "{}", p.display());
+                assert_eq!(scale, crate::vision::detect::detect(&img, &params, None).scale, "{}", p.display());
                 red += (scale.source == ScaleSource::RedCells) as usize;
                 fallback += (scale.source == ScaleSource::Fallback) as usize;
             }

@@ -7,7 +7,7 @@
 //! does the same over a session's first fields when nothing is configured
 //! ([`SessionScale`]).
 
-use crate::detect::{FieldScale, RedCellScale, ScaleSource};
+use crate::vision::detect::{FieldScale, RedCellScale, ScaleSource};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

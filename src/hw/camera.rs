@@ -394,7 +394,7 @@ pub use linux::V4l2Source;
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{fourcc_str, CameraConfig, CameraError, DeviceInfo, Wire};
-    use crate::source::{Frame, FrameSource, SourceError};
+    use crate::hw::source::{Frame, FrameSource, SourceError};
     use image::RgbImage;
     use log::{debug, info, warn};
     use std::io;

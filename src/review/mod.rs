@@ -9,9 +9,11 @@
 //! field records): a folder analysed again refuses an old log instead of
 //! applying its changes to other cells.
 
-use crate::count::Call;
+pub mod server;
+
+use crate::classify::count::Call;
+use crate::report::files::{self as report_files, ReportFacts, SignOff};
 use crate::report::{write_atomic, FieldRecord};
-use crate::report_files::{self, ReportFacts, SignOff};
 use crate::storage::Storage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -347,7 +349,7 @@ mod tests {
             height: 64,
             cells: vec![cell("MYO", true), cell("NGS", false)],
             not_counted: vec![],
-            scale: crate::detect::FieldScale::new(0.1, crate::detect::ScaleSource::Configured),
+            scale: crate::vision::detect::FieldScale::new(0.1, crate::vision::detect::ScaleSource::Configured),
             rejected: Default::default(),
         };
         let doc = serde_json::json!({"images": [field], "summary": {"threshold_percent": 20.0}, "model": {"name": "m", "sha256": "ab"}});

@@ -1,8 +1,8 @@
 //! The differential count: per-class counts, blasts and abnormal cells with
 //! exact 95% intervals, and the threshold flag.
 
-use crate::model::{ModelCard, Prediction};
-use crate::stats::clopper_pearson;
+use crate::classify::model::{ModelCard, Prediction};
+use crate::classify::stats::clopper_pearson;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -276,8 +276,8 @@ mod tests {
     /// confidence floor; the warning only from the card's share on.
     #[test]
     fn calls_follow_the_cards_abstention_rules() {
-        let mut card = ModelCard::load(&crate::model::default_card_path()).expect("shipped card");
-        card.ood = Some(crate::model::OodSpec { max_energy: -3.0, warn_percent: 10.0 });
+        let mut card = ModelCard::load(&crate::classify::model::default_card_path()).expect("shipped card");
+        card.ood = Some(crate::classify::model::OodSpec { max_energy: -3.0, warn_percent: 10.0 });
         let rules = CallRules::from_card(&card);
         let i = card.class_index("MYO").expect("MYO");
         let mut probs = vec![0.0; card.classes.len()];

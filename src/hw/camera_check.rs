@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::camera::{CameraConfig, PixelFormat};
+use crate::hw::camera::{CameraConfig, PixelFormat};
 
 /// Arguments of `camera-check`.
 #[derive(Debug, Clone, clap::Args)]
@@ -70,8 +70,8 @@ pub fn mean_rgb(img: &image::RgbImage) -> [f64; 3] {
 /// too many timeouts or bad frames, a disconnect that does not recover) fail it.
 #[cfg(target_os = "linux")]
 pub fn camera_check(args: &CameraCheckArgs, base: &CameraConfig) -> anyhow::Result<()> {
-    use crate::camera::V4l2Source;
-    use crate::source::{FrameSource, SourceError};
+    use crate::hw::camera::V4l2Source;
+    use crate::hw::source::{FrameSource, SourceError};
     use anyhow::{bail, Context};
 
     let config = args.config(base);
@@ -164,8 +164,8 @@ pub fn camera_check(args: &CameraCheckArgs, base: &CameraConfig) -> anyhow::Resu
 }
 
 #[cfg(target_os = "linux")]
-fn print_info(source: &crate::camera::V4l2Source) {
-    use crate::camera::fourcc_str;
+fn print_info(source: &crate::hw::camera::V4l2Source) {
+    use crate::hw::camera::fourcc_str;
     let Some(info) = source.info() else { return };
     println!("driver:    {} / card: {} / bus: {}", info.driver, info.card, info.bus);
     if info.formats.is_empty() {

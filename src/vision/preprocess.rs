@@ -17,8 +17,8 @@
 //!   variance), which removes any per-channel affine stain difference in Lab
 //!   (Reinhard-style normalisation with the target folded into the model).
 
-use crate::color::{od_lut, Background, LabConverter};
-use crate::mask::{BBox, Mask};
+use crate::vision::color::{od_lut, Background, LabConverter};
+use crate::vision::mask::{BBox, Mask};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -208,7 +208,7 @@ pub fn find_central_nucleus(img: &RgbImage, bg: &Background, min_od: f32) -> Opt
     let comps = &mask.component_stats();
     let (w, h) = (img.width() as f32, img.height() as f32);
     let radius = w.min(h) / 2.0;
-    let score = |c: &crate::mask::Component| {
+    let score = |c: &crate::vision::mask::Component| {
         let (x, y) = c.centroid();
         let d = ((x - w / 2.0).powi(2) + (y - h / 2.0).powi(2)).sqrt() / radius;
         c.area as f32 * (1.0 - d).max(0.0).powi(2)
@@ -462,7 +462,7 @@ pub fn reflect(i: i64, n: i64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::color::srgb_to_lab;
+    use crate::vision::color::srgb_to_lab;
 
     /// The straightforward version of [`sample_standardised`] (one bilinear read
     /// per subsample, exact Lab formula), kept to check the fast one against.

@@ -3,9 +3,9 @@
 //! data: URIs; no scripts, fonts or anything fetched (its Content-Security-Policy
 //! forbids all of it, so a copied file cannot call out either).
 
-use crate::count::Summary;
-use crate::report_files::{rfc3339, ReportFacts};
-use crate::stats::clopper_pearson;
+use crate::classify::count::Summary;
+use crate::classify::stats::clopper_pearson;
+use crate::report::files::{rfc3339, ReportFacts};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -75,7 +75,7 @@ pub fn render(facts: &ReportFacts, dir: &Path) -> String {
          <meta name=\"generator\" content=\"{}\"><meta name=\"leukoscope-schema\" content=\"{}\">\n\
          <title>{title}</title><style>{STYLE}</style></head><body>\n<h1>{title}</h1>\n",
         esc(&facts.software),
-        crate::report_files::SCHEMA,
+        crate::report::files::SCHEMA,
     );
     h += &status_line(facts);
     h += "\n<table>";
@@ -97,7 +97,7 @@ pub fn render(facts: &ReportFacts, dir: &Path) -> String {
             esc(&facts.software),
             esc(&facts.model_name),
             esc(facts.model_sha256.get(..12).unwrap_or(&facts.model_sha256)),
-            crate::report_files::SCHEMA
+            crate::report::files::SCHEMA
         ),
     );
     h += "</table>\n";

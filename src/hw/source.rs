@@ -178,7 +178,10 @@ impl<S: FrameSource> FrameSource for StageSimulator<S> {
 pub fn shift_image(img: &RgbImage, dx: i64, dy: i64) -> RgbImage {
     let (w, h) = (img.width() as i64, img.height() as i64);
     RgbImage::from_fn(img.width(), img.height(), |x, y| {
-        *img.get_pixel(crate::preprocess::reflect(x as i64 + dx, w), crate::preprocess::reflect(y as i64 + dy, h))
+        *img.get_pixel(
+            crate::vision::preprocess::reflect(x as i64 + dx, w),
+            crate::vision::preprocess::reflect(y as i64 + dy, h),
+        )
     })
 }
 

@@ -21,9 +21,9 @@
 //! All thresholds are physical (µm, µm²) or optical densities, so the same
 //! parameters serve any camera and magnification once the scale is known.
 
-use crate::color::{od_lut, Background};
-use crate::mask::{BBox, Mask, CHAMFER_UNIT};
-use crate::preprocess::otsu;
+use crate::vision::color::{od_lut, Background};
+use crate::vision::mask::{BBox, Mask, CHAMFER_UNIT};
+use crate::vision::preprocess::otsu;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;

@@ -5,11 +5,16 @@
 //! [`FieldRecord`] is the one serialisable form of an analysed field: `analyze`
 //! prints it, the appliance journals it, and reports are built from it.
 
-use crate::count::{Call, Differential, Summary};
-use crate::detect::{FieldScale, Rejected, ScaleSource};
-use crate::model::ModelCard;
-use crate::pipeline::{report_crop, CellResult, FieldResult};
+pub mod fhir;
+pub mod files;
+pub mod html;
+pub mod npy;
+
+use crate::classify::count::{Call, Differential, Summary};
+use crate::classify::model::ModelCard;
+use crate::classify::pipeline::{report_crop, CellResult, FieldResult};
 use crate::storage::{self, Kind, Os, Storage, StorageError};
+use crate::vision::detect::{FieldScale, Rejected, ScaleSource};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -194,7 +199,7 @@ impl FieldRecord {
             let name = format!("{stem}_c{k}_{}_{:03}.png", cell.class, (cell.confidence * 100.0).round() as u32);
             let path = folder.join(&name);
             let [x0, y0, x1, y1] = cell.bbox;
-            let b = crate::mask::BBox { x0, y0, x1, y1 };
+            let b = crate::vision::mask::BBox { x0, y0, x1, y1 };
             let mut png = std::io::Cursor::new(Vec::new());
             report_crop(img, b).write_to(&mut png, image::ImageFormat::Png).map_err(|e| StorageError {
                 op: "encoding",
@@ -317,7 +322,7 @@ pub fn summary_text(s: &Summary) -> String {
 }
 
 /// Writes `results.json`, `cells.csv`, `report.html` and `report.fhir.json`
-/// ([`crate::report_files`]) into `dir`, all or none: each is written and
+/// ([`crate::report::files`]) into `dir`, all or none: each is written and
 /// fsync'd under a temporary name first (a full disk fails there, and the
 /// temporary files are removed), then all are renamed, `results.json` last,
 /// and the folder is fsync'd. The error names the file.
@@ -333,7 +338,7 @@ pub fn write_report(
         path: dir.join("results.json"),
         source: std::io::Error::other(e),
     })?;
-    let [html, fhir] = crate::report_files::render(dir, document, fields).map_err(|e| StorageError {
+    let [html, fhir] = crate::report::files::render(dir, document, fields).map_err(|e| StorageError {
         op: "encoding",
         path: dir.join("report.fhir.json"),
         source: e,

@@ -6,7 +6,7 @@
 //! then `final`. CI validates it with an independent FHIR library
 //! (`tools/check_fhir.py`, PyPI `fhir.resources` 6.1.0, FHIR 4.0.1).
 
-use crate::report_files::{rfc3339, ReportFacts, SCHEMA};
+use crate::report::files::{rfc3339, ReportFacts, SCHEMA};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -137,7 +137,7 @@ pub fn bundle(facts: &ReportFacts) -> Value {
         json!({"reference": url})
     };
     let ci_note = |k: u64| {
-        let (lo, hi) = crate::stats::clopper_pearson(k.min(s.cells), s.cells, 0.95);
+        let (lo, hi) = crate::classify::stats::clopper_pearson(k.min(s.cells), s.cells, 0.95);
         format!(
             "{k} of {} leukocytes counted; exact (Clopper-Pearson) 95% CI {:.1}-{:.1}%",
             s.cells,
@@ -243,7 +243,8 @@ mod tests {
 
     #[test]
     fn every_class_of_the_shipped_model_has_a_term() {
-        let card = crate::model::ModelCard::load(&crate::model::default_card_path()).expect("shipped card");
+        let card = crate::classify::model::ModelCard::load(&crate::classify::model::default_card_path())
+            .expect("shipped card");
         for c in card.classes.iter().filter(|c| c.leukocyte) {
             assert!(loinc_of(&c.code).is_some(), "class {} has no LOINC term", c.code);
         }

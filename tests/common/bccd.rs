@@ -1,6 +1,6 @@
 //! The BCCD blood-smear field dataset (Pascal VOC layout), the TXL-PBC field
 //! sets (YOLO labels beside each image) and the detection evaluation used to
-//! tune and check [`crate::detect`].
+//! tune and check [`leukoscope::vision::detect`].
 //!
 //! Annotation quirks handled here: some boxes run outside the image (clipped to
 //! it) and a few are degenerate (empty or a few pixels wide after clipping).
@@ -8,7 +8,7 @@
 //! ground truth: a box with no extent cannot be matched at IoU >= 0.5 by any
 //! detector, so counting it would only measure the annotation error.
 
-use crate::mask::BBox;
+use leukoscope::vision::mask::BBox;
 use std::path::{Path, PathBuf};
 
 /// Ground-truth boxes narrower or shorter than this (after clipping, in

@@ -170,7 +170,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DisplayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::display::Phase;
+    use crate::hw::display::Phase;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("leukoscope-display-{name}-{}", std::process::id()));

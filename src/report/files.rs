@@ -8,7 +8,7 @@
 //! the model and software, and, once a person has reviewed the cells, the
 //! reviewed count and who signed it.
 
-use crate::count::{Call, Differential, Summary};
+use crate::classify::count::{Call, Differential, Summary};
 use crate::report::{write_atomic, FieldRecord};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -162,8 +162,8 @@ pub fn render(dir: &Path, document: &Value, fields: &[FieldRecord]) -> std::io::
 }
 
 fn render_facts(dir: &Path, facts: &ReportFacts) -> std::io::Result<[Vec<u8>; 2]> {
-    let html = crate::report_html::render(facts, dir);
-    let bundle = crate::fhir::bundle(facts);
+    let html = crate::report::html::render(facts, dir);
+    let bundle = crate::report::fhir::bundle(facts);
     let json = serde_json::to_string_pretty(&bundle).map_err(std::io::Error::other)?;
     Ok([html.into_bytes(), json.into_bytes()])
 }

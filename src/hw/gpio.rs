@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::buttons::{Button, ButtonSource, InputError, Signal};
+use crate::hw::buttons::{Button, ButtonSource, InputError, Signal};
 
 /// Where button presses come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -123,7 +123,7 @@ impl ButtonsConfig {
 /// Opens the configured button source.
 pub fn open_buttons(config: &ButtonsConfig) -> Result<Box<dyn ButtonSource>, InputError> {
     match config.kind {
-        ButtonsKind::Keyboard => Ok(Box::new(crate::keyboard::KeyboardButtons::stdin())),
+        ButtonsKind::Keyboard => Ok(Box::new(crate::hw::keyboard::KeyboardButtons::stdin())),
         ButtonsKind::Off => Ok(Box::new(NoButtons)),
         #[cfg(target_os = "linux")]
         ButtonsKind::Gpio => Ok(Box::new(GpioButtons::open(config)?)),
@@ -185,7 +185,7 @@ pub use linux::{GpioButtons, GpioSignal};
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{ButtonsConfig, Debouncer};
-    use crate::buttons::{Button, ButtonSource, InputError, Signal};
+    use crate::hw::buttons::{Button, ButtonSource, InputError, Signal};
     use gpiocdev::line::{Bias, EdgeDetection, EdgeKind, Value};
     use gpiocdev::Request;
     use log::{debug, info, warn};

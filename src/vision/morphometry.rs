@@ -16,8 +16,8 @@
 //! ~0.7 (median on 40 LMU myeloblasts; lymphocytes 0.84, neutrophils 0.35,
 //! monocytes 0.58 on PBC: `tests/morphometry.rs`).
 
-use crate::color::{od_lut, Background};
-use crate::preprocess::{Nucleus, Prepared};
+use crate::vision::color::{od_lut, Background};
+use crate::vision::preprocess::{Nucleus, Prepared};
 use image::RgbImage;
 use serde::Serialize;
 
@@ -161,7 +161,7 @@ fn cell_area_px(img: &RgbImage, bg: &Background, nucleus: &Nucleus, max_radius: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::preprocess::{prepare, PreprocessSpec};
+    use crate::vision::preprocess::{prepare, PreprocessSpec};
     use image::Rgb;
 
     /// A round cell of radius `rc` px with a round nucleus of radius `rn` px on

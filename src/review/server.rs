@@ -10,9 +10,9 @@
 //! Content-Security-Policy (no scripts at all). Routine log lines name report
 //! numbers and cell ids, never sample IDs or reviewers.
 
-use crate::count::{Call, CallRules};
-use crate::model::ModelCard;
-use crate::report_html::{esc, human_time, STYLE};
+use crate::classify::count::{Call, CallRules};
+use crate::classify::model::ModelCard;
+use crate::report::html::{esc, human_time, STYLE};
 use crate::review::{cell_id, ReportDir, ReviewEntry, ReviewError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -373,13 +373,13 @@ impl Review {
                 let Some(i) = n.parse::<usize>().ok().filter(|i| *i < self.reports.len()) else {
                     return page(404, html("Not found", "<h1>No such report</h1>"));
                 };
-                (i, ReviewEntry::SignOff { by, unix_time: crate::report_files::unix_time() }, format!("/r/{i}"))
+                (i, ReviewEntry::SignOff { by, unix_time: crate::report::files::unix_time() }, format!("/r/{i}"))
             }
             ["r", n, "cell", id] => {
                 let Some(i) = n.parse::<usize>().ok().filter(|i| *i < self.reports.len()) else {
                     return page(404, html("Not found", "<h1>No such report</h1>"));
                 };
-                let unix_time = crate::report_files::unix_time();
+                let unix_time = crate::report::files::unix_time();
                 let entry = match get(f, "action") {
                     Some("not_leukocyte") => ReviewEntry::NotLeukocyte { cell: id.to_string(), by, unix_time },
                     Some("reclassify") => {
@@ -465,8 +465,8 @@ impl Review {
     fn gallery(&self, i: usize, reviewer: Option<&str>) -> Reply {
         let r = &self.reports[i];
         let threshold = r.document["summary"]["threshold_percent"].as_f64().unwrap_or(20.0);
-        let classified = crate::report_files::summary_of(&r.fields, threshold);
-        let reviewed = crate::report_files::summary_of(&r.reviewed(), threshold);
+        let classified = crate::report::files::summary_of(&r.fields, threshold);
+        let reviewed = crate::report::files::summary_of(&r.reviewed(), threshold);
         let changes = r.changes();
         let sample = r.sample_id().unwrap_or_else(|| "(no sample ID)".into());
         let mut b =
@@ -480,7 +480,7 @@ impl Review {
             ),
             None => "<p><span class=\"status prelim\">PRELIMINARY</span> not signed</p>".into(),
         };
-        let line = |s: &crate::count::Summary| {
+        let line = |s: &crate::classify::count::Summary| {
             format!(
                 "{} leukocytes; blasts {} = {:.1}% (95% CI {:.1}&ndash;{:.1}%){}",
                 s.cells,

@@ -1,0 +1,3 @@
+//! The subcommands of the `leukoscope` binary, one module each.
+
+pub mod bench;
