@@ -33,8 +33,8 @@ shared the cores with something else and is not a result.
 import argparse
 import datetime
 import json
-import platform
 import os
+import platform
 import re
 import statistics
 import subprocess

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RUNS, PipelineError, data_root, log, read_json, run_classify, write_json  # noqa: E402
 import datasets as ds  # noqa: E402
+from common import REPO, RUNS, PipelineError, data_root, log, read_json, run_classify, write_json  # noqa: E402
 
 # jhh codes (CellaVision categories mapped by the data's README) -> what counts.
 JHH_BLAST = {"BLAST"}

@@ -84,7 +84,7 @@ def main() -> None:
     for sec, file, struct, title in SECTIONS:
         out += ["", f"[{sec}]", f"# {title}"]
         for name, doc in fields(REPO / file, struct):
-            out += ["# " + l for l in textwrap.wrap(doc, 86)]
+            out += ["# " + line for line in textwrap.wrap(doc, 86)]
             if (sec, name) in vals:
                 out.append(f"{name} = {vals[(sec, name)]}")
             elif (sec, name) in EXAMPLES:

@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
+import datasets as ds  # noqa: E402
 from common import (  # noqa: E402
     MODELS,
-    REPO,
     RUNS,
     PipelineError,
     binary_stamp,
@@ -45,7 +45,6 @@ from common import (  # noqa: E402
     run_classify,
     write_json,
 )
-import datasets as ds  # noqa: E402
 
 DEFAULT_RUN = "cnn-v1"
 
@@ -276,7 +275,7 @@ def cmd_smoke(a) -> None:
     by: dict[tuple, list] = {}
     for s in sorted(samples, key=lambda s: s.md5):
         by.setdefault((ds.group_of(s), s.split), []).append(s)
-    for (g, split), ss in sorted(by.items()):
+    for (_group, split), ss in sorted(by.items()):
         pick += ss[: a.per_class if split == "train" else max(2, a.per_class // 2)]
     tmp = Path(tempfile.mkdtemp(prefix="leukoscope-smoke-"))
     try:

@@ -201,7 +201,7 @@ def wbc_boxes(xml):
 
 def eval_bccd(ref, known_scale):
     root = DATA / "bccd"
-    ids = [l.strip() for l in (root / "ImageSets/Main/test.txt").read_text().splitlines() if l.strip()]
+    ids = [line.strip() for line in (root / "ImageSets/Main/test.txt").read_text().splitlines() if line.strip()]
     res = {}
     for variant in ("all detections", "class != PLT"):
         res[variant] = [0, 0, 0]  # tp, n_det, n_gt

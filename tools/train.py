@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import RUNS, log, write_json
+from common import log, write_json
 
 # (out_channels, stride) per conv; 'M' = 2x2 max-pool.
 ARCHS = {
@@ -261,7 +261,7 @@ def sampling_weights(groups: list[str], lmu_boost: float = 2.0) -> np.ndarray:
     return w / w.sum()
 
 
-def load_features_and_head(model: "CellNet", ck: dict, classes: list[str]) -> list[str]:
+def load_features_and_head(model: CellNet, ck: dict, classes: list[str]) -> list[str]:
     """Loads an earlier run's weights into `model`: the convolutions as they are
     (MixStyle has no weights, so layer indices are mapped in order), the head
     row by row for the classes both have. Returns the classes that start new."""
