@@ -192,3 +192,33 @@ fn averaged_down_regions_of_finer_cameras_keep_the_calls() {
         assert!(s >= sens - 1.0 / myo as f64 && sp >= spec_ - 1.0 / ngs as f64, "x{up}: blast calls moved: {s} {sp}");
     }
 }
+
+/// A crop's scale is what the detector would find in it: the red cells when
+/// they tell (PBC/LMU crops show some), else the fallback.
+#[test]
+fn crop_scale_is_the_detectors_scale() {
+    use leukoscope::classify::pipeline::crop_scale;
+    use leukoscope::vision::detect::{DetectParams, FieldScale, ScaleSource};
+    let data = leukoscope::input::data_dir();
+    let params = DetectParams::default();
+    let (mut red, mut fallback) = (0, 0);
+    for dir in ["pbc/lymphocyte", "pbc/neutrophil", "lmu/MYO", "lmu/NGS"] {
+        let mut files: Vec<_> = std::fs::read_dir(data.join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}: set LEUKOSCOPE_DATA"))
+            .map(|e| e.expect("dir entry").path())
+            .collect();
+        files.sort();
+        for p in files.iter().step_by(53).take(8) {
+            let img = leukoscope::input::load_rgb(p).expect("crop");
+            let scale = crop_scale(&img, None, &params);
+            assert_eq!(scale, leukoscope::vision::detect::detect(&img, &params, None).scale, "{}", p.display());
+            red += (scale.source == ScaleSource::RedCells) as usize;
+            fallback += (scale.source == ScaleSource::Fallback) as usize;
+        }
+    }
+    assert!(red > 0 && fallback > 0, "both paths seen: {red} red cells, {fallback} fallback");
+    assert_eq!(
+        crop_scale(&image::RgbImage::new(5, 5), Some(0.2), &params),
+        FieldScale::new(0.2, ScaleSource::Configured)
+    );
+}

@@ -4,10 +4,11 @@
 //! fail, they never skip.
 
 use common::bccd::{Annotation, Bccd, Class, Evaluation, MATCH_IOU};
+use image::{Rgb, RgbImage};
 use leukoscope::classify::count::Call;
 use leukoscope::classify::pipeline::FieldResult;
 use leukoscope::input::{data_dir, load_rgb};
-use leukoscope::vision::detect::{detect, DetectParams, FieldDetections, ScaleSource};
+use leukoscope::vision::detect::{detect, BlankField, DetectParams, FieldDetections, ScaleSource};
 use leukoscope::vision::mask::BBox;
 use std::sync::OnceLock;
 
@@ -247,4 +248,26 @@ fn timing() {
         }
         println!("{name}: {:.2} ms per field", t.elapsed().as_secs_f64() * 1000.0 / n as f64);
     }
+}
+
+/// A real smear is never called blank; the same field in grey, or flattened
+/// to its mean colour with sensor noise, always is.
+#[test]
+fn blank_fields_are_told_from_smears() {
+    let dir = data_dir().join("bccd/JPEGImages");
+    let mut n = 0;
+    for i in (0..400).step_by(10) {
+        let Ok(field) = load_rgb(&dir.join(format!("BloodImage_{i:05}.jpg"))) else { continue };
+        n += 1;
+        assert_eq!(BlankField::of(&field), None, "BloodImage_{i:05} is a smear");
+        let grey = image::DynamicImage::ImageRgb8(field.clone()).grayscale().to_rgb8();
+        assert_eq!(BlankField::of(&grey), Some(BlankField::Greyscale), "BloodImage_{i:05} in grey");
+        // The field's mean colour, with sensor noise of a few levels.
+        let mean = [0, 1, 2].map(|c| (field.pixels().map(|p| p[c] as u64).sum::<u64>() * 3 / field.len() as u64) as u8);
+        let flat = RgbImage::from_fn(field.width(), field.height(), |x, y| {
+            Rgb(mean.map(|v| v.saturating_add(((x * 7 + y * 13) % 4) as u8)))
+        });
+        assert_eq!(BlankField::of(&flat), Some(BlankField::Uniform), "{mean:?}");
+    }
+    assert!(n >= 30, "BCCD fields missing: set LEUKOSCOPE_DATA");
 }

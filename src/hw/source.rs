@@ -179,8 +179,8 @@ pub fn shift_image(img: &RgbImage, dx: i64, dy: i64) -> RgbImage {
     let (w, h) = (img.width() as i64, img.height() as i64);
     RgbImage::from_fn(img.width(), img.height(), |x, y| {
         *img.get_pixel(
-            crate::vision::preprocess::reflect(x as i64 + dx, w),
-            crate::vision::preprocess::reflect(y as i64 + dy, h),
+            crate::vision::imageops::reflect(x as i64 + dx, w),
+            crate::vision::imageops::reflect(y as i64 + dy, h),
         )
     })
 }

@@ -3,6 +3,8 @@
 //! Small and allocation-light on purpose: segmentation runs on every camera frame
 //! on a Raspberry Pi, and these few operations are all it needs.
 
+use crate::vision::imageops::find_root;
+
 /// Axis-aligned box in pixel coordinates, `x1`/`y1` exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BBox {
@@ -189,7 +191,7 @@ impl Mask {
                 }
                 let mut b = a;
                 while b < above.end && runs[b].1 <= x1 {
-                    let (ra, rb) = (find(&mut parent, r as u32), find(&mut parent, b as u32));
+                    let (ra, rb) = (find_root(&mut parent, r as u32), find_root(&mut parent, b as u32));
                     if ra != rb {
                         parent[ra.max(rb) as usize] = ra.min(rb);
                     }
@@ -199,15 +201,6 @@ impl Mask {
         }
         (runs, parent)
     }
-}
-
-/// Root of `a` in a union-find forest (with path halving).
-fn find(parent: &mut [u32], mut a: u32) -> u32 {
-    while parent[a as usize] != a {
-        parent[a as usize] = parent[parent[a as usize] as usize];
-        a = parent[a as usize];
-    }
-    a
 }
 
 /// Dense component ids in raster order of each component's first pixel, and
@@ -220,7 +213,7 @@ fn runs_to_components(
     let mut dense = vec![0u32; runs.len()];
     let mut comps: Vec<Component> = Vec::new();
     for (i, &(y, x0, x1)) in runs.iter().enumerate() {
-        let root = find(parent, i as u32) as usize;
+        let root = find_root(parent, i as u32) as usize;
         if dense[root] == 0 {
             comps.push(Component { area: 0, bbox: BBox { x0, y0: y, x1, y1: y + 1 }, sum_x: 0, sum_y: 0 });
             dense[root] = comps.len() as u32;
@@ -403,13 +396,6 @@ mod tests {
         let (w, h) = (m.width as usize, m.height as usize);
         let mut labels = vec![0u32; w * h];
         let mut parent: Vec<u32> = vec![0];
-        fn find(parent: &mut [u32], mut a: u32) -> u32 {
-            while parent[a as usize] != a {
-                parent[a as usize] = parent[parent[a as usize] as usize];
-                a = parent[a as usize];
-            }
-            a
-        }
         for y in 0..h {
             for x in 0..w {
                 let i = y * w + x;
@@ -439,7 +425,7 @@ mod tests {
                     }
                 }
                 for &n in &neigh[..k] {
-                    let rn = find(&mut parent, n);
+                    let rn = find_root(&mut parent, n);
                     if best == 0 || rn < best {
                         best = rn;
                     }
@@ -449,7 +435,7 @@ mod tests {
                     parent.push(best);
                 } else {
                     for &n in &neigh[..k] {
-                        let rn = find(&mut parent, n);
+                        let rn = find_root(&mut parent, n);
                         parent[rn as usize] = best;
                     }
                 }
@@ -465,7 +451,7 @@ mod tests {
                 if labels[i] == 0 {
                     continue;
                 }
-                let root = find(&mut parent, labels[i]) as usize;
+                let root = find_root(&mut parent, labels[i]) as usize;
                 if dense[root] == 0 {
                     comps.push(Component {
                         area: 0,
@@ -506,8 +492,8 @@ mod tests {
                 masks.push(Mask { width: w, height: h, data });
             }
         }
-        let path = crate::input::data_dir().join("bccd/JPEGImages/BloodImage_00001.jpg");
-        let field = crate::input::load_rgb(&path).unwrap_or_else(|e| panic!("{e}: set LEUKOSCOPE_DATA"));
+        // Field-sized masks with blobs of every shape: a smooth gradient plus noise, thresholded.
+        let field = crate::vision::imageops::testing::noisy_field(640, 480);
         for t in [60u8, 120, 170, 200] {
             masks.push(Mask::from_fn(field.width(), field.height(), |x, y| field.get_pixel(x, y).0[1] < t));
         }

@@ -9,6 +9,7 @@ pub mod calibrate;
 pub mod color;
 pub mod detect;
 pub mod gating;
+pub mod imageops;
 pub mod mask;
 pub mod morphometry;
 pub mod preprocess;

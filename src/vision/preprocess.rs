@@ -18,6 +18,7 @@
 //!   (Reinhard-style normalisation with the target folded into the model).
 
 use crate::vision::color::{od_lut, Background, LabConverter};
+use crate::vision::imageops::{otsu, reflect};
 use crate::vision::mask::{BBox, Mask};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -160,39 +161,6 @@ pub fn prepare(img: &RgbImage, spec: &PreprocessSpec, background: Option<Backgro
 pub fn nucleus_signal(img: &RgbImage, bg: &Background) -> Vec<f32> {
     let (red, blue) = (od_lut(bg.0[0]), od_lut(bg.0[2]));
     img.pixels().map(|p| (red[p.0[0] as usize] - blue[p.0[2] as usize]).max(0.0)).collect()
-}
-
-/// Otsu threshold over values in [0, 3] (64 bins).
-pub fn otsu(values: impl Iterator<Item = f32>) -> Option<f32> {
-    const BINS: usize = 64;
-    const HI: f32 = 3.0;
-    let mut hist = [0u64; BINS];
-    let mut n = 0u64;
-    for v in values {
-        let b = ((v / HI) * BINS as f32).clamp(0.0, BINS as f32 - 1.0) as usize;
-        hist[b] += 1;
-        n += 1;
-    }
-    if n == 0 {
-        return None;
-    }
-    let centre = |i: usize| (i as f64 + 0.5) * HI as f64 / BINS as f64;
-    let total: f64 = hist.iter().enumerate().map(|(i, &c)| c as f64 * centre(i)).sum();
-    let (mut w0, mut m0) = (0f64, 0f64);
-    let mut best = (0f64, None);
-    for (i, &c) in hist.iter().enumerate() {
-        w0 += c as f64;
-        m0 += c as f64 * centre(i);
-        let w1 = n as f64 - w0;
-        if w0 == 0.0 || w1 == 0.0 {
-            continue;
-        }
-        let between = (total * w0 / n as f64 - m0).powi(2) / (w0 * w1);
-        if between > best.0 {
-            best = (between, Some(centre(i) as f32));
-        }
-    }
-    best.1
 }
 
 /// The nucleus of the cell nearest the image centre: the biggest stained
@@ -449,16 +417,6 @@ fn standardise(lab: &mut [f32], plane: usize, std_floor: f32) {
     }
 }
 
-/// Mirror index into 0..n (edge pixel not repeated), for any distance outside.
-pub fn reflect(i: i64, n: i64) -> u32 {
-    if n <= 1 {
-        return 0;
-    }
-    let period = 2 * (n - 1);
-    let m = i.rem_euclid(period);
-    (if m < n { m } else { period - m }) as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,24 +578,20 @@ mod tests {
     /// straightforward ones, on real crops of both labs and on windows from
     /// much smaller than the crop (one subsample) to past its border (4x4).
     #[test]
-    fn fast_sampling_is_bit_identical_on_real_crops() {
-        let data = crate::input::data_dir();
-        let mut paths = Vec::new();
-        for dir in ["pbc/neutrophil", "pbc/platelet", "pbc/lymphocyte", "lmu/MYO", "lmu/NGS"] {
-            let d = data.join(dir);
-            let mut files: Vec<_> = std::fs::read_dir(&d)
-                .unwrap_or_else(|e| panic!("data folder {} missing ({e}): set LEUKOSCOPE_DATA", d.display()))
-                .map(|e| e.expect("dir entry").path())
-                .collect();
-            files.sort();
-            paths.extend(files.into_iter().step_by(97).take(4));
-        }
-        assert_eq!(paths.len(), 20);
+    fn fast_sampling_is_bit_identical() {
+        // Drawn cells (a nucleus, cytoplasm, red cells) and images of noise:
+        // every byte value and every window position, so no rounding case is missed.
+        let noisy = crate::vision::imageops::testing::noisy_field;
+        let images = [
+            synthetic(360, 360, 180.0, 180.0, 40.0),
+            synthetic(363, 241, 90.0, 120.0, 25.0),
+            noisy(360, 360),
+            noisy(97, 301),
+        ];
         let spec = PreprocessSpec::default();
         let mut worst = 0f32;
-        for p in &paths {
-            let img = crate::input::load_rgb(p).expect("crop");
-            let bg = Background::estimate(&img);
+        for (n, img) in images.iter().enumerate() {
+            let bg = Background::estimate(img);
             let (w, h) = (img.width() as f32, img.height() as f32);
             for window in [
                 (w / 2.0, h / 2.0, 40.0),
@@ -645,21 +599,16 @@ mod tests {
                 (w / 2.0, h / 2.0, 2.2 * w),
                 (3.0, h - 2.0, 377.7),
             ] {
-                let fast = sample_standardised(&img, &bg, window, &spec);
-                let slow = sample_standardised_reference(&img, &bg, window, &spec);
+                let fast = sample_standardised(img, &bg, window, &spec);
+                let slow = sample_standardised_reference(img, &bg, window, &spec);
                 let d = fast.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 worst = worst.max(d);
             }
-            let od = nucleus_signal(&img, &bg);
+            let od = nucleus_signal(img, &bg);
             for q in [0, 50, 99, 100] {
                 let k = (od.len() * q / 100).min(od.len() - 1);
                 let mut sorted = od.clone();
-                assert_eq!(
-                    kth_smallest(&od, k),
-                    *sorted.select_nth_unstable_by(k, f32::total_cmp).1,
-                    "{}",
-                    p.display()
-                );
+                assert_eq!(kth_smallest(&od, k), *sorted.select_nth_unstable_by(k, f32::total_cmp).1, "image {n}");
             }
         }
         // Same sampling, bit for bit; the Lab conversion's table and cube root
@@ -668,14 +617,6 @@ mod tests {
         assert!(worst < 1e-4, "largest tensor difference {worst} (z units)");
         assert_eq!(kth_smallest(&[0.0; 7], 3), 0.0);
         assert_eq!(kth_smallest(&[], 0), 0.0);
-    }
-
-    #[test]
-    fn reflection_stays_inside() {
-        let idx: Vec<u32> = (-4..8).map(|i| reflect(i, 4)).collect();
-        assert_eq!(idx, vec![2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1]);
-        assert_eq!(reflect(-1000, 1), 0);
-        assert!((-500..500).all(|i| reflect(i, 7) < 7));
     }
 
     #[test]
