@@ -17,7 +17,7 @@ SECTIONS = [
     ("model", "src/config.rs", "ModelConfig", "The classifier."),
     ("count", "src/config.rs", "CountConfig", "What counts as what."),
     ("scale", "src/config.rs", "ScaleConfig", "The camera's scale."),
-    ("detect", "src/vision/detect/mod.rs", "DetectParams", "Leukocyte detector (src/vision/detect/). Tuned on BCCD trainval; lengths in um."),
+    ("detect", "src/vision/detect/params.rs", "DetectParams", "Leukocyte detector (src/vision/detect/). Tuned on BCCD trainval; lengths in um."),
     ("session", "src/appliance/mod.rs", "SessionConfig", "`leukoscope run`: the counting session."),
     ("gate", "src/vision/gating.rs", "GateParams", "`leukoscope run`: which frames are analysed (sharp, still, a new field)."),
     ("source", "src/hw/source.rs", "SourceConfig", "`leukoscope run`: where frames come from."),

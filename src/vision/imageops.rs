@@ -230,4 +230,10 @@ pub(crate) mod testing {
             Rgb(c)
         })
     }
+
+    /// A filled disc, as a predicate for `Mask::from_fn`.
+    pub fn disc(w: u32, h: u32, cx: f32, cy: f32, r: f32) -> impl Fn(u32, u32) -> bool {
+        let _ = (w, h);
+        move |x, y| (x as f32 - cx).powi(2) + (y as f32 - cy).powi(2) <= r * r
+    }
 }

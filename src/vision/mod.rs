@@ -7,6 +7,7 @@
 
 pub mod calibrate;
 pub mod color;
+pub mod components;
 pub mod detect;
 pub mod gating;
 pub mod imageops;

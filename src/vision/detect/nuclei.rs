@@ -3,8 +3,9 @@
 //! rejected by area, and each nucleus grown into its cell's box.
 
 use super::{milli, DetectParams, Detection, Luts, Rejected};
+use crate::vision::components::Labels;
 use crate::vision::imageops::find_root;
-use crate::vision::mask::{BBox, Labels, Mask};
+use crate::vision::mask::{BBox, Mask};
 use image::RgbImage;
 
 /// The field's nucleus threshold (milli-OD): `nucleus_od`, lowered in faint
