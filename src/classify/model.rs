@@ -115,7 +115,7 @@ impl std::fmt::Display for Variant {
 }
 
 /// Which model file to run: the card's choice for this CPU, or one forced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// The card's `precision_by_arch` entry for this CPU architecture (int8 if none).

@@ -2,13 +2,164 @@
 //! the same inputs (median of repeated runs, one thread). Figures are recorded
 //! in docs/performance.md; nothing here is asserted by tests.
 
+use super::{demo_inputs, progress, CardArg};
+use anyhow::{Context, Result};
 use image::RgbImage;
-use leukoscope::classify::model::Classifier;
+use leukoscope::classify::model::{Classifier, Precision};
 use leukoscope::classify::pipeline::{cell_region, Analyzer, RegionGeometry};
 use leukoscope::vision::detect::{detect, FieldDetections};
 use leukoscope::vision::preprocess::{prepare, PreprocessSpec};
 use serde::Serialize;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// Measure speed side by side: per-crop preprocessing and inference (int8 and
+/// f32), detection and whole fields at 640x480, 1280x960 and 1920x1080, and
+/// start-up to the first result. Single thread, median of repeated runs.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: CardArg,
+    /// Seconds to spend on each figure.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Single-cell crop to time; default: lmu/MYO/MYO_0001.jpg in the data folder.
+    #[arg(long)]
+    crop: Option<PathBuf>,
+    /// Field to time (resized to each size); default: bccd/JPEGImages/BloodImage_00001.jpg
+    /// in the data folder. On a board without the data folder, copy these two images.
+    #[arg(long)]
+    field: Option<PathBuf>,
+    /// Instead of the figures above: the whole field averaged over many fields
+    /// (images or folders; none named: the 72 BCCD test fields), each resized
+    /// to --size, with the file the card runs on this CPU. --seconds is then the
+    /// budget per figure for all fields together.
+    #[arg(long, num_args = 0.., conflicts_with_all = ["crop", "field"])]
+    fields: Option<Vec<PathBuf>>,
+    /// Size the --fields images are resized to, WIDTHxHEIGHT.
+    #[arg(long, default_value = "1280x960", value_parser = parse_size)]
+    size: (u32, u32),
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    match &a.fields {
+        Some(fields) => bench_fields(a.model.path(), a.seconds, a.json, fields, a.size),
+        None => bench(a.model.path(), a.seconds, a.json, a.crop, a.field),
+    }
+}
+
+/// `WIDTHxHEIGHT`, both positive.
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let parsed = s.split_once(['x', 'X']).and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)));
+    match parsed {
+        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(format!("{s:?} is not WIDTHxHEIGHT (e.g. 1280x960)")),
+    }
+}
+
+/// `bench --fields`: the whole field averaged over many fields.
+fn bench_fields(card: PathBuf, seconds: f64, json: bool, inputs: &[PathBuf], size: (u32, u32)) -> Result<i32> {
+    let classifier = Classifier::load(&card).with_context(|| format!("loading {}", card.display()))?;
+    let name = classifier.variant.to_string();
+    let paths = if inputs.is_empty() { demo_inputs()? } else { leukoscope::input::collect_images(inputs)? };
+    let bar = progress(paths.len(), "loading fields");
+    let mut fields = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let img = leukoscope::input::load_rgb(p)?;
+        fields.push(if img.dimensions() == size { img } else { resized(&img, size.0, size.1) });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let analyzer = bench_analyzer(classifier);
+    let budget = Duration::from_secs_f64(seconds.max(0.1));
+    let figs = many_fields_figures(&fields, &name, &analyzer, budget);
+    print_figures(&figs, json)?;
+    Ok(0)
+}
+
+/// The analyzer `bench` times: default detection, scale estimated per field.
+fn bench_analyzer(classifier: Classifier) -> Analyzer {
+    Analyzer {
+        rules: leukoscope::classify::count::CallRules::from_card(&classifier.card),
+        classifier,
+        detect: Default::default(),
+        um_per_px: None,
+    }
+}
+
+fn print_figures(figs: &[Figure], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(figs)?);
+    } else {
+        println!("{:<66} {:>10} {:>7}", "figure", "median ms", "runs");
+        for f in figs {
+            println!("{:<66} {:>10.3} {:>7}", f.what, f.median_ms, f.runs);
+        }
+    }
+    Ok(())
+}
+
+/// `bench`: the figures side by side.
+fn bench(card: PathBuf, seconds: f64, json: bool, crop: Option<PathBuf>, field: Option<PathBuf>) -> Result<i32> {
+    let t0 = Instant::now();
+    let int8 =
+        Classifier::load_precision(&card, Precision::Int8).with_context(|| format!("loading {}", card.display()))?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let data = leukoscope::input::data_dir();
+    let crop_path = crop.unwrap_or_else(|| data.join("lmu/MYO/MYO_0001.jpg"));
+    let crop = leukoscope::input::load_rgb(&crop_path)?;
+    let crop_um =
+        leukoscope::classify::pipeline::crop_scale(&crop, None, &leukoscope::vision::detect::DetectParams::default())
+            .um_per_px;
+    let first = int8.predict(&prepare(&crop, &int8.card.input.preprocessing, None, crop_um))?;
+    let startup_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let f32_ref = Classifier::load_precision(&card, Precision::F32).ok();
+    let budget = Duration::from_secs_f64(seconds.max(0.1));
+    let mut models: Vec<(&str, &Classifier)> = vec![("int8", &int8)];
+    if let Some(f) = &f32_ref {
+        models.push(("f32", f));
+    }
+    let mut figs = vec![
+        Figure { what: "load model card + model (hash, optimise)".into(), median_ms: load_ms, runs: 1 },
+        Figure {
+            what: format!("start-up to first result (load + one crop, top p {:.2})", first.top().1),
+            median_ms: startup_ms,
+            runs: 1,
+        },
+    ];
+    figs.extend(crop_figures(&crop, crop_um, &models, budget));
+    let field =
+        leukoscope::input::load_rgb(&field.unwrap_or_else(|| data.join("bccd/JPEGImages/BloodImage_00001.jpg")))?;
+    let mut analyzers = vec![("int8", bench_analyzer(int8))];
+    if let Some(f) = f32_ref {
+        analyzers.push(("f32", bench_analyzer(f)));
+    }
+    let analyzers: Vec<(&str, &Analyzer)> = analyzers.iter().map(|(n, a)| (*n, a)).collect();
+    for (w, h) in [(640, 480), (1280, 960), (1920, 1080)] {
+        let f = if (w, h) == (field.width(), field.height()) { field.clone() } else { resized(&field, w, h) };
+        figs.extend(field_figures(&f, &analyzers, budget));
+    }
+    print_figures(&figs, json)?;
+    if !json {
+        // Which file the card runs here, next to what was just measured: the
+        // figures a board's `precision_by_arch` entry (or [model] precision) needs.
+        let per_crop = |v: &str| figs.iter().find(|f| f.what.starts_with(&format!("inference per crop, {v}")));
+        if let (Some(i), Some(f), Some((_, a))) = (per_crop("int8"), per_crop("f32"), analyzers.first()) {
+            println!(
+                "\n{} here: the card runs {} (precision_by_arch); int8 {:.2} ms vs f32 {:.2} ms per crop: {} is faster",
+                std::env::consts::ARCH,
+                Precision::Auto.resolve(&a.classifier.card),
+                i.median_ms,
+                f.median_ms,
+                if i.median_ms <= f.median_ms { "int8" } else { "f32" }
+            );
+        }
+    }
+    Ok(0)
+}
 
 /// One measured figure.
 #[derive(Debug, Clone, Serialize)]

@@ -23,7 +23,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 /// Pixel format to ask the camera for first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PixelFormat {
     /// Motion JPEG: compressed; most USB 2.0 webcams reach full frame rate at

@@ -7,39 +7,32 @@ use std::time::{Duration, Instant};
 
 use crate::hw::camera::{CameraConfig, PixelFormat};
 
-/// Arguments of `camera-check`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CameraCheckArgs {
+/// What `camera-check` is asked to do: the camera settings that override the
+/// config's, how many frames to capture and how to treat a disconnect.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
     /// V4L2 device node; default: the config's (/dev/video0).
-    #[arg(long)]
     pub device: Option<PathBuf>,
     /// Frames to capture.
-    #[arg(long, default_value_t = 10)]
     pub frames: u32,
     /// Pixel format to ask for first (the driver may grant another); default: the config's.
-    #[arg(long, value_enum)]
     pub format: Option<PixelFormat>,
     /// Requested width; default: the config's (1280).
-    #[arg(long)]
     pub width: Option<u32>,
     /// Requested height; default: the config's (960).
-    #[arg(long)]
     pub height: Option<u32>,
     /// Keep trying this many seconds after the camera disconnects (tests reconnection);
     /// 0 = a disconnect fails the check.
-    #[arg(long, default_value_t = 0.0)]
     pub reconnect_wait: f64,
     /// Testing with the vivid driver: press its "Disconnect" control after this many frames.
-    #[arg(long, hide = true)]
     pub vivid_disconnect_after: Option<u32>,
     /// Testing with the vivid driver: after this many frames make it drop every
     /// buffer (so captures time out), and undo that after two timeouts.
-    #[arg(long, hide = true)]
     pub vivid_stall_after: Option<u32>,
 }
 
-impl CameraCheckArgs {
-    /// The camera settings to use: `base` (the config file's) with the arguments applied.
+impl CheckOptions {
+    /// The camera settings to use: `base` (the config file's) with the options applied.
     pub fn config(&self, base: &CameraConfig) -> CameraConfig {
         let mut c = base.clone();
         if let Some(d) = &self.device {
@@ -69,7 +62,7 @@ pub fn mean_rgb(img: &image::RgbImage) -> [f64; 3] {
 /// Runs the check; prints a report on stdout. Errors (the device cannot be opened,
 /// too many timeouts or bad frames, a disconnect that does not recover) fail it.
 #[cfg(target_os = "linux")]
-pub fn camera_check(args: &CameraCheckArgs, base: &CameraConfig) -> anyhow::Result<()> {
+pub fn camera_check(args: &CheckOptions, base: &CameraConfig) -> anyhow::Result<()> {
     use crate::hw::camera::V4l2Source;
     use crate::hw::source::{FrameSource, SourceError};
     use anyhow::{bail, Context};
@@ -183,29 +176,29 @@ fn print_info(source: &crate::hw::camera::V4l2Source) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn camera_check(_args: &CameraCheckArgs, _base: &CameraConfig) -> anyhow::Result<()> {
+pub fn camera_check(_args: &CheckOptions, _base: &CameraConfig) -> anyhow::Result<()> {
     anyhow::bail!("camera-check needs Linux (V4L2)")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: CameraCheckArgs,
-    }
 
     #[test]
-    fn arguments_override_the_config() {
-        let cli =
-            Cli::try_parse_from(["x", "--device", "/dev/video2", "--format", "yuyv", "--width", "640"]).expect("parse");
-        let c = cli.args.config(&CameraConfig::default());
+    fn options_override_the_config() {
+        let options = CheckOptions {
+            device: Some(PathBuf::from("/dev/video2")),
+            frames: 10,
+            format: Some(PixelFormat::Yuyv),
+            width: Some(640),
+            height: None,
+            reconnect_wait: 0.0,
+            vivid_disconnect_after: None,
+            vivid_stall_after: None,
+        };
+        let c = options.config(&CameraConfig::default());
         assert_eq!(c.device, PathBuf::from("/dev/video2"));
         assert_eq!((c.format, c.width, c.height), (PixelFormat::Yuyv, 640, 960));
-        assert_eq!(cli.args.frames, 10);
     }
 
     #[test]

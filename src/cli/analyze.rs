@@ -1,0 +1,130 @@
+//! `leukoscope analyze`: smear fields in, a differential out (table, JSON or
+//! a report folder).
+
+use super::{batch_inputs, demo_inputs, progress, read_input, ConfigArg, ModelArgs};
+use anyhow::{Context, Result};
+use leukoscope::classify::count::Differential;
+use leukoscope::report::FieldRecord;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Find, classify and count every leukocyte in smear-field images.
+///
+/// Without inputs, analyses the BCCD test fields in the data folder
+/// ($LEUKOSCOPE_DATA, default ../shared/data) as a demonstration.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write a report folder: results.json, cells.csv and every cell's crop,
+    /// grouped by class with blasts and unidentified cells first.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// With --out: replace an existing report folder (only a report folder,
+    /// and only once the new report is complete).
+    #[arg(long, requires = "out")]
+    force: bool,
+    /// Sample identifier, written into the JSON and the report files.
+    #[arg(long)]
+    sample_id: Option<String>,
+    /// Operator identifier, written into the JSON and the report files.
+    #[arg(long)]
+    operator_id: Option<String>,
+    /// Field images or directories of them.
+    inputs: Vec<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    let config = a.config.load()?;
+    let inputs = if a.inputs.is_empty() { demo_inputs()? } else { a.inputs };
+    let paths = batch_inputs(&inputs)?;
+    let analyzer = a.model.analyzer(&config, a.config.config.as_deref())?;
+    let card = &analyzer.classifier.card;
+    // Refused before any work if the folder is taken; written beside it and
+    // renamed into place at the end.
+    let out = match &a.out {
+        Some(dir) => Some(leukoscope::report::OutFolder::begin(&leukoscope::storage::Os, dir, a.force)?),
+        None => None,
+    };
+    let mut diff = Differential::default();
+    let mut images = Vec::new();
+    let mut records = Vec::new();
+    let mut rows = Vec::new();
+    let mut failed = 0;
+    let pb = progress(paths.len(), "analysing");
+    for (n, (path, bad)) in paths.iter().enumerate() {
+        pb.inc(1);
+        let outcome = read_input(path, bad.as_deref()).and_then(|img| Ok((analyzer.analyze(&img)?, img)));
+        match outcome {
+            Ok((field, img)) => {
+                let mut record = FieldRecord::new(card, &path.display().to_string(), &field);
+                record.count_into(&mut diff);
+                if let Some(dir) = &out {
+                    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+                    record
+                        .write_crops(&leukoscope::storage::Os, dir.path(), &format!("{n:04}_{stem}"), &img)
+                        .with_context(|| format!("writing crops of {}", path.display()))?;
+                }
+                let classes: Vec<&str> = record.cells.iter().map(|c| c.class.as_str()).collect();
+                let mut value = serde_json::to_value(&record)?;
+                // Nothing seen at all: say whether the image could show anything.
+                let blank = (record.cells.is_empty() && record.not_counted.is_empty())
+                    .then(|| leukoscope::vision::detect::BlankField::of(&img))
+                    .flatten();
+                let note = match blank {
+                    Some(b) => {
+                        value["no_cells"] = serde_json::json!({"why": b, "reason": b.reason()});
+                        warn!("{}: no cells: {}", path.display(), b.reason());
+                        format!("(no cells: {})", b.reason())
+                    }
+                    None => classes.join(" "),
+                };
+                rows.push(format!("{:<50} {:>5}  {note}", path.display(), classes.len()));
+                images.push(value);
+                records.push(record);
+            }
+            Err(e) => {
+                failed += 1;
+                pb.suspend(|| error!("{e:#}"));
+                rows.push(format!("{:<50} ERROR {e:#}", path.display()));
+                images.push(serde_json::json!({"path": path, "error": format!("{e:#}")}));
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let summary = diff.summary(config.count.blast_threshold_percent);
+    let scale = leukoscope::report::ScaleSummary::of(&records);
+    let mut doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
+    if a.sample_id.is_some() || a.operator_id.is_some() {
+        doc["sample"] = serde_json::json!({"id": a.sample_id, "operator_id": a.operator_id});
+    }
+    if let (Some(folder), Some(dir)) = (out, &a.out) {
+        folder.commit(&doc, &records)?;
+        info!("report written to {}", dir.display());
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let mut o = std::io::stdout().lock();
+        writeln!(o, "{:<50} {:>5}  classes", "image", "cells")?;
+        for r in &rows {
+            writeln!(o, "{r}")?;
+        }
+        writeln!(o, "\n{}", leukoscope::report::summary_text(&summary))?;
+        writeln!(o, "{}", scale.text())?;
+        if let Some(w) = analyzer.classifier.card.unfamiliar_warning(summary.unfamiliar_percent) {
+            writeln!(o, "WARNING: {w}")?;
+        }
+        writeln!(o, "{}", leukoscope::DISCLAIMER)?;
+    }
+    if failed > 0 {
+        error!("{failed} of {} images failed", paths.len());
+        return Ok(1);
+    }
+    Ok(0)
+}
