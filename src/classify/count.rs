@@ -23,6 +23,16 @@ pub enum Call {
     NotLeukocyte { code: String },
 }
 
+impl Call {
+    /// Why the cell is unidentified; `None` for any other call.
+    pub fn doubt(&self) -> Option<Doubt> {
+        match self {
+            Call::Unidentified { why, .. } => Some(*why),
+            _ => None,
+        }
+    }
+}
+
 /// Why a leukocyte is left unidentified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

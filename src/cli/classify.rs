@@ -2,10 +2,10 @@
 
 use super::{batch_inputs, progress, read_input, CardArg, Precision};
 use anyhow::{bail, Context, Result};
-use leukoscope::classify::count::{Call, CallRules, Doubt};
-use leukoscope::classify::model::{Classifier, ModelCard, Prediction};
-use leukoscope::vision::detect::{FieldScale, ScaleSource};
-use leukoscope::vision::morphometry::Morphometry;
+use leukoscope::classify::count::CallRules;
+use leukoscope::classify::model::{Classifier, ModelCard};
+use leukoscope::report::json::{classification_json, CropOutcome};
+use leukoscope::vision::detect::ScaleSource;
 use leukoscope::vision::preprocess::prepare;
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,7 +33,6 @@ pub struct Args {
 
 /// One crop's outcome: its prediction, the scale it was prepared at and its
 /// measurements, or why there is none.
-pub type CropOutcome = Result<(Prediction, FieldScale, Option<Morphometry>), String>;
 
 pub fn run(a: Args) -> Result<i32> {
     let clf = load_classifier(a.model, a.precision)?;
@@ -99,49 +98,6 @@ fn load_classifier(model: CardArg, precision: Precision) -> Result<Classifier> {
     Ok(clf)
 }
 
-/// The JSON document of a classification: the model, each crop's call (or
-/// error) in input order, and the disclaimer. Builds the document only;
-/// belongs in `report/` beside `analysis_json`.
-pub fn classification_json(
-    card: &ModelCard,
-    rules: &CallRules,
-    results: &[(PathBuf, CropOutcome)],
-) -> serde_json::Value {
-    let items: Vec<serde_json::Value> = results
-        .iter()
-        .map(|(path, r)| match r {
-            Ok((pred, scale, morphometry)) => {
-                let (i, conf) = pred.top();
-                let c = &card.classes[i];
-                let probs: serde_json::Map<String, serde_json::Value> =
-                    card.classes.iter().zip(&pred.probs).map(|(c, p)| (c.code.clone(), serde_json::json!(p))).collect();
-                let doubt = doubt_of(&rules.call(card, pred));
-                serde_json::json!({
-                    "path": path, "class": c.code, "label": c.name, "confidence": conf,
-                    "identified": doubt.is_none(),
-                    "why_unidentified": doubt,
-                    "stained": pred.stained,
-                    "unfamiliar": card.is_unfamiliar(pred),
-                    "energy": pred.energy,
-                    "blast": card.blast_classes.contains(&c.code), "probs": probs,
-                    "scale": scale,
-                    "nucleus_area_um2": morphometry.map(|m| m.nucleus_area_um2),
-                    "nucleus_diameter_um": morphometry.map(|m| m.nucleus_diameter_um),
-                    "cell_area_um2": morphometry.and_then(|m| m.cell_area_um2),
-                    "cell_diameter_um": morphometry.and_then(|m| m.cell_diameter_um),
-                    "nc_ratio": morphometry.and_then(|m| m.nc_ratio),
-                })
-            }
-            Err(e) => serde_json::json!({"path": path, "error": e}),
-        })
-        .collect();
-    serde_json::json!({
-        "model": {"name": card.name, "file": card.file, "sha256": card.sha256},
-        "results": items,
-        "disclaimer": leukoscope::DISCLAIMER,
-    })
-}
-
 /// The table of a classification, then the disclaimer, on stdout.
 fn print_table(card: &ModelCard, rules: &CallRules, results: &[(PathBuf, CropOutcome)]) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -152,7 +108,9 @@ fn print_table(card: &ModelCard, rules: &CallRules, results: &[(PathBuf, CropOut
                 let (i, conf) = pred.top();
                 let c = &card.classes[i];
                 let flag = if card.blast_classes.contains(&c.code) { "BLAST" } else { "" };
-                let low = doubt_of(&rules.call(card, pred))
+                let low = rules
+                    .call(card, pred)
+                    .doubt()
                     .map_or(String::new(), |d| format!(" (unidentified: {})", d.reason()));
                 writeln!(out, "{:<50} {:<5} {:>6.3}  {:<5} {}{low}", path.display(), c.code, conf, flag, c.name)?;
             }
@@ -161,12 +119,4 @@ fn print_table(card: &ModelCard, rules: &CallRules, results: &[(PathBuf, CropOut
     }
     writeln!(out, "\n{}", leukoscope::DISCLAIMER)?;
     Ok(())
-}
-
-/// Why a call leaves the cell unidentified, if it does.
-fn doubt_of(call: &Call) -> Option<Doubt> {
-    match call {
-        Call::Unidentified { why, .. } => Some(*why),
-        _ => None,
-    }
 }

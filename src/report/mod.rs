@@ -8,16 +8,19 @@
 pub mod fhir;
 pub mod files;
 pub mod html;
+pub mod json;
 pub mod npy;
 
-use crate::classify::count::{Call, Differential, Summary};
+pub use json::{analysis_json, cell_json, summary_text, ScaleSummary};
+
+use crate::classify::count::{Call, Differential};
 use crate::classify::model::ModelCard;
 use crate::classify::pipeline::{report_crop, CellResult, FieldResult};
 use crate::storage::{self, Kind, Os, Storage, StorageError};
-use crate::vision::detect::{FieldScale, Rejected, ScaleSource};
+use crate::vision::detect::{FieldScale, Rejected};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// One cell as reported (the CLI's JSON contract: bbox, class, label,
@@ -211,114 +214,6 @@ impl FieldRecord {
         }
         Ok(())
     }
-}
-
-/// The JSON object of one cell, as in the CLI contract.
-pub fn cell_json(card: &ModelCard, cell: &CellResult) -> Value {
-    serde_json::to_value(CellRecord::new(card, cell)).unwrap_or(Value::Null)
-}
-
-/// Where the fields' scales came from: a count on the fallback scale (the
-/// red cells could not tell, nothing configured) or disagreeing with the
-/// configured one means the counts rest on a guessed scale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ScaleSummary {
-    pub fields: u64,
-    pub configured: u64,
-    pub calibrated: u64,
-    pub red_cells: u64,
-    pub fallback: u64,
-    /// Fields whose red cells disagree with the configured/calibrated scale.
-    pub disagrees: u64,
-}
-
-impl ScaleSummary {
-    pub fn of<'a>(fields: impl IntoIterator<Item = &'a FieldRecord>) -> ScaleSummary {
-        let mut s = ScaleSummary::default();
-        for f in fields {
-            s.fields += 1;
-            match f.scale.source {
-                ScaleSource::Configured => s.configured += 1,
-                ScaleSource::Calibrated => s.calibrated += 1,
-                ScaleSource::RedCells => s.red_cells += 1,
-                ScaleSource::Fallback => s.fallback += 1,
-            }
-            s.disagrees += f.scale.disagrees as u64;
-        }
-        s
-    }
-
-    /// One line for people, e.g. "Scale: 70 fields from their red cells, 2 on the fallback scale".
-    pub fn text(&self) -> String {
-        let parts: Vec<String> = [
-            (self.configured, "configured"),
-            (self.calibrated, "calibrated over the first fields"),
-            (self.red_cells, "from their own red cells"),
-            (self.fallback, "on the FALLBACK scale (red cells could not tell)"),
-            (self.disagrees, "whose red cells DISAGREE with the scale (wrong objective?)"),
-        ]
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{n} {what}"))
-        .collect();
-        format!("Scale of {} fields: {}", self.fields, parts.join(", "))
-    }
-}
-
-/// The whole `analyze --json` document; `summary.scale` counts the fields by
-/// scale source.
-pub fn analysis_json(card: &ModelCard, images: Vec<Value>, summary: &Summary, scale: &ScaleSummary) -> Value {
-    let warning = card.unfamiliar_warning(summary.unfamiliar_percent);
-    let mut summary = serde_json::to_value(summary).unwrap_or(Value::Null);
-    if let Some(o) = summary.as_object_mut() {
-        o.insert("scale".into(), json!(scale));
-    }
-    let mut doc = json!({
-        "model": {"name": card.name, "file": card.file, "sha256": card.sha256},
-        "images": images,
-        "summary": summary,
-        "disclaimer": crate::DISCLAIMER,
-    });
-    if let Some(w) = warning {
-        doc["warning"] = json!(w);
-    }
-    doc
-}
-
-/// A few lines for people: the differential and the blast figure with its interval.
-pub fn summary_text(s: &Summary) -> String {
-    let mut t = format!("Leukocytes counted: {}", s.cells);
-    let classes: Vec<String> = s.by_class.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    if !classes.is_empty() {
-        t += &format!("\nBy class: {}", classes.join(", "));
-    }
-    if s.unidentified > 0 {
-        t += &format!("\nUnidentified: {}", s.unidentified);
-        if s.unfamiliar > 0 {
-            t += &format!(" ({} unlike the training images or without a nucleus)", s.unfamiliar);
-        }
-    }
-    t += &format!(
-        "\nBlasts: {} = {:.1}% (95% CI {:.1}-{:.1}%){}",
-        s.blasts,
-        s.blast_percent,
-        s.ci95[0],
-        s.ci95[1],
-        if s.flag {
-            format!("  ** AT OR ABOVE {:.0}% THRESHOLD: REVIEW **", s.threshold_percent)
-        } else {
-            String::new()
-        }
-    );
-    t += &format!(
-        "\nCells not normally in peripheral blood: {} = {:.1}% (95% CI {:.1}-{:.1}%)",
-        s.abnormal, s.abnormal_percent, s.abnormal_ci95[0], s.abnormal_ci95[1]
-    );
-    let nc = &s.not_counted;
-    if nc.cut_by_border + nc.not_leukocytes > 0 {
-        t += &format!("\nNot counted: {} cut by the border, {} not leukocytes", nc.cut_by_border, nc.not_leukocytes);
-    }
-    t
 }
 
 /// Writes `results.json`, `cells.csv`, `report.html` and `report.fhir.json`
