@@ -10,8 +10,9 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use v4l::buffer::{Flags as BufFlags, Type};
-use v4l::capability::Flags as CapFlags;
+use v4l::capability::{Capabilities, Flags as CapFlags};
 use v4l::device::Handle;
+use v4l::format::Description;
 use v4l::io::mmap::Stream;
 use v4l::io::traits::CaptureStream;
 use v4l::video::Capture;
@@ -264,66 +265,52 @@ fn capture(open: &mut Open, deadline: Instant) -> Result<RgbImage, Fail> {
 /// Opens the device, negotiates the format and sets up mmap streaming.
 fn open_device(config: &CameraConfig) -> Result<Open, CameraError> {
     let device = config.device.display().to_string();
-    let io = |what, source| CameraError::Io { device: device.clone(), what, source };
+    let (dev, caps) = open_capture_device(config, &device)?;
+    let listed = list_formats(&dev, &device);
+    let (wire, fmt) = negotiate_format(&dev, config, &device, &listed)?;
+    let info = device_info(caps, &listed, wire, &fmt);
+    start_streaming(dev, info, config, &device)
+}
+
+/// `CameraError::Io` for `what` on `device`.
+fn io_error<'a>(device: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> CameraError + 'a {
+    move |source| CameraError::Io { device: device.to_string(), what, source }
+}
+
+/// Opens the device node and checks that it is a streaming video capture device.
+fn open_capture_device(config: &CameraConfig, device: &str) -> Result<(Device, Capabilities), CameraError> {
     let dev =
-        Device::with_path(&config.device).map_err(|source| CameraError::Open { device: device.clone(), source })?;
-    let caps = dev.query_caps().map_err(|e| io("VIDIOC_QUERYCAP", e))?;
+        Device::with_path(&config.device).map_err(|source| CameraError::Open { device: device.to_string(), source })?;
+    let caps = dev.query_caps().map_err(io_error(device, "VIDIOC_QUERYCAP"))?;
     if !caps.capabilities.contains(CapFlags::VIDEO_CAPTURE | CapFlags::STREAMING) {
-        return Err(CameraError::NotCapture { device, card: caps.card });
+        return Err(CameraError::NotCapture { device: device.to_string(), card: caps.card });
     }
-    let listed = match dev.enum_formats() {
+    Ok((dev, caps))
+}
+
+/// The formats the driver lists; none (with a warning) when it cannot list them.
+fn list_formats(dev: &Device, device: &str) -> Vec<Description> {
+    match dev.enum_formats() {
         Ok(list) => list,
         Err(e) => {
             warn!("camera {device}: cannot list formats ({e}); trying anyway");
             Vec::new()
         }
-    };
-    let formats: Vec<(String, String)> =
-        listed.iter().map(|d| (fourcc_str(&d.fourcc.repr), d.description.clone())).collect();
-    let listed_fourccs: Vec<[u8; 4]> = listed.iter().map(|d| d.fourcc.repr).collect();
-
-    // Preference first, then the other supported formats; skip those the
-    // driver does not list (when it lists any).
-    let preferred = Wire::from_fourcc(&config.format.fourcc()).unwrap_or(Wire::Yuyv);
-    let mut candidates = vec![preferred];
-    candidates.extend([Wire::Mjpg, Wire::Yuyv, Wire::Rgb3].into_iter().filter(|w| *w != preferred));
-    let listed_ok: Vec<Wire> = candidates.iter().copied().filter(|w| listed_fourccs.contains(&w.fourcc())).collect();
-    let to_try = if listed_ok.is_empty() { candidates } else { listed_ok };
-
-    let mut granted = None;
-    let mut last_err = None;
-    for wire in to_try {
-        match dev.set_format(&Format::new(config.width, config.height, FourCC::new(&wire.fourcc()))) {
-            Ok(fmt) => {
-                if let Some(w) = Wire::from_fourcc(&fmt.fourcc.repr) {
-                    granted = Some((w, fmt));
-                    break;
-                }
-                debug!("camera {device}: asked {} got {}", wire.name(), fourcc_str(&fmt.fourcc.repr));
-                last_err = Some(Err(fmt));
-            }
-            // Some drivers refuse a format with EINVAL instead of substituting one.
-            Err(e) => last_err = Some(Ok(e)),
-        }
     }
-    let (wire, fmt) = match (granted, last_err) {
-        (Some(g), _) => g,
-        (None, Some(Err(fmt))) => {
-            return Err(CameraError::UnsupportedFormat {
-                device,
-                granted: fourcc_str(&fmt.fourcc.repr),
-                width: fmt.width,
-                height: fmt.height,
-                listed: if formats.is_empty() {
-                    "nothing".into()
-                } else {
-                    formats.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>().join(" ")
-                },
-            })
-        }
-        (None, Some(Ok(e))) => return Err(io("VIDIOC_S_FMT", e)),
-        (None, None) => return Err(io("VIDIOC_S_FMT", io::Error::other("no format to try"))),
-    };
+}
+
+/// Asks for the configured format first, then the others this adapter decodes,
+/// and takes the first the driver grants; logs where the result differs from
+/// what was asked.
+fn negotiate_format(
+    dev: &Device,
+    config: &CameraConfig,
+    device: &str,
+    listed: &[Description],
+) -> Result<(Wire, Format), CameraError> {
+    let listed_fourccs: Vec<[u8; 4]> = listed.iter().map(|d| d.fourcc.repr).collect();
+    let preferred = Wire::from_fourcc(&config.format.fourcc()).unwrap_or(Wire::Yuyv);
+    let (wire, fmt) = first_granted(dev, config, device, formats_to_try(preferred, &listed_fourccs), listed)?;
     if wire != preferred {
         let why = if listed_fourccs.contains(&preferred.fourcc()) { "not granted" } else { "not offered" };
         info!("camera {device}: preferred {} {why} by the driver, using {}", preferred.name(), wire.name());
@@ -334,23 +321,85 @@ fn open_device(config: &CameraConfig) -> Result<Open, CameraError> {
             config.width, config.height, fmt.width, fmt.height
         );
     }
+    Ok((wire, fmt))
+}
+
+/// Preference first, then the other supported formats; skip those the driver
+/// does not list (when it lists any).
+fn formats_to_try(preferred: Wire, listed_fourccs: &[[u8; 4]]) -> Vec<Wire> {
+    let mut candidates = vec![preferred];
+    candidates.extend([Wire::Mjpg, Wire::Yuyv, Wire::Rgb3].into_iter().filter(|w| *w != preferred));
+    let listed_ok: Vec<Wire> = candidates.iter().copied().filter(|w| listed_fourccs.contains(&w.fourcc())).collect();
+    if listed_ok.is_empty() {
+        candidates
+    } else {
+        listed_ok
+    }
+}
+
+/// Sets each format of `to_try` in turn until the driver grants one this adapter
+/// decodes; otherwise the error names what the driver granted (or refused).
+fn first_granted(
+    dev: &Device,
+    config: &CameraConfig,
+    device: &str,
+    to_try: Vec<Wire>,
+    listed: &[Description],
+) -> Result<(Wire, Format), CameraError> {
+    let mut last_err = None;
+    for wire in to_try {
+        match dev.set_format(&Format::new(config.width, config.height, FourCC::new(&wire.fourcc()))) {
+            Ok(fmt) => {
+                if let Some(w) = Wire::from_fourcc(&fmt.fourcc.repr) {
+                    return Ok((w, fmt));
+                }
+                debug!("camera {device}: asked {} got {}", wire.name(), fourcc_str(&fmt.fourcc.repr));
+                last_err = Some(Err(fmt));
+            }
+            // Some drivers refuse a format with EINVAL instead of substituting one.
+            Err(e) => last_err = Some(Ok(e)),
+        }
+    }
+    match last_err {
+        Some(Err(fmt)) => Err(CameraError::UnsupportedFormat {
+            device: device.to_string(),
+            granted: fourcc_str(&fmt.fourcc.repr),
+            width: fmt.width,
+            height: fmt.height,
+            listed: if listed.is_empty() {
+                "nothing".into()
+            } else {
+                listed.iter().map(|d| fourcc_str(&d.fourcc.repr)).collect::<Vec<_>>().join(" ")
+            },
+        }),
+        Some(Ok(e)) => Err(io_error(device, "VIDIOC_S_FMT")(e)),
+        None => Err(io_error(device, "VIDIOC_S_FMT")(io::Error::other("no format to try"))),
+    }
+}
+
+/// What the device is and what it granted.
+fn device_info(caps: Capabilities, listed: &[Description], wire: Wire, fmt: &Format) -> DeviceInfo {
     let min_stride = match wire {
         Wire::Yuyv => fmt.width * 2,
         Wire::Rgb3 => fmt.width * 3,
         Wire::Mjpg => 0,
     };
-    let info = DeviceInfo {
+    DeviceInfo {
         driver: caps.driver,
         card: caps.card,
         bus: caps.bus,
-        formats,
+        formats: listed.iter().map(|d| (fourcc_str(&d.fourcc.repr), d.description.clone())).collect(),
         wire,
         width: fmt.width,
         height: fmt.height,
         stride: fmt.stride.max(min_stride),
-    };
+    }
+}
+
+/// Sets up mmap streaming with the configured buffers and timeout.
+fn start_streaming(dev: Device, info: DeviceInfo, config: &CameraConfig, device: &str) -> Result<Open, CameraError> {
     let mut stream = Stream::with_buffers(&dev, Type::VideoCapture, config.buffers)
-        .map_err(|e| io("mmap streaming setup (VIDIOC_REQBUFS)", e))?;
+        .map_err(io_error(device, "mmap streaming setup (VIDIOC_REQBUFS)"))?;
     stream.set_timeout(config.timeout());
     let handle = dev.handle();
     Ok(Open { stream, handle, _device: dev, info, buffers: config.buffers, resync: false })
