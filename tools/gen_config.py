@@ -21,7 +21,7 @@ SECTIONS = [
     ("session", "src/appliance/mod.rs", "SessionConfig", "`leukoscope run`: the counting session."),
     ("gate", "src/vision/gating.rs", "GateParams", "`leukoscope run`: which frames are analysed (sharp, still, a new field)."),
     ("source", "src/hw/source.rs", "SourceConfig", "`leukoscope run`: where frames come from."),
-    ("camera", "src/hw/camera.rs", "CameraConfig", "`leukoscope run`: the V4L2 camera."),
+    ("camera", "src/hw/camera/mod.rs", "CameraConfig", "`leukoscope run`: the V4L2 camera."),
     ("display", "src/hw/display/mod.rs", "DisplayConfig", "`leukoscope run`: the screen."),
     ("buttons", "src/hw/gpio.rs", "ButtonsConfig", "`leukoscope run`: the operator's buttons and the signal output."),
     ("review", "src/review/server.rs", "ReviewConfig", "`leukoscope review`: the review page."),

@@ -10,7 +10,7 @@ pub mod systemd;
 
 use crate::appliance::session::{Journal, Phase, Session, SessionError, Store};
 use crate::classify::pipeline::Analyzer;
-use crate::hw::buttons::{Button, ButtonSource, InputError, Signal};
+use crate::hw::buttons::{Button, ButtonError, ButtonSource, Signal};
 use crate::hw::display::{self, Display, View};
 use crate::hw::source::{Frame, FrameSource, SourceError};
 use crate::report::FieldRecord;
@@ -24,7 +24,7 @@ pub enum ApplianceError {
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error(transparent)]
-    Input(#[from] InputError),
+    Input(#[from] ButtonError),
     #[error("analysing a field")]
     Model(#[from] crate::classify::model::ModelError),
 }

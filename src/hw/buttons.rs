@@ -17,7 +17,7 @@ pub enum Button {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum InputError {
+pub enum ButtonError {
     #[error("button input {what}: {reason}")]
     Device { what: String, reason: String },
 }
@@ -25,12 +25,12 @@ pub enum InputError {
 /// A source of debounced button presses.
 pub trait ButtonSource {
     /// Presses since the last call, oldest first; waits at most `timeout` for the first one.
-    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, InputError>;
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, ButtonError>;
 }
 
 /// An on/off output: buzzer or LED.
 pub trait Signal {
-    fn set(&mut self, on: bool) -> Result<(), InputError>;
+    fn set(&mut self, on: bool) -> Result<(), ButtonError>;
 }
 
 /// Presses from a script, for tests and demonstrations: each entry is pressed
@@ -43,9 +43,9 @@ pub struct ScriptedButtons {
 }
 
 impl ScriptedButtons {
-    pub fn parse(text: &str) -> Result<ScriptedButtons, InputError> {
+    pub fn parse(text: &str) -> Result<ScriptedButtons, ButtonError> {
         let bad =
-            |line: &str, why: &str| InputError::Device { what: format!("script line {line:?}"), reason: why.into() };
+            |line: &str, why: &str| ButtonError::Device { what: format!("script line {line:?}"), reason: why.into() };
         let mut presses = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let mut it = line.split_whitespace();
@@ -66,7 +66,7 @@ impl ScriptedButtons {
 }
 
 impl ButtonSource for ScriptedButtons {
-    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, InputError> {
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, ButtonError> {
         self.polls += 1;
         let n = self.presses.partition_point(|p| p.0 <= self.polls);
         let due: Vec<Button> = self.presses.drain(..n).map(|p| p.1).collect();

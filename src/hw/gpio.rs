@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hw::buttons::{Button, ButtonSource, InputError, Signal};
+use crate::hw::buttons::{Button, ButtonError, ButtonSource, Signal};
 
 /// Where button presses come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -121,25 +121,27 @@ impl ButtonsConfig {
 }
 
 /// Opens the configured button source.
-pub fn open_buttons(config: &ButtonsConfig) -> Result<Box<dyn ButtonSource>, InputError> {
+pub fn open_buttons(config: &ButtonsConfig) -> Result<Box<dyn ButtonSource>, ButtonError> {
     match config.kind {
         ButtonsKind::Keyboard => Ok(Box::new(crate::hw::keyboard::KeyboardButtons::stdin())),
         ButtonsKind::Off => Ok(Box::new(NoButtons)),
         #[cfg(target_os = "linux")]
         ButtonsKind::Gpio => Ok(Box::new(GpioButtons::open(config)?)),
         #[cfg(not(target_os = "linux"))]
-        ButtonsKind::Gpio => Err(InputError::Device { what: "GPIO buttons".into(), reason: "need Linux".into() }),
+        ButtonsKind::Gpio => Err(ButtonError::Device { what: "GPIO buttons".into(), reason: "need Linux".into() }),
     }
 }
 
 /// Opens the configured buzzer/LED output, if any.
-pub fn open_signal(config: &ButtonsConfig) -> Result<Option<Box<dyn Signal>>, InputError> {
+pub fn open_signal(config: &ButtonsConfig) -> Result<Option<Box<dyn Signal>>, ButtonError> {
     match config.signal_line {
         None => Ok(None),
         #[cfg(target_os = "linux")]
         Some(line) => Ok(Some(Box::new(GpioSignal::open(&config.chip, line)?))),
         #[cfg(not(target_os = "linux"))]
-        Some(line) => Err(InputError::Device { what: format!("GPIO signal line {line}"), reason: "need Linux".into() }),
+        Some(line) => {
+            Err(ButtonError::Device { what: format!("GPIO signal line {line}"), reason: "need Linux".into() })
+        }
     }
 }
 
@@ -147,7 +149,7 @@ pub fn open_signal(config: &ButtonsConfig) -> Result<Option<Box<dyn Signal>>, In
 pub struct NoButtons;
 
 impl ButtonSource for NoButtons {
-    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, InputError> {
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, ButtonError> {
         std::thread::sleep(timeout);
         Ok(Vec::new())
     }
@@ -185,21 +187,21 @@ pub use linux::{GpioButtons, GpioSignal};
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{ButtonsConfig, Debouncer};
-    use crate::hw::buttons::{Button, ButtonSource, InputError, Signal};
+    use crate::hw::buttons::{Button, ButtonError, ButtonSource, Signal};
     use gpiocdev::line::{Bias, EdgeDetection, EdgeKind, Value};
     use gpiocdev::Request;
     use log::{debug, info, warn};
     use std::path::Path;
     use std::time::Duration;
 
-    fn device_error(what: &str, e: gpiocdev::Error) -> InputError {
+    fn device_error(what: &str, e: gpiocdev::Error) -> ButtonError {
         let mut reason = e.to_string();
         if reason.contains("ermission denied") {
             reason.push_str(" (is the user in the gpio group?)");
         } else if reason.contains("evice or resource busy") {
             reason.push_str(" (a line is used by another program or driver: see `gpioinfo`)");
         }
-        InputError::Device { what: what.to_string(), reason }
+        ButtonError::Device { what: what.to_string(), reason }
     }
 
     /// Four push buttons on one GPIO chip, reported on press.
@@ -213,7 +215,7 @@ mod linux {
     impl GpioButtons {
         /// Requests the four lines as inputs with bias, edge detection and
         /// debounce. Errors name the chip and the lines.
-        pub fn open(config: &ButtonsConfig) -> Result<GpioButtons, InputError> {
+        pub fn open(config: &ButtonsConfig) -> Result<GpioButtons, ButtonError> {
             let lines = config.lines();
             let what = format!(
                 "GPIO {} lines start={} capture={} finish={} undo={}",
@@ -224,7 +226,7 @@ mod linux {
                 lines[3].0
             );
             if let Err((key, value, why)) = config.validate() {
-                return Err(InputError::Device { what, reason: format!("{key} = {value} {why}") });
+                return Err(ButtonError::Device { what, reason: format!("{key} = {value} {why}") });
             }
             let offsets: Vec<u32> = lines.iter().map(|(l, _)| *l).collect();
             let debounce = Duration::from_millis(config.debounce_ms);
@@ -263,7 +265,7 @@ mod linux {
     }
 
     impl ButtonSource for GpioButtons {
-        fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, InputError> {
+        fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, ButtonError> {
             let mut presses = Vec::new();
             if !self.request.wait_edge_event(timeout).map_err(|e| device_error(&self.what, e))? {
                 return Ok(presses);
@@ -292,7 +294,7 @@ mod linux {
     }
 
     impl GpioSignal {
-        pub fn open(chip: &Path, line: u32) -> Result<GpioSignal, InputError> {
+        pub fn open(chip: &Path, line: u32) -> Result<GpioSignal, ButtonError> {
             let what = format!("GPIO {} signal line {line}", chip.display());
             let request = Request::builder()
                 .on_chip(chip)
@@ -306,7 +308,7 @@ mod linux {
     }
 
     impl Signal for GpioSignal {
-        fn set(&mut self, on: bool) -> Result<(), InputError> {
+        fn set(&mut self, on: bool) -> Result<(), ButtonError> {
             let value = if on { Value::Active } else { Value::Inactive };
             self.request.set_value(self.line, value).map_err(|e| device_error(&self.what, e))
         }

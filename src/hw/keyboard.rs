@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use crate::hw::buttons::{Button, ButtonSource, InputError};
+use crate::hw::buttons::{Button, ButtonError, ButtonSource};
 
 /// The button a typed line stands for; `None` for anything unknown. Case and
 /// surrounding blanks are ignored; whole words ("start", "capture"...) work too.
@@ -68,7 +68,7 @@ impl KeyboardButtons {
 }
 
 impl ButtonSource for KeyboardButtons {
-    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, InputError> {
+    fn poll(&mut self, timeout: Duration) -> Result<Vec<Button>, ButtonError> {
         if self.ended {
             // Keep the caller's pacing: return after the timeout, like an idle button.
             std::thread::sleep(timeout);

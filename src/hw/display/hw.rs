@@ -7,7 +7,7 @@
 //!
 //! Both redraw only when the view changed, and a failed transfer is retried on the next frame.
 
-use super::{draw_compact, draw_large, Display, DisplayConfig, DisplayError, Frame, View, LARGE_SIZE};
+use super::{draw_compact, draw_large, Display, DisplayConfig, DisplayError, ScreenFrame, View, LARGE_SIZE};
 use embedded_graphics::{pixelcolor::Rgb565, prelude::*, primitives::Rectangle};
 use embedded_hal::digital::OutputPin;
 use linux_embedded_hal::{
@@ -47,7 +47,7 @@ type TftInterface = SpiInterface<'static, SpidevDevice, CdevPin>;
 /// A mipidsi display of any model and reset pin, so that one `SpiTft` type serves all four.
 /// `Send` so the appliance may drive the display from its own thread.
 trait Panel: Send {
-    fn push(&mut self, frame: &Frame<Rgb565>) -> Result<(), String>;
+    fn push(&mut self, frame: &ScreenFrame<Rgb565>) -> Result<(), String>;
 }
 
 impl<M, RST> Panel for mipidsi::Display<TftInterface, M, RST>
@@ -55,7 +55,7 @@ where
     M: Model<ColorFormat = Rgb565> + Send,
     RST: OutputPin + Send,
 {
-    fn push(&mut self, frame: &Frame<Rgb565>) -> Result<(), String> {
+    fn push(&mut self, frame: &ScreenFrame<Rgb565>) -> Result<(), String> {
         // One window, one pixel stream: far faster than pixel by pixel, and no visible redraw.
         let area = Rectangle::new(Point::zero(), frame.size());
         self.fill_contiguous(&area, frame.pixels().iter().copied()).map_err(|e| format!("SPI write failed: {e:?}"))
@@ -68,7 +68,7 @@ pub struct SpiTft {
     /// Switched on once the panel shows black; held so the line stays requested (lit) while the
     /// display lives.
     backlight: Option<CdevPin>,
-    frame: Frame<Rgb565>,
+    frame: ScreenFrame<Rgb565>,
     last: Option<View>,
     device: String,
 }
@@ -117,7 +117,7 @@ impl SpiTft {
         let mut tft = SpiTft {
             panel,
             backlight,
-            frame: Frame::new(LARGE_SIZE, Rgb565::BLACK),
+            frame: ScreenFrame::new(LARGE_SIZE, Rgb565::BLACK),
             last: None,
             device: device.clone(),
         };

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 pub use draw::{draw_compact, draw_large, COMPACT_SIZE, LARGE_SIZE, SCREENING_AID};
-pub use png::{encode_png, render_rgb, Frame, PngDisplay};
+pub use png::{encode_png, render_rgb, PngDisplay, ScreenFrame};
 
 /// Where the count stands; decides which screen is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

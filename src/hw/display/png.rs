@@ -14,15 +14,15 @@ use std::path::{Path, PathBuf};
 /// A framebuffer in any embedded-graphics colour: the layouts draw into it, then it goes out as a
 /// PNG or in one burst to a panel (no half-drawn screen on the TFT).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Frame<C> {
+pub struct ScreenFrame<C> {
     size: Size,
     pixels: Vec<C>,
 }
 
-impl<C: PixelColor> Frame<C> {
+impl<C: PixelColor> ScreenFrame<C> {
     /// A `size` frame filled with `color`.
-    pub fn new(size: Size, color: C) -> Frame<C> {
-        Frame { size, pixels: vec![color; (size.width * size.height) as usize] }
+    pub fn new(size: Size, color: C) -> ScreenFrame<C> {
+        ScreenFrame { size, pixels: vec![color; (size.width * size.height) as usize] }
     }
 
     /// Pixels row by row, top left first.
@@ -44,13 +44,13 @@ impl<C: PixelColor> Frame<C> {
     }
 }
 
-impl<C: PixelColor> OriginDimensions for Frame<C> {
+impl<C: PixelColor> OriginDimensions for ScreenFrame<C> {
     fn size(&self) -> Size {
         self.size
     }
 }
 
-impl<C: PixelColor> DrawTarget for Frame<C> {
+impl<C: PixelColor> DrawTarget for ScreenFrame<C> {
     type Color = C;
     type Error = Infallible;
 
@@ -83,12 +83,12 @@ impl<C: PixelColor> DrawTarget for Frame<C> {
 pub fn render_rgb(layout: Layout, view: &View) -> RgbImage {
     match layout {
         Layout::Large => {
-            let mut frame = Frame::new(LARGE_SIZE, Rgb565::BLACK);
+            let mut frame = ScreenFrame::new(LARGE_SIZE, Rgb565::BLACK);
             let Ok(()) = draw_large(view, &mut frame);
             frame.to_rgb()
         }
         Layout::Compact => {
-            let mut frame = Frame::new(COMPACT_SIZE, BinaryColor::Off);
+            let mut frame = ScreenFrame::new(COMPACT_SIZE, BinaryColor::Off);
             let Ok(()) = draw_compact(view, &mut frame);
             frame.to_rgb()
         }
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn frame_clips_and_fills() {
-        let mut f = Frame::new(Size::new(4, 3), BinaryColor::Off);
+        let mut f = ScreenFrame::new(Size::new(4, 3), BinaryColor::Off);
         let Ok(()) = f.fill_solid(&Rectangle::new(Point::new(2, 1), Size::new(10, 10)), BinaryColor::On);
         let Ok(()) = f.draw_iter([Pixel(Point::new(-1, 0), BinaryColor::On), Pixel(Point::new(0, 0), BinaryColor::On)]);
         let on: Vec<usize> = f.pixels().iter().enumerate().filter(|(_, c)| c.is_on()).map(|(i, _)| i).collect();

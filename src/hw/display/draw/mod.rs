@@ -11,39 +11,27 @@
 //! figures read like a lab instrument. The alternatives were weaker: `profont` stops at 24 pt
 //! (~16x29 px), `u8g2-fonts` is 19 MB of fonts under mixed licences. Words stay in the built-in
 //! mono fonts (Latin-1 sets, so "µ" or "é" in a sample id still draws).
+//!
+//! Here: the widgets both layouts share (labels cut to their box, seven-segment numbers,
+//! the progress bar, the text of the numbers); `large` is the TFT layout, `compact` the OLED one.
 
-use super::{Phase, View};
+mod compact;
+mod large;
+
+use super::View;
 use eg_seven_segment::{SevenSegmentStyle, SevenSegmentStyleBuilder};
 use embedded_graphics::{
-    mono_font::{
-        iso_8859_1::{
-            FONT_10X20, FONT_5X8, FONT_6X10, FONT_6X13_BOLD, FONT_7X13, FONT_9X15, FONT_9X15_BOLD, FONT_9X18_BOLD,
-        },
-        MonoFont, MonoTextStyle,
-    },
-    pixelcolor::{BinaryColor, Rgb565},
+    mono_font::{MonoFont, MonoTextStyle},
     prelude::*,
-    primitives::{Circle, PrimitiveStyle, PrimitiveStyleBuilder, Rectangle, StrokeAlignment},
+    primitives::{PrimitiveStyle, Rectangle},
     text::{renderer::TextRenderer, Baseline, Text},
 };
 
+pub use compact::{draw_compact, COMPACT_SIZE};
+pub use large::{draw_large, LARGE_SIZE};
+
 /// Shown on every screen: the product is a screening aid, a person verifies.
 pub const SCREENING_AID: &str = "SCREENING AID";
-/// Size of the [`draw_large`] layout (portrait TFT).
-pub const LARGE_SIZE: Size = Size::new(240, 320);
-/// Size of the [`draw_compact`] layout (OLED).
-pub const COMPACT_SIZE: Size = Size::new(128, 64);
-
-// TFT palette. White and the banner colours on black: the panel sits beside a bright microscope.
-const BG: Rgb565 = Rgb565::BLACK;
-const FG: Rgb565 = Rgb565::WHITE;
-const DIM: Rgb565 = Rgb565::new(21, 42, 21); // ~170 grey: labels
-const FAINT: Rgb565 = Rgb565::new(9, 18, 9); // ~75 grey: outlines
-const HEADER: Rgb565 = Rgb565::new(3, 10, 13); // dark slate blue
-const AMBER: Rgb565 = Rgb565::new(31, 46, 0);
-const RED: Rgb565 = Rgb565::new(27, 0, 0);
-const GREEN: Rgb565 = Rgb565::new(0, 52, 6);
-const CYAN: Rgb565 = Rgb565::new(0, 44, 31);
 
 /// A seven-segment digit size.
 #[derive(Clone, Copy)]
@@ -67,10 +55,6 @@ impl Digits {
             .build()
     }
 }
-
-/// TFT digit sizes, largest first: the smaller ones only serve numbers too long for the first.
-const LARGE_DIGITS: [Digits; 3] = [Digits::new(30, 54, 6, 7), Digits::new(22, 40, 5, 5), Digits::new(14, 26, 3, 3)];
-const COMPACT_DIGITS: [Digits; 2] = [Digits::new(10, 20, 2, 3), Digits::new(7, 14, 2, 2)];
 
 #[derive(Clone, Copy)]
 enum Align {
@@ -351,209 +335,6 @@ where
     let mut scaled = Scaled { inner: d, origin, k: 2 };
     Text::with_baseline(&s, Point::zero(), MonoTextStyle::new(font, color), Baseline::Top).draw(&mut scaled)?;
     Ok(())
-}
-
-fn phase_word(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Idle => "READY",
-        Phase::Counting => "COUNTING",
-        Phase::TargetReached => "TARGET",
-        Phase::Finished => "FINISHED",
-    }
-}
-
-/// The 240x320 colour layout of the TFT.
-pub fn draw_large<D: DrawTarget<Color = Rgb565>>(view: &View, d: &mut D) -> Result<(), D::Error> {
-    d.clear(BG)?;
-    d.fill_solid(&Rectangle::new(Point::zero(), Size::new(240, 21)), HEADER)?;
-    label(d, SCREENING_AID, &FONT_9X15_BOLD, AMBER, 5, 160, 3, Align::Left)?;
-    let phase_color = match view.phase {
-        Phase::TargetReached => GREEN,
-        Phase::Finished => CYAN,
-        _ => FG,
-    };
-    label(d, phase_word(view.phase), &FONT_9X15_BOLD, phase_color, 130, 235, 3, Align::Right)?;
-    match view.phase {
-        Phase::Idle => idle_large(view, d),
-        _ => count_large(view, d),
-    }
-}
-
-fn idle_large<D: DrawTarget<Color = Rgb565>>(view: &View, d: &mut D) -> Result<(), D::Error> {
-    label(d, "SAMPLE", &FONT_6X10, DIM, 5, 235, 36, Align::Left)?;
-    if view.sample_id.trim().is_empty() {
-        label(d, "(no id)", &FONT_10X20, DIM, 5, 235, 50, Align::Left)?;
-    } else {
-        let id = fit_middle(&view.sample_id, chars_in(&FONT_10X20, 230));
-        label(d, &id, &FONT_10X20, FG, 5, 235, 50, Align::Left)?;
-    }
-
-    // The START prompt as a big green key.
-    let key = Rectangle::new(Point::new(20, 96), Size::new(200, 96));
-    d.fill_solid(&key, GREEN)?;
-    label(d, "press", &FONT_10X20, BG, 20, 220, 106, Align::Center)?;
-    big_word(d, "START", &FONT_10X20, BG, (20, 220), 134)?;
-
-    if view.camera_ok {
-        Circle::new(Point::new(62, 220), 13).into_styled(PrimitiveStyle::with_fill(GREEN)).draw(d)?;
-        label(d, "camera OK", &FONT_10X20, FG, 82, 235, 216, Align::Left)?;
-    } else {
-        d.fill_solid(&Rectangle::new(Point::new(5, 206), Size::new(230, 50)), RED)?;
-        big_word(d, "CAMERA LOST", &FONT_10X20, FG, (5, 235), 211)?;
-    }
-    if let Some(m) = extra_message(view) {
-        message_box(d, m)?;
-    }
-    Ok(())
-}
-
-fn count_large<D: DrawTarget<Color = Rgb565>>(view: &View, d: &mut D) -> Result<(), D::Error> {
-    label(d, "ID", &FONT_7X13, DIM, 5, 26, 24, Align::Left)?;
-    let id = if view.sample_id.trim().is_empty() {
-        "-".into()
-    } else {
-        fit_middle(&view.sample_id, chars_in(&FONT_7X13, 235 - 26))
-    };
-    label(d, &id, &FONT_7X13, FG, 26, 235, 24, Align::Left)?;
-
-    // Cells: big count over the target, then progress to the target.
-    label(d, "CELLS", &FONT_6X10, DIM, 5, 45, 42, Align::Left)?;
-    let fields = format!("{} fields  {} unid.", view.fields, view.unidentified);
-    label(d, &fields, &FONT_6X10, DIM, 45, 235, 42, Align::Right)?;
-    let count = view.counted.to_string();
-    let target = format!("/{}", view.target);
-    big_number(d, &count, &target, &FONT_10X20, &LARGE_DIGITS, FG, (5, 235), 107, Align::Left)?;
-    let reached = view.target > 0 && view.counted >= view.target;
-    let bar = Rectangle::new(Point::new(5, 113), Size::new(230, 12));
-    progress(d, bar, view.counted, view.target, DIM, if reached { GREEN } else { CYAN })?;
-
-    // Blasts: big percentage, its interval, the flag.
-    label(d, "BLAST %", &FONT_6X10, DIM, 5, 55, 132, Align::Left)?;
-    let blasts = format!("{} blast{}", view.blasts, if view.blasts == 1 { "" } else { "s" });
-    label(d, &blasts, &FONT_6X10, DIM, 55, 235, 132, Align::Right)?;
-    big_number(d, &blast_digits(view), "%", &FONT_10X20, &LARGE_DIGITS, FG, (5, 235), 197, Align::Left)?;
-    label(d, &ci_text(view), &FONT_10X20, FG, 5, 235, 201, Align::Left)?;
-    let banner = Rectangle::new(Point::new(5, 225), Size::new(230, 30));
-    if view.flagged {
-        // Red frame round the whole blast section as well as the banner: seen from the side too.
-        let frame = PrimitiveStyleBuilder::new()
-            .stroke_color(RED)
-            .stroke_width(3)
-            .stroke_alignment(StrokeAlignment::Inside)
-            .build();
-        Rectangle::new(Point::new(1, 128), Size::new(238, 130)).into_styled(frame).draw(d)?;
-        d.fill_solid(&banner, RED)?;
-        bold_label(d, &flag_text(view), &FONT_10X20, FG, 5, 235, 230)?;
-    } else {
-        banner.into_styled(PrimitiveStyle::with_stroke(FAINT, 1)).draw(d)?;
-        let below = format!("flag at >= {}%", threshold(view.threshold_percent));
-        label(d, &below, &FONT_7X13, DIM, 5, 235, 234, Align::Center)?;
-    }
-
-    // Bottom zone, most urgent first: camera lost, target reached, the message, the skip reason.
-    // The classes row above it gives way to the message when the zone is taken.
-    let zone = Rectangle::new(Point::new(5, 280), Size::new(230, 38));
-    let mut message_shown = false;
-    if !view.camera_ok {
-        d.fill_solid(&zone, RED)?;
-        label(d, "CAMERA LOST", &FONT_9X18_BOLD, FG, 5, 235, 282, Align::Center)?;
-        let detail = extra_message(view).unwrap_or("check the camera");
-        label(d, detail, &FONT_7X13, FG, 9, 231, 302, Align::Center)?;
-        message_shown = true;
-    } else if view.phase == Phase::TargetReached {
-        d.fill_solid(&zone, GREEN)?;
-        label(d, "TARGET REACHED", &FONT_9X18_BOLD, BG, 5, 235, 282, Align::Center)?;
-        label(d, "press FINISH", &FONT_9X15_BOLD, BG, 5, 235, 301, Align::Center)?;
-    } else if let Some(m) = extra_message(view) {
-        message_box(d, m)?;
-        message_shown = true;
-    } else if let Some(skip) = view.skip.filter(|_| view.phase == Phase::Counting) {
-        label(d, &format!("skipped: {}", skip.label()), &FONT_10X20, AMBER, 5, 235, 289, Align::Center)?;
-    }
-    match extra_message(view) {
-        Some(m) if !message_shown => label(d, m, &FONT_9X15, AMBER, 5, 235, 259, Align::Left),
-        _ => label(d, &classes_line(view, chars_in(&FONT_9X15, 230)), &FONT_9X15, FG, 5, 235, 259, Align::Left),
-    }
-}
-
-/// A notice or error in the bottom zone: one big line when short, else two small ones.
-fn message_box<D: DrawTarget<Color = Rgb565>>(d: &mut D, m: &str) -> Result<(), D::Error> {
-    let zone = Rectangle::new(Point::new(5, 280), Size::new(230, 38));
-    let frame = PrimitiveStyleBuilder::new()
-        .stroke_color(AMBER)
-        .stroke_width(2)
-        .stroke_alignment(StrokeAlignment::Inside)
-        .build();
-    zone.into_styled(frame).draw(d)?;
-    if m.chars().count() <= chars_in(&FONT_10X20, 222) {
-        label(d, m, &FONT_10X20, FG, 9, 231, 289, Align::Center)
-    } else {
-        let (first, second) = two_lines(m, chars_in(&FONT_9X15, 222));
-        label(d, &first, &FONT_9X15, FG, 9, 231, 284, Align::Center)?;
-        label(d, &second, &FONT_9X15, FG, 9, 231, 300, Align::Center)
-    }
-}
-
-fn phase_word_compact(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Idle => "READY",
-        Phase::Counting => "COUNT",
-        Phase::TargetReached => "TARGET",
-        Phase::Finished => "DONE",
-    }
-}
-
-/// The condensed 128x64 monochrome layout of the OLED.
-pub fn draw_compact<D: DrawTarget<Color = BinaryColor>>(view: &View, d: &mut D) -> Result<(), D::Error> {
-    use BinaryColor::{Off, On};
-    d.clear(Off)?;
-    label(d, SCREENING_AID, &FONT_5X8, On, 0, 80, 0, Align::Left)?;
-    label(d, phase_word_compact(view.phase), &FONT_5X8, On, 80, 128, 0, Align::Right)?;
-    d.fill_solid(&Rectangle::new(Point::new(0, 9), Size::new(128, 1)), On)?;
-
-    // Bottom line, one thing at a time (inverted = needs attention).
-    let bottom = Rectangle::new(Point::new(0, 51), Size::new(128, 13));
-    let inverted = |d: &mut D, s: &str| -> Result<(), D::Error> {
-        d.fill_solid(&bottom, On)?;
-        label(d, s, &FONT_6X13_BOLD, Off, 0, 128, 51, Align::Center)
-    };
-
-    if view.phase == Phase::Idle {
-        let id = if view.sample_id.trim().is_empty() { "(no id)".into() } else { fit_middle(&view.sample_id, 21) };
-        label(d, &id, &FONT_6X10, On, 0, 128, 13, Align::Center)?;
-        d.fill_solid(&Rectangle::new(Point::new(14, 27), Size::new(100, 19)), On)?;
-        label(d, "press START", &FONT_6X13_BOLD, Off, 14, 114, 30, Align::Center)?;
-        return match extra_message(view) {
-            _ if !view.camera_ok => inverted(d, "CAMERA LOST"),
-            Some(m) => label(d, m, &FONT_6X10, On, 0, 128, 53, Align::Center),
-            None => label(d, "camera OK", &FONT_6X10, On, 0, 128, 53, Align::Center),
-        };
-    }
-
-    // Count on the left, blast % on the right; the blast % turns into a white block when flagged.
-    let count = view.counted.to_string();
-    let target = format!("/{}", view.target);
-    big_number(d, &count, &target, &FONT_6X10, &COMPACT_DIGITS, On, (0, 64), 30, Align::Left)?;
-    let ink = if view.flagged {
-        d.fill_solid(&Rectangle::new(Point::new(65, 10), Size::new(63, 22)), On)?;
-        Off
-    } else {
-        On
-    };
-    big_number(d, &blast_digits(view), "%", &FONT_6X10, &COMPACT_DIGITS, ink, (67, 126), 30, Align::Right)?;
-    progress(d, Rectangle::new(Point::new(0, 33), Size::new(128, 6)), view.counted, view.target, On, On)?;
-    label(d, &ci_text(view), &FONT_6X10, On, 0, 128, 40, Align::Left)?;
-
-    match extra_message(view) {
-        _ if !view.camera_ok => inverted(d, "CAMERA LOST"),
-        _ if view.phase == Phase::TargetReached => inverted(d, "TARGET: press FINISH"),
-        _ if view.flagged => inverted(d, &flag_text(view)),
-        Some(m) => label(d, m, &FONT_6X10, On, 0, 128, 53, Align::Left),
-        None => match view.skip.filter(|_| view.phase == Phase::Counting) {
-            Some(skip) => label(d, &format!("skipped: {}", skip.label()), &FONT_6X10, On, 0, 128, 53, Align::Left),
-            None => label(d, &classes_line(view, 21), &FONT_6X10, On, 0, 128, 53, Align::Left),
-        },
-    }
 }
 
 #[cfg(test)]
