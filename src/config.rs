@@ -11,11 +11,27 @@ pub enum ConfigError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config {path}: {key} = {value}: {why}")]
-    Value { path: PathBuf, key: &'static str, value: String, why: &'static str },
+    #[error("config {path}")]
+    Value { path: PathBuf, source: InvalidValue },
     /// A class the config names that the model does not know.
     #[error("config {path}: count.blast_classes = {class:?}: not a class of model {model} (classes: {classes})")]
     UnknownClass { path: PathBuf, class: String, model: String, classes: String },
+}
+
+/// A configuration value that cannot be used: its key (`section.key`), the
+/// value as written, and why. Every section's `validate` says this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} = {value}: {why}")]
+pub struct InvalidValue {
+    pub key: &'static str,
+    pub value: String,
+    pub why: String,
+}
+
+impl InvalidValue {
+    pub fn new(key: &'static str, value: impl ToString, why: impl Into<String>) -> InvalidValue {
+        InvalidValue { key, value: value.to_string(), why: why.into() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -111,7 +127,9 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |key, value: String, why| Err(ConfigError::Value { path: path.into(), key, value, why });
+        let bad = |key, value: String, why: &str| {
+            Err(ConfigError::Value { path: path.into(), source: InvalidValue::new(key, value, why) })
+        };
         let t = self.count.blast_threshold_percent;
         if !(0.0..=100.0).contains(&t) {
             return bad("count.blast_threshold_percent", t.to_string(), "must be between 0 and 100");
@@ -145,26 +163,17 @@ impl Config {
         if self.scale.calibrate_fields == 0 {
             return bad("scale.calibrate_fields", "0".into(), "must be at least 1");
         }
-        if let Err(why) = self.session.validate() {
-            return Err(ConfigError::Parse { path: path.into(), message: why });
-        }
-        if let Err(why) = self.gate.validate() {
-            return Err(ConfigError::Parse { path: path.into(), message: why });
-        }
-        if let Err((key, value, why)) = self.detect.validate() {
-            return bad(key, value, why);
-        }
-        if let Err((key, value, why)) = self.camera.validate() {
-            return bad(key, value, why);
-        }
-        if let Err((key, value, why)) = self.buttons.validate() {
-            return bad(key, value, why);
-        }
-        if let Err((key, value, why)) = self.review.validate() {
-            return bad(key, value, why);
-        }
-        if let Err(e) = self.display.validate() {
-            return Err(ConfigError::Parse { path: path.into(), message: e.to_string() });
+        let sections = [
+            self.session.validate(),
+            self.gate.validate(),
+            self.detect.validate(),
+            self.camera.validate(),
+            self.buttons.validate(),
+            self.review.validate(),
+            self.display.validate(),
+        ];
+        if let Some(Err(source)) = sections.into_iter().find(Result::is_err) {
+            return Err(ConfigError::Value { path: path.into(), source });
         }
         let fps = self.source.replay_fps;
         if !(fps.is_finite() && (0.0..=1000.0).contains(&fps)) {
@@ -213,22 +222,22 @@ mod tests {
     #[test]
     fn unknown_key_and_bad_value_are_named() {
         let e = Config::parse("[count]\nblast_treshold_percent = 10\n", Path::new("x.toml")).unwrap_err();
-        assert!(e.to_string().contains("blast_treshold_percent"), "{e}");
+        assert!(crate::error_text(&e).contains("blast_treshold_percent"), "{e}");
         let e = Config::parse("[count]\nblast_threshold_percent = 120\n", Path::new("x.toml")).unwrap_err();
-        assert!(e.to_string().contains("count.blast_threshold_percent"), "{e}");
+        assert!(crate::error_text(&e).contains("count.blast_threshold_percent"), "{e}");
         let e = Config::parse("[scale]\num_per_px = -1.0\n", Path::new("x.toml")).unwrap_err();
-        assert!(e.to_string().contains("scale.um_per_px"), "{e}");
+        assert!(crate::error_text(&e).contains("scale.um_per_px"), "{e}");
         let e =
             Config::parse("[scale]\nobjective = \"40x\"\n[scale.objectives]\n\"100x\" = 0.07\n", Path::new("x.toml"))
                 .unwrap_err();
-        assert!(e.to_string().contains("scale.objective") && e.to_string().contains("40x"), "{e}");
+        assert!(crate::error_text(&e).contains("scale.objective") && crate::error_text(&e).contains("40x"), "{e}");
         let e = Config::parse("[scale.objectives]\n\"100x\" = 0.0\n", Path::new("x.toml")).unwrap_err();
-        assert!(e.to_string().contains("100x"), "{e}");
+        assert!(crate::error_text(&e).contains("100x"), "{e}");
         let e = Config::parse("[detect]\nblue_weight = nan\n", Path::new("x.toml")).unwrap_err();
-        assert!(e.to_string().contains("detect.blue_weight"), "{e}");
+        assert!(crate::error_text(&e).contains("detect.blue_weight"), "{e}");
         let e = Config::parse("[detect]\nwork_px_per_um = 0.0\n", Path::new("x.toml")).unwrap_err();
-        assert!(e.to_string().contains("detect.work_px_per_um"), "{e}");
+        assert!(crate::error_text(&e).contains("detect.work_px_per_um"), "{e}");
         let e = Config::parse("[count\n", Path::new("x.toml")).unwrap_err();
-        assert!(e.to_string().contains("x.toml"), "{e}");
+        assert!(crate::error_text(&e).contains("x.toml"), "{e}");
     }
 }

@@ -52,7 +52,7 @@ pub trait Storage: Send + Sync {
 
 /// A storage operation that failed, with the file it was about.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
+#[error("{op} {}", path.display())]
 pub struct StorageError {
     pub op: &'static str,
     pub path: PathBuf,

@@ -823,6 +823,8 @@ fn errors_say_each_cause_once() {
             78,
             "/no/such/config.toml",
         ),
+        // A report folder that is not there: the review's open error, its file, the OS's why.
+        (vec!["review".into(), "/no/such/report".into()], 2, "/no/such/report"),
     ];
     for (args, code, names) in cases {
         let (out, err) = run(bin().args(&args));

@@ -609,7 +609,10 @@ fn power_cuts_lose_at_most_the_step_in_flight() {
             match run.step(steps[done]) {
                 Ok(()) => done += 1,
                 Err(e) => {
-                    assert!(e.to_string().contains("power lost"), "run {runs}: a failure that is not the cut: {e}");
+                    assert!(
+                        leukoscope::error_text(&e).contains("power lost"),
+                        "run {runs}: a failure that is not the cut: {e}"
+                    );
                     cuts += 1;
                     let how = if rand() % 2 == 0 { Cut::Drop } else { Cut::Tear(rand()) };
                     torn_cuts += matches!(how, Cut::Tear(_)) as u64;
@@ -640,7 +643,7 @@ fn power_cuts_lose_at_most_the_step_in_flight() {
                     }
                     // Boot, possibly cut again while recovering.
                     while let Err(e) = run.boot() {
-                        assert!(e.to_string().contains("power lost"), "run {runs}: recovery failed: {e}");
+                        assert!(leukoscope::error_text(&e).contains("power lost"), "run {runs}: recovery failed: {e}");
                         cuts += 1;
                         run.fs.state().crash(Cut::Drop);
                     }
@@ -719,7 +722,7 @@ fn a_full_disk_leaves_the_session_report_whole_or_absent() {
             assert!(n > 2, "finishing writes a journal record and two report files");
             break;
         };
-        let e = e.to_string();
+        let e = leukoscope::error_text(&e);
         assert!(e.contains("No space left on device"), "{e}");
         assert!(
             ["journal.jsonl", "results.json", "cells.csv", "report.html", "report.fhir.json"]
@@ -789,14 +792,14 @@ fn out_dir() -> PathBuf {
 
 /// `analyze --out --force` of these fields, `tag` in the file names.
 fn write_out(fs: &SimFs, fields: &[Field], tag: &str) -> Result<(), String> {
-    let folder = OutFolder::begin(fs, &out_dir(), true).map_err(|e| e.to_string())?;
+    let folder = OutFolder::begin(fs, &out_dir(), true).map_err(|e| leukoscope::error_text(&e))?;
     let mut records = Vec::new();
     for (i, f) in fields.iter().enumerate() {
         let mut r = f.record.clone();
-        r.write_crops(fs, folder.path(), &format!("{tag}{i:04}"), &f.image).map_err(|e| e.to_string())?;
+        r.write_crops(fs, folder.path(), &format!("{tag}{i:04}"), &f.image).map_err(|e| leukoscope::error_text(&e))?;
         records.push(r);
     }
-    folder.commit(&serde_json::json!({ "tag": tag }), &records).map_err(|e| e.to_string())
+    folder.commit(&serde_json::json!({ "tag": tag }), &records).map_err(|e| leukoscope::error_text(&e))
 }
 
 /// `--out --force` over an old report, with the power cut at every operation

@@ -10,6 +10,7 @@ pub mod systemd;
 
 use crate::appliance::session::{Journal, Phase, Session, SessionError, Store};
 use crate::classify::pipeline::Analyzer;
+use crate::config::InvalidValue;
 use crate::hw::buttons::{Button, ButtonError, ButtonSource, Signal};
 use crate::hw::display::{self, Display, View};
 use crate::hw::source::{Frame, FrameSource, SourceError};
@@ -53,9 +54,9 @@ impl Default for SessionConfig {
 }
 
 impl SessionConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
         if ![100, 200, 400].contains(&self.target) {
-            return Err(format!("session.target must be 100, 200 or 400, got {}", self.target));
+            return Err(InvalidValue::new("session.target", self.target, "must be 100, 200 or 400"));
         }
         Ok(())
     }

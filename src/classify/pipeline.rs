@@ -49,13 +49,9 @@ impl Analyzer {
         let mut rules = CallRules::from_card(&classifier.card);
         if let Some(b) = &config.count.blast_classes {
             if b.is_empty() {
-                return Err(ConfigError::Value {
-                    path: path(),
-                    key: "count.blast_classes",
-                    value: "[]".into(),
-                    why: "must name at least one class (else no cell is ever a blast)",
-                }
-                .into());
+                let why = "must name at least one class (else no cell is ever a blast)";
+                let source = crate::config::InvalidValue::new("count.blast_classes", "[]", why);
+                return Err(ConfigError::Value { path: path(), source }.into());
             }
             // Each must be a class of the model, or one the card itself calls a
             // blast (older cards list MOB, which their model lacks).

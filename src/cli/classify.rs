@@ -31,9 +31,6 @@ pub struct Args {
     inputs: Vec<PathBuf>,
 }
 
-/// One crop's outcome: its prediction, the scale it was prepared at and its
-/// measurements, or why there is none.
-
 pub fn run(a: Args) -> Result<i32> {
     let clf = load_classifier(a.model, a.precision)?;
     let paths = batch_inputs(&a.inputs)?;

@@ -68,9 +68,7 @@ pub fn camera_check(args: &CheckOptions, base: &CameraConfig) -> anyhow::Result<
     use anyhow::{bail, Context};
 
     let config = args.config(base);
-    if let Err((key, value, why)) = config.validate() {
-        bail!("{key} = {value}: {why}");
-    }
+    config.validate()?;
     println!("device:    {}", config.device.display());
     println!(
         "requested: {}x{} {:?} ({} buffers, timeout {} ms)",

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::InvalidValue;
 use serde::{Deserialize, Serialize};
 
 use crate::hw::buttons::{Button, ButtonError, ButtonSource, Signal};
@@ -100,20 +101,20 @@ impl ButtonsConfig {
 
     /// Checks the values: `Err((key, value, why))` names the first bad key
     /// (keys as in the `[buttons]` section, e.g. "buttons.undo_line").
-    pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
         if self.debounce_ms > 1000 {
-            return Err(("buttons.debounce_ms", self.debounce_ms.to_string(), "must be between 0 and 1000"));
+            return Err(InvalidValue::new("buttons.debounce_ms", self.debounce_ms, "must be between 0 and 1000"));
         }
         let keys = ["buttons.start_line", "buttons.capture_line", "buttons.finish_line", "buttons.undo_line"];
         let lines = self.lines();
         for i in 1..4 {
             if lines[..i].iter().any(|(l, _)| *l == lines[i].0) {
-                return Err((keys[i], lines[i].0.to_string(), "is already used by another button"));
+                return Err(InvalidValue::new(keys[i], lines[i].0, "is already used by another button"));
             }
         }
         if let Some(s) = self.signal_line {
             if lines.iter().any(|(l, _)| *l == s) {
-                return Err(("buttons.signal_line", s.to_string(), "is already used by a button"));
+                return Err(InvalidValue::new("buttons.signal_line", s, "is already used by a button"));
             }
         }
         Ok(())
@@ -225,8 +226,8 @@ mod linux {
                 lines[2].0,
                 lines[3].0
             );
-            if let Err((key, value, why)) = config.validate() {
-                return Err(ButtonError::Device { what, reason: format!("{key} = {value} {why}") });
+            if let Err(e) = config.validate() {
+                return Err(ButtonError::Device { what, reason: e.to_string() });
             }
             let offsets: Vec<u32> = lines.iter().map(|(l, _)| *l).collect();
             let debounce = Duration::from_millis(config.debounce_ms);
@@ -359,9 +360,9 @@ mod tests {
         assert!(c.validate().is_ok());
         let c: ButtonsConfig = toml::from_str("kind = \"none\"\nundo_line = 5\nsignal_line = 26").expect("parse");
         assert_eq!(c.kind, ButtonsKind::Off);
-        assert_eq!(c.validate().unwrap_err().0, "buttons.undo_line");
+        assert_eq!(c.validate().unwrap_err().key, "buttons.undo_line");
         let c: ButtonsConfig = toml::from_str("kind = \"gpio\"\nsignal_line = 6").expect("parse");
-        assert_eq!(c.validate().unwrap_err().0, "buttons.signal_line");
+        assert_eq!(c.validate().unwrap_err().key, "buttons.signal_line");
         assert!(toml::from_str::<ButtonsConfig>("kind = \"usb\"").is_err());
         assert!(toml::from_str::<ButtonsConfig>("debounce = 3").unwrap_err().to_string().contains("debounce"));
         let text = toml::to_string(&ButtonsConfig::default()).expect("serialize");

@@ -285,7 +285,7 @@ pub enum ReportError {
     NotAReport { dir: PathBuf, example: String },
     #[error("--out {}: not a folder", dir.display())]
     NotAFolder { dir: PathBuf },
-    #[error("report {}: {source}", dir.display())]
+    #[error("report {}", dir.display())]
     Storage { dir: PathBuf, source: StorageError },
 }
 

@@ -29,7 +29,7 @@ pub const NOT_LEUKOCYTE: &str = "NOTWBC";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
-    #[error("{path}: {source}")]
+    #[error("cannot read or write {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {why}")]
     Bad { path: PathBuf, why: String },

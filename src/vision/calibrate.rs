@@ -144,7 +144,7 @@ pub fn write_scale(path: &Path, objective: Option<&str>, um_per_px: f32) -> Resu
         }
     }
     let out = doc.to_string();
-    crate::config::Config::parse(&out, path).map_err(|e| config_err(e.to_string()))?;
+    crate::config::Config::parse(&out, path).map_err(|e| config_err(crate::error_text(&e)))?;
     crate::report::write_atomic(path, out.as_bytes())
         .map_err(|source| CalibrationError::Write { path: path.into(), source })?;
     Ok(out)

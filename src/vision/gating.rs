@@ -5,6 +5,7 @@
 //! All measures work on small grey thumbnails, so gating costs about a
 //! millisecond per frame whatever the camera's resolution.
 
+use crate::config::InvalidValue;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -41,13 +42,22 @@ impl Default for GateParams {
 }
 
 impl GateParams {
-    pub fn validate(&self) -> Result<(), String> {
-        let finite = [self.min_focus, self.max_motion, self.same_field_overlap, self.same_field_max_diff];
-        if finite.iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err("gate thresholds must be finite and >= 0".into());
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        let finite = [
+            ("gate.min_focus", self.min_focus),
+            ("gate.max_motion", self.max_motion),
+            ("gate.same_field_overlap", self.same_field_overlap),
+            ("gate.same_field_max_diff", self.same_field_max_diff),
+        ];
+        if let Some((key, v)) = finite.iter().find(|(_, v)| !v.is_finite() || *v < 0.0) {
+            return Err(InvalidValue::new(key, v, "must be a number, 0 or more"));
         }
         if !(0.05..=1.0).contains(&self.same_field_overlap) {
-            return Err(format!("gate.same_field_overlap must be in 0.05..=1, got {}", self.same_field_overlap));
+            return Err(InvalidValue::new(
+                "gate.same_field_overlap",
+                self.same_field_overlap,
+                "must be between 0.05 and 1",
+            ));
         }
         Ok(())
     }

@@ -37,7 +37,7 @@ pub use store::Store;
 pub enum SessionError {
     #[error("session storage {path}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("session storage: {0}")]
+    #[error("session storage")]
     Storage(#[from] StorageError),
     #[error("journal {path} line {line} is damaged: {why}")]
     Corrupt { path: PathBuf, line: usize, why: String },

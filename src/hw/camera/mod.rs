@@ -26,6 +26,7 @@ mod stream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::InvalidValue;
 use serde::{Deserialize, Serialize};
 
 pub use pixel_format::{fourcc_str, mjpeg_to_rgb, rgb3_to_rgb, ycbcr_to_rgb, yuyv_to_rgb, ConvertError, Wire};
@@ -96,8 +97,8 @@ impl Default for CameraConfig {
 impl CameraConfig {
     /// Checks the values: `Err((key, value, why))` names the first bad key
     /// (keys as in the `[camera]` section, e.g. "camera.width").
-    pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
-        let bad = |key, value: u64, why| Err((key, value.to_string(), why));
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        let bad = |key, value: u64, why: &str| Err(InvalidValue::new(key, value, why));
         if !(16..=8192).contains(&self.width) {
             return bad("camera.width", self.width.into(), "must be between 16 and 8192");
         }
@@ -171,7 +172,7 @@ mod tests {
         assert!(c.validate().is_ok());
         let c: CameraConfig = toml::from_str("format = \"yuyv\"\nbuffers = 1").expect("parse");
         assert_eq!(c.format, PixelFormat::Yuyv);
-        assert_eq!(c.validate().unwrap_err().0, "camera.buffers");
+        assert_eq!(c.validate().unwrap_err().key, "camera.buffers");
         assert!(toml::from_str::<CameraConfig>("fromat = \"yuyv\"").unwrap_err().to_string().contains("fromat"));
         assert!(toml::from_str::<CameraConfig>("format = \"h264\"").is_err());
         let text = toml::to_string(&CameraConfig::default()).expect("serialize");

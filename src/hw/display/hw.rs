@@ -83,8 +83,8 @@ impl SpiTft {
             0 => Rotation::Deg0,
             180 => Rotation::Deg180,
             r => {
-                let why = "the 240x320 layout does not fit the panel sideways: use 0 or 180".into();
-                return Err(DisplayError::Config { key: "rotation_degrees", value: r.to_string(), why });
+                let why = "the 240x320 layout does not fit the panel sideways: use 0 or 180";
+                return Err(crate::config::InvalidValue::new("display.rotation_degrees", r, why).into());
             }
         };
         // Open the SPI device before the GPIO lines so that a wrong path names the SPI device.
@@ -199,8 +199,8 @@ impl I2cOled {
             0 => DisplayRotation::Rotate0,
             180 => DisplayRotation::Rotate180,
             r => {
-                let why = "the 128x64 layout does not fit the panel sideways: use 0 or 180".into();
-                return Err(DisplayError::Config { key: "rotation_degrees", value: r.to_string(), why });
+                let why = "the 128x64 layout does not fit the panel sideways: use 0 or 180";
+                return Err(crate::config::InvalidValue::new("display.rotation_degrees", r, why).into());
             }
         };
         let i2c = I2cdev::new(&cfg.i2c)

@@ -17,6 +17,7 @@ mod png;
 #[cfg(target_os = "linux")]
 pub mod hw;
 
+use crate::config::InvalidValue;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -122,8 +123,8 @@ impl Default for View {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DisplayError {
-    #[error("display config: {key} = {value}: {why}")]
-    Config { key: &'static str, value: String, why: String },
+    #[error("display configuration")]
+    Config(#[from] InvalidValue),
     /// Opening or initialising a device; `device` names its path (and line or address).
     #[error("cannot open {device}: {reason}")]
     Open { device: String, reason: String },
@@ -264,35 +265,35 @@ impl Default for DisplayConfig {
 
 impl DisplayConfig {
     /// Checks values that the types alone do not rule out; an error names the key.
-    pub fn validate(&self) -> Result<(), DisplayError> {
-        let bad = |key, value: String, why: &str| Err(DisplayError::Config { key, value, why: why.into() });
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        let bad = |key, value: String, why: &str| Err(InvalidValue::new(key, value, why));
         let hardware = matches!(self.kind, DisplayKind::St7789 | DisplayKind::Ili9341 | DisplayKind::Ssd1306);
         match self.rotation_degrees {
             0 | 180 => {}
             90 | 270 if !hardware => {}
             90 | 270 => {
                 return bad(
-                    "rotation_degrees",
+                    "display.rotation_degrees",
                     self.rotation_degrees.to_string(),
                     "the layouts do not fit the panel sideways: use 0 or 180",
                 )
             }
-            r => return bad("rotation_degrees", r.to_string(), "must be 0, 90, 180 or 270"),
+            r => return bad("display.rotation_degrees", r.to_string(), "must be 0, 90, 180 or 270"),
         }
         match self.kind {
             DisplayKind::Png if self.png_path.file_name().is_none() => {
-                bad("png_path", self.png_path.display().to_string(), "must name a file")
+                bad("display.png_path", self.png_path.display().to_string(), "must name a file")
             }
             DisplayKind::St7789 | DisplayKind::Ili9341 => {
                 if self.spi_hz == 0 {
-                    return bad("spi_hz", "0".into(), "must be above 0");
+                    return bad("display.spi_hz", "0".into(), "must be above 0");
                 }
                 let lines = [Some(self.dc_line), self.reset_line, self.backlight_line];
                 let used: Vec<u32> = lines.iter().flatten().copied().collect();
                 for (i, line) in used.iter().enumerate() {
                     if used[..i].contains(line) {
                         return bad(
-                            "dc_line/reset_line/backlight_line",
+                            "display.dc_line/reset_line/backlight_line",
                             line.to_string(),
                             "a line can serve one pin only",
                         );
@@ -302,7 +303,7 @@ impl DisplayConfig {
             }
             // 0x00-0x07 and 0x78-0x7F are reserved I2C addresses.
             DisplayKind::Ssd1306 if !(0x08..=0x77).contains(&self.i2c_address) => {
-                bad("i2c_address", format!("{:#04x}", self.i2c_address), "must be a 7-bit address 0x08-0x77")
+                bad("display.i2c_address", format!("{:#04x}", self.i2c_address), "must be a 7-bit address 0x08-0x77")
             }
             _ => Ok(()),
         }

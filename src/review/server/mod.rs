@@ -12,6 +12,7 @@
 
 use crate::classify::count::{Call, CallRules};
 use crate::classify::model::ModelCard;
+use crate::config::InvalidValue;
 use crate::report::html::esc;
 use crate::review::{ReportDir, ReviewEntry, ReviewError};
 use serde::{Deserialize, Serialize};
@@ -45,17 +46,17 @@ impl Default for ReviewConfig {
 }
 
 impl ReviewConfig {
-    pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
         match self.listen.parse::<SocketAddr>() {
             Ok(_) => Ok(()),
-            Err(_) => Err(("review.listen", self.listen.clone(), "must be IP:PORT, e.g. \"127.0.0.1:8080\"")),
+            Err(_) => Err(InvalidValue::new("review.listen", &self.listen, "must be IP:PORT, e.g. \"127.0.0.1:8080\"")),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("review token {path}: {source}")]
+    #[error("review token {path}")]
     Token { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {why}")]
     Listen { addr: String, why: String },
@@ -348,11 +349,11 @@ impl Review {
                 redirect(&back, vec![])
             }
             Err(e @ (ReviewError::NoCell(_) | ReviewError::CutByBorder(_) | ReviewError::NoReviewer)) => {
-                page(400, html("Refused", &format!("<h1>Refused</h1><p>{}</p>", esc(&e.to_string()))))
+                page(400, html("Refused", &format!("<h1>Refused</h1><p>{}</p>", esc(&crate::error_text(&e)))))
             }
             Err(e) => {
-                log::error!("review: {e}");
-                page(500, html("Not saved", &format!("<h1>NOT SAVED</h1><p>{}</p>", esc(&e.to_string()))))
+                log::error!("review: {}", crate::error_text(&e));
+                page(500, html("Not saved", &format!("<h1>NOT SAVED</h1><p>{}</p>", esc(&crate::error_text(&e)))))
             }
         }
     }

@@ -2,6 +2,7 @@
 //! in µm, every threshold an optical density, so one set serves any camera
 //! once the scale is known.
 
+use crate::config::InvalidValue;
 use serde::{Deserialize, Serialize};
 
 /// Every tunable of the detector. Defaults were tuned on BCCD `trainval`.
@@ -117,8 +118,9 @@ impl DetectParams {
     /// negative, sizes and scales above zero, the working resolution and
     /// the scale copy bounded (they set how much memory a field takes).
     /// The error names the `[detect]` key.
-    pub fn validate(&self) -> Result<(), (&'static str, String, &'static str)> {
+    pub fn validate(&self) -> Result<(), InvalidValue> {
         let p = self;
+        let bad = |key, value: String, why| Err(InvalidValue::new(key, value, why));
         let positive = [
             ("detect.fallback_um_per_px", p.fallback_um_per_px),
             ("detect.rbc_diameter_um", p.rbc_diameter_um),
@@ -145,22 +147,22 @@ impl DetectParams {
             ("detect.scale_disagree_fraction", p.scale_disagree_fraction),
         ];
         if let Some((k, v)) = positive.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
-            return Err((k, v.to_string(), "must be a positive number"));
+            return bad(k, v.to_string(), "must be a positive number");
         }
         if let Some((k, v)) = not_negative.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
-            return Err((k, v.to_string(), "must be a number, 0 or more"));
+            return bad(k, v.to_string(), "must be a number, 0 or more");
         }
         if p.fallback_um_per_px >= 10.0 {
-            return Err(("detect.fallback_um_per_px", p.fallback_um_per_px.to_string(), "must be below 10"));
+            return bad("detect.fallback_um_per_px", p.fallback_um_per_px.to_string(), "must be below 10");
         }
         if p.work_px_per_um > 20.0 {
-            return Err(("detect.work_px_per_um", p.work_px_per_um.to_string(), "must be at most 20"));
+            return bad("detect.work_px_per_um", p.work_px_per_um.to_string(), "must be at most 20");
         }
         if !(16..=8192).contains(&p.scale_side_px) {
-            return Err(("detect.scale_side_px", p.scale_side_px.to_string(), "must be between 16 and 8192"));
+            return bad("detect.scale_side_px", p.scale_side_px.to_string(), "must be between 16 and 8192");
         }
         if p.scale_min_cells == 0 {
-            return Err(("detect.scale_min_cells", "0".into(), "must be at least 1"));
+            return bad("detect.scale_min_cells", "0".into(), "must be at least 1");
         }
         Ok(())
     }
