@@ -288,14 +288,23 @@ fn bench_over_many_fields_reports_their_mean() {
     let (out, err) =
         run(bin().args(["bench", "--json", "--seconds", "0.2", "--size", "320x240", "--fields"]).args(&fields));
     assert!(out.status.success(), "{err}");
-    let figs = json(&out);
-    let figs = figs.as_array().expect("a list of figures");
-    assert_eq!(figs.len(), 3, "{figs:?}");
+    let doc = json(&out);
+    let figs = doc["figures"].as_array().expect("a list of figures");
+    assert_eq!(figs.len(), 4, "{figs:?}");
     for f in figs {
         let what = f["what"].as_str().unwrap_or_default();
         assert!(what.contains("mean of 2 fields") && what.ends_with("320x240"), "{what}");
-        assert!(f["median_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{f}");
+        assert!(f["median_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{f}");
     }
+    // The stages add up to the whole (the third is the whole minus the first two).
+    let ms = |i: usize| figs[i]["median_ms"].as_f64().unwrap_or(f64::NAN);
+    assert!((ms(0) + ms(1) + ms(2) - ms(3)).abs() < 1e-6 || ms(0) + ms(1) > ms(3), "{figs:?}");
+    // Peak memory for one field of that size: a 320x240 field is 0.22 MB of pixels.
+    let m = &doc["memory"];
+    let mb = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    assert!((mb("field_mb") - 320.0 * 240.0 * 3.0 / 1048576.0).abs() < 1e-9, "{m}");
+    assert!(mb("base_mb") > 5.0 && mb("one_field_mb") < 200.0, "{m}");
+    assert!((mb("base_mb") + mb("field_mb") + mb("work_mb") - mb("one_field_mb")).abs() < 1e-9, "{m}");
     let (out, err) = run(bin().args(["bench", "--size", "0x240", "--fields"]).args(&fields));
     assert!(!out.status.success() && err.contains("WIDTHxHEIGHT"), "{err}");
 }

@@ -151,7 +151,7 @@ def many_fields(a):
     def rust_round():
         out = subprocess.run([str(BIN), "bench", "--fields", "--json", "--seconds", str(a.seconds), "--size", f"{w}x{h}"],
                              env=ENV, capture_output=True, text=True, check=True).stdout
-        figs = json.loads(out)
+        figs = json.loads(out)["figures"]
         return {f["what"].split(",")[0]: f["median_ms"] for f in figs}, next(f["what"] for f in figs if f["what"].startswith("whole field"))
 
     rows = []

@@ -75,9 +75,77 @@ fn bench_fields(card: PathBuf, seconds: f64, json: bool, inputs: &[PathBuf], siz
     bar.finish_and_clear();
     let analyzer = bench_analyzer(classifier);
     let budget = Duration::from_secs_f64(seconds.max(0.1));
+    // The fields held for the benchmark are not what a board needs: measure the
+    // peak of the analyses alone, over what was resident once they were loaded.
+    let loaded = memory::reset_peak();
     let figs = many_fields_figures(&fields, &name, &analyzer, budget);
-    print_figures(&figs, json)?;
+    let memory = loaded.and_then(|loaded| memory::Peak::since(loaded, &fields));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "figures": figs, "memory": memory }))?);
+        return Ok(0);
+    }
+    print_figures(&figs, false)?;
+    match memory {
+        Some(m) => println!(
+            "\npeak RSS analysing one {}x{} field: {:.1} MB ({:.1} MB resident without the benchmark's {} fields, \
+             + {:.1} MB for one field's pixels, + {:.1} MB at the peak of an analysis)",
+            size.0,
+            size.1,
+            m.one_field_mb,
+            m.base_mb,
+            fields.len(),
+            m.field_mb,
+            m.work_mb
+        ),
+        None => println!("\npeak RSS: not measured (needs Linux /proc/self/status and clear_refs)"),
+    }
     Ok(0)
+}
+
+/// Peak resident memory from /proc (Linux): `VmHWM` can be reset to the
+/// current RSS by writing 5 to /proc/self/clear_refs (Linux 4.0 and later).
+mod memory {
+    use image::RgbImage;
+    use serde::Serialize;
+
+    /// kB of a `/proc/self/status` line such as `VmRSS:   35120 kB`.
+    fn status_kb(key: &str) -> Option<f64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    }
+
+    /// Resets the peak to the current RSS; returns that RSS (kB).
+    pub fn reset_peak() -> Option<f64> {
+        std::fs::write("/proc/self/clear_refs", "5").ok()?;
+        status_kb("VmRSS:")
+    }
+
+    /// What analysing one field of the benchmark's size takes, in MB.
+    #[derive(Debug, Clone, Copy, Serialize)]
+    pub struct Peak {
+        /// Resident before any field was loaded would have been: the binary,
+        /// the model and the allocator's pools.
+        pub base_mb: f64,
+        /// One field's pixels (as the camera or a file delivers it).
+        pub field_mb: f64,
+        /// Above what was resident, at the peak of the analyses.
+        pub work_mb: f64,
+        /// base + one field + work: the peak a board sees at this size.
+        pub one_field_mb: f64,
+    }
+
+    impl Peak {
+        pub fn since(loaded_kb: f64, fields: &[RgbImage]) -> Option<Peak> {
+            let peak_kb = status_kb("VmHWM:")?;
+            let mb = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+            let held = fields.iter().map(|f| f.as_raw().len()).sum::<usize>();
+            let field_mb = fields.first().map_or(0.0, |f| mb(f.as_raw().len()));
+            let base_mb = (loaded_kb / 1024.0 - mb(held)).max(0.0);
+            let work_mb = ((peak_kb - loaded_kb) / 1024.0).max(0.0);
+            Some(Peak { base_mb, field_mb, work_mb, one_field_mb: base_mb + field_mb + work_mb })
+        }
+    }
 }
 
 /// The analyzer `bench` times: default detection, scale estimated per field.
@@ -94,9 +162,9 @@ fn print_figures(figs: &[Figure], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(figs)?);
     } else {
-        println!("{:<66} {:>10} {:>7}", "figure", "median ms", "runs");
+        println!("{:<80} {:>10} {:>7}", "figure", "median ms", "runs");
         for f in figs {
-            println!("{:<66} {:>10.3} {:>7}", f.what, f.median_ms, f.runs);
+            println!("{:<80} {:>10.3} {:>7}", f.what, f.median_ms, f.runs);
         }
     }
     Ok(())
@@ -267,9 +335,13 @@ pub fn many_fields_figures(fields: &[RgbImage], name: &str, analyzer: &Analyzer,
     }
     let n = fields.len() as f64;
     let what = |fig: &str| format!("{fig}, mean of {} fields ({cells} cells), {w}x{h}", fields.len());
+    // What the whole field spends beyond the two stages timed alone: inference,
+    // morphometry and the calls (a difference of medians, so an estimate).
+    let rest_ms = (whole_ms - detect_ms - prepare_ms).max(0.0) / n;
     vec![
         Figure { what: what("detect"), median_ms: detect_ms / n, runs },
         Figure { what: what("cut + prepare"), median_ms: prepare_ms / n, runs },
+        Figure { what: what("inference + calls (by difference)"), median_ms: rest_ms, runs },
         Figure { what: what(&format!("whole field {name}")), median_ms: whole_ms / n, runs },
     ]
 }
