@@ -675,7 +675,10 @@ fn a_second_run_on_the_same_state_folder_is_refused() {
         .expect("spawn the first run");
     let pid = first.id().to_string();
     let t0 = std::time::Instant::now();
-    while std::fs::read_to_string(state.join("lock")).unwrap_or_default().trim() != pid {
+    // Wait until the first run holds the folder and has started its session
+    // (killed between the two, it would leave nothing for the last step to resume).
+    let holds = || std::fs::read_to_string(state.join("lock")).unwrap_or_default().trim() == pid;
+    while !holds() || sessions(&state).is_empty() {
         assert!(first.try_wait().expect("wait").is_none(), "the first run ended early");
         assert!(t0.elapsed().as_secs() < 60, "the first run never took the state folder");
         std::thread::sleep(std::time::Duration::from_millis(20));
