@@ -47,6 +47,7 @@ pub struct Config {
     pub camera: crate::hw::camera::CameraConfig,
     pub display: crate::hw::display::DisplayConfig,
     pub buttons: crate::hw::gpio::ButtonsConfig,
+    pub scanner: crate::hw::scanner::ScannerConfig,
     pub review: crate::review::server::ReviewConfig,
 }
 
@@ -169,6 +170,7 @@ impl Config {
             self.detect.validate(),
             self.camera.validate(),
             self.buttons.validate(),
+            self.scanner.validate(),
             self.review.validate(),
             self.display.validate(),
         ];

@@ -197,6 +197,8 @@ fn run_reaches_the_target_and_writes_the_report() {
     let expected = View {
         phase: leukoscope::hw::display::Phase::Finished,
         sample_id: "S0001".into(),
+        needs_id: false,
+        operator_id: String::new(),
         counted: n,
         target: 100,
         fields: per_field.len() as u64,
@@ -216,5 +218,126 @@ fn run_reaches_the_target_and_writes_the_report() {
         .into_iter()
         .any(|skip| render_rgb(Layout::Large, &View { skip, ..expected.clone() }) == shown);
     assert!(matches, "screen.png is not the final count's screen");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The codes of the recorded scanner stream (tests/fixtures, see tests/scanner.rs):
+/// an operator badge and a sample tube.
+fn scanned_codes() -> Vec<String> {
+    use leukoscope::hw::scanner::{decode, parse_events, Layout};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/scanner-hid.long64.evdev");
+    let codes = decode(parse_events(&std::fs::read(path).expect("fixture"), Layout::Long64));
+    assert_eq!(codes, ["OP:Jane.Doe", "HX-2024/0117a"]);
+    codes
+}
+
+/// Each field still for four frames, so the gate analyses it.
+fn still_frames(paths: &[PathBuf], each: usize) -> Frames {
+    let mut frames = VecDeque::new();
+    for (i, p) in paths.iter().enumerate() {
+        let img = leukoscope::input::load_rgb(p).expect("field");
+        for k in 0..each {
+            frames.push_back(Frame { image: img.clone(), seq: (i * each + k) as u64, origin: p.display().to_string() });
+        }
+    }
+    Frames(frames)
+}
+
+/// With `require_sample_id`, START waits for a scanned ID (the screen asks for
+/// one); the scanned sample and operator IDs go into the journal and every
+/// report file; a sample scanned while counting is refused, not taken.
+#[test]
+fn start_waits_for_a_scanned_id_which_reaches_every_report() {
+    let state = temp("ids");
+    let config = SessionConfig { state_dir: Some(state.clone()), require_sample_id: true, ..Default::default() };
+    let mut app = Appliance::new(analyzer(), config, GateParams::default(), 20.0).expect("appliance");
+    let codes = scanned_codes();
+    let script = format!("1 start\n3 id {}\n3 id {}\n4 start\n9 id OTHER-1\n14 finish", codes[0], codes[1]);
+    let mut buttons = ScriptedButtons::parse(&script).expect("script");
+    let mut screens = Screens::default();
+    let opts = LoopOptions { exit_when_exhausted: true, until_finished: true };
+    let mut frames = still_frames(&bccd_fields(4, 10), 4);
+    run_loop(&mut app, &mut frames, &mut buttons, &mut screens, None, opts).expect("loop");
+
+    // The first START was refused, with the screen asking for a scan.
+    let refused = screens.0.iter().position(|v| v.message.as_deref() == Some("scan sample ID first"));
+    let refused = &screens.0[refused.expect("START refused without an ID")];
+    assert!(refused.needs_id && refused.sample_id.is_empty(), "{refused:?}");
+    // Then the scanned ID was shown, ready for START.
+    assert!(screens.0.iter().any(|v| v.sample_id == "HX-2024/0117a" && !v.needs_id && v.operator_id == "Jane.Doe"));
+    // A sample scanned while counting is refused with a message; the session keeps its ID.
+    assert!(screens.0.iter().any(|v| v.message.as_deref() == Some("ignored OTHER-1: finish HX-2024/0117a first")));
+    assert_eq!(app.finished_count, 1);
+
+    let sessions = session_dirs(&state);
+    assert_eq!(sessions.len(), 1, "only the START with an ID opened a session: {sessions:?}");
+    let s = &sessions[0];
+    assert!(s.ends_with("00001-HX-2024_0117a"), "{}", s.display());
+    let journal = std::fs::read_to_string(s.join("journal.jsonl")).expect("journal");
+    let start: Value = serde_json::from_str(journal.lines().next().expect("start")).expect("json");
+    assert_eq!((start["sample_id"].as_str(), start["operator_id"].as_str()), (Some("HX-2024/0117a"), Some("Jane.Doe")));
+    assert!(!journal.contains("OTHER-1"));
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(s.join("results.json")).expect("results")).expect("json");
+    assert_eq!(results["sample"]["id"], "HX-2024/0117a");
+    assert_eq!(results["sample"]["operator_id"], "Jane.Doe");
+    assert_eq!(results["session"]["sample_id"], "HX-2024/0117a");
+    let html = std::fs::read_to_string(s.join("report.html")).expect("report.html");
+    assert!(html.contains("HX-2024/0117a") && html.contains("Jane.Doe"), "report.html lacks the IDs");
+    let fhir: Value = serde_json::from_slice(&std::fs::read(s.join("report.fhir.json")).expect("fhir")).expect("json");
+    let text = fhir.to_string();
+    assert!(text.contains("\"value\":\"HX-2024/0117a\"") && text.contains("\"value\":\"Jane.Doe\""), "{text}");
+    let csv = std::fs::read_to_string(s.join("cells.csv")).expect("cells.csv");
+    assert!(csv.lines().next().is_some_and(|h| h.ends_with(",sample_id")));
+    assert!(csv.lines().count() > 1 && csv.lines().skip(1).all(|l| l.ends_with(",HX-2024/0117a")), "{csv}");
+    std::fs::remove_dir_all(&state).ok();
+}
+
+/// Without `require_sample_id` (the default) START needs no ID: automatic
+/// numbers, as before; a scanned ID still takes the place of the next number.
+#[test]
+fn auto_ids_when_allowed() {
+    let state = temp("auto-ids");
+    let config = SessionConfig { state_dir: Some(state.clone()), ..Default::default() };
+    let mut app = Appliance::new(analyzer(), config, GateParams::default(), 20.0).expect("appliance");
+    let mut buttons =
+        ScriptedButtons::parse("1 start\n2 finish\n3 id HX-7\n4 start\n5 finish\n6 start").expect("script");
+    let mut screens = Screens::default();
+    let opts = LoopOptions { exit_when_exhausted: true, until_finished: false };
+    let mut frames = still_frames(&bccd_fields(1, 10), 7);
+    run_loop(&mut app, &mut frames, &mut buttons, &mut screens, None, opts).expect("loop");
+    assert!(screens.0.iter().all(|v| !v.needs_id));
+    let names: Vec<String> =
+        session_dirs(&state).iter().map(|d| d.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["00001-S0001", "00002-HX-7", "00003-S0003"]);
+    std::fs::remove_dir_all(&state).ok();
+}
+
+/// `leukoscope run` with `[scanner] device`: the scanner's events are read from
+/// the device path (here the recording, a regular file) and the scanned IDs
+/// name the session and its report.
+#[test]
+fn run_takes_ids_from_the_configured_scanner() {
+    let dir = temp("scanner-run");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(match std::mem::size_of::<std::ffi::c_long>() {
+        8 => "tests/fixtures/scanner-hid.long64.evdev",
+        _ => "tests/fixtures/scanner-hid.long32.evdev",
+    });
+    let session = format!("require_sample_id = true\n\n[scanner]\ndevice = {fixture:?}");
+    let config = common::write_run_config(&dir, &session);
+    let script = dir.join("buttons.txt");
+    // START again later in case the first came before the scanner thread had read the codes.
+    std::fs::write(&script, "3 start\n6 start\n9 start\n12 finish\n").expect("script");
+    let fields: Vec<String> = bccd_fields(4, 20).iter().map(|p| p.display().to_string()).collect();
+    let mut args = vec!["run", "--config", config.to_str().unwrap(), "--script", script.to_str().unwrap()];
+    args.extend(["--until-finished", "--replay"]);
+    args.extend(fields.iter().map(String::as_str));
+    let out = run_cli(&args);
+    assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sessions = session_dirs(&dir.join("state"));
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(sessions[0].join("results.json")).expect("results")).expect("json");
+    assert_eq!(results["sample"], serde_json::json!({"id": "HX-2024/0117a", "operator_id": "Jane.Doe"}));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -18,6 +18,8 @@ fn counting() -> View {
     View {
         phase: Phase::Counting,
         sample_id: "S-2024-0117".into(),
+        needs_id: false,
+        operator_id: String::new(),
         counted: 87,
         target: 200,
         fields: 12,
@@ -148,6 +150,9 @@ macro_rules! golden {
 golden! {
     idle_screen: Large, idle();
     idle_camera_lost: Large, View { camera_ok: false, ..idle() };
+    idle_scan_id: Large, View { sample_id: String::new(), needs_id: true, ..idle() };
+    idle_operator: Large, View { operator_id: "Jane.Doe".into(), ..idle() };
+    idle_auto_number: Large, View { sample_id: String::new(), ..idle() };
     counting_start: Large, View { counted: 0, fields: 0, blasts: 0, blast_percent: None, ci95: None, unidentified: 0,
         top_classes: vec![], skip: Some(Skip::NoCells), ..counting() };
     counting_normal: Large, counting();
@@ -165,6 +170,7 @@ golden! {
     finished_flagged: Large, done_flagged();
     finished_error: Large, View { message: Some("report not saved: disk full".into()), ..finished() };
     compact_idle: Compact, idle();
+    compact_idle_scan_id: Compact, View { sample_id: String::new(), needs_id: true, ..idle() };
     compact_counting: Compact, counting();
     compact_counting_flagged: Compact, flagged();
     compact_target_reached: Compact, reached();
@@ -233,7 +239,13 @@ fn extreme_views() -> Vec<View> {
             });
             views.push(View { target: 0, counted: 5, blast_percent: Some(f64::NAN), ci95: None, ..base.clone() });
             views.push(View { target: 400, counted: 99_999, message: Some(String::new()), ..base.clone() });
-            views.push(View { sample_id: String::new(), top_classes: vec![], message: Some("x".repeat(23)), ..base });
+            views.push(View {
+                sample_id: String::new(),
+                top_classes: vec![],
+                message: Some("x".repeat(23)),
+                ..base.clone()
+            });
+            views.push(View { needs_id: true, operator_id: long.clone(), sample_id: String::new(), ..base });
         }
     }
     views

@@ -24,6 +24,7 @@ SECTIONS = [
     ("camera", "src/hw/camera/mod.rs", "CameraConfig", "`leukoscope run`: the V4L2 camera."),
     ("display", "src/hw/display/mod.rs", "DisplayConfig", "`leukoscope run`: the screen."),
     ("buttons", "src/hw/gpio.rs", "ButtonsConfig", "`leukoscope run`: the operator's buttons and the signal output."),
+    ("scanner", "src/hw/scanner.rs", "ScannerConfig", "`leukoscope run`: a USB barcode scanner for sample and operator IDs."),
     ("review", "src/review/server/mod.rs", "ReviewConfig", "`leukoscope review`: the review page."),
 ]
 # Keys whose default is "unset": an example value, shown commented out.
@@ -38,6 +39,7 @@ EXAMPLES = {
     ("display", "reset_line"): "27",
     ("display", "backlight_line"): "18",
     ("buttons", "signal_line"): "16",
+    ("scanner", "device"): '"/dev/input/by-id/usb-Barcode_Scanner-event-kbd"',
 }
 HEAD = """# leukoscope configuration. Every key is optional: the values shown are the
 # defaults, and an empty file (or no file) means exactly these. An unknown key

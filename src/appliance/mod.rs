@@ -36,9 +36,21 @@ pub enum ApplianceError {
 pub struct SessionConfig {
     /// Leukocytes to count per sample: 100, 200 or 400. Default 100.
     pub target: u64,
-    /// Sample identifier written into the report. Empty (default): numbered
-    /// automatically, S0001, S0002, ...
+    /// Sample identifier for a sample started without one scanned (or typed as
+    /// `id CODE` on the keyboard stand-in). Empty (default): numbered
+    /// automatically, S0001, S0002, ... Must stay empty with `require_sample_id`.
     pub sample_id: String,
+    /// START needs a sample ID entered for this sample: scanned (`[scanner]`) or
+    /// typed (`id CODE` on the keyboard stand-in, `<poll> id CODE` in a `--script`).
+    /// Until then the screen says "scan sample ID" and START is refused. false
+    /// (default, so that the demo runs without a scanner): a sample started
+    /// without an entered ID gets `sample_id`, or the next number. Set it true
+    /// with a scanner (the board configurations show how).
+    pub require_sample_id: bool,
+    /// A code starting with this prefix is an operator ID (the rest of the code),
+    /// not a sample ID: it goes into the reports of the samples started after it,
+    /// until another operator code. Empty: every code is a sample ID. Default "OP:".
+    pub operator_prefix: String,
     /// Folder for sessions and their reports. Unset: $STATE_DIRECTORY (set by
     /// systemd, /var/lib/leukoscope on a board), else ./leukoscope-sessions.
     pub state_dir: Option<PathBuf>,
@@ -49,7 +61,14 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { target: 100, sample_id: String::new(), state_dir: None, finish_at_target: false }
+        SessionConfig {
+            target: 100,
+            sample_id: String::new(),
+            require_sample_id: false,
+            operator_prefix: "OP:".into(),
+            state_dir: None,
+            finish_at_target: false,
+        }
     }
 }
 
@@ -58,7 +77,27 @@ impl SessionConfig {
         if ![100, 200, 400].contains(&self.target) {
             return Err(InvalidValue::new("session.target", self.target, "must be 100, 200 or 400"));
         }
+        if self.require_sample_id && !self.sample_id.trim().is_empty() {
+            return Err(InvalidValue::new(
+                "session.sample_id",
+                format!("{:?}", self.sample_id),
+                "a fixed ID would stand for every sample: leave it empty with require_sample_id = true",
+            ));
+        }
+        if let Err(why) = check_id(&self.sample_id) {
+            if !self.sample_id.is_empty() {
+                return Err(InvalidValue::new("session.sample_id", format!("{:?}", self.sample_id), why));
+            }
+        }
         Ok(())
+    }
+
+    /// The operator ID in `code`, if it is an operator code.
+    fn operator_in<'a>(&self, code: &'a str) -> Option<&'a str> {
+        if self.operator_prefix.is_empty() {
+            return None;
+        }
+        code.strip_prefix(self.operator_prefix.as_str()).map(str::trim)
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -66,6 +105,23 @@ impl SessionConfig {
             .clone()
             .or_else(|| std::env::var_os("STATE_DIRECTORY").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("leukoscope-sessions"))
+    }
+}
+
+/// Longest sample or operator ID, in characters.
+pub const MAX_ID: usize = 64;
+
+/// Whether `id` can be a sample or operator ID: 1 to [`MAX_ID`] characters, no
+/// control characters (`Err`: why not, for the screen).
+pub fn check_id(id: &str) -> Result<(), &'static str> {
+    if id.trim().is_empty() {
+        Err("empty ID")
+    } else if id.chars().count() > MAX_ID {
+        Err("ID too long (over 64 characters)")
+    } else if id.chars().any(char::is_control) {
+        Err("not an ID (control characters)")
+    } else {
+        Ok(())
     }
 }
 
@@ -88,6 +144,10 @@ pub struct Appliance {
     message: Option<String>,
     /// Sessions finished by this process (for `run --until-finished`).
     pub finished_count: u32,
+    /// The sample ID entered for the next START.
+    next_id: Option<String>,
+    /// The operator ID scanned last: goes into every session started after it.
+    operator: Option<String>,
     /// With no configured scale: fields the session calibrates over.
     calibrate_fields: Option<usize>,
     /// The open session's calibration, rebuilt from its journaled fields
@@ -137,6 +197,8 @@ impl Appliance {
             camera_ok: true,
             message,
             finished_count: 0,
+            next_id: None,
+            operator: None,
             calibrate_fields: None,
             scale: None,
         })
@@ -180,12 +242,61 @@ impl Appliance {
         self.open.as_ref().map(|(s, _)| s)
     }
 
+    /// A code entered (scanned, or typed): an operator ID when it starts with
+    /// the configured prefix, else the sample ID for the next START. While a
+    /// session is open its sample ID stays: a sample code is refused, with a
+    /// message (queueing it could put the wrong ID on the next slide).
+    pub fn on_code(&mut self, code: &str) {
+        let code = code.trim();
+        if let Some(op) = self.config.operator_in(code) {
+            if let Err(why) = check_id(op) {
+                log::warn!("operator code refused: {why}");
+                self.message = Some(format!("operator: {why}"));
+                return;
+            }
+            log::info!("operator {op}");
+            self.message = Some(match self.open {
+                Some(_) => format!("operator {op}: next sample"),
+                None => format!("operator {op}"),
+            });
+            self.operator = Some(op.to_string());
+            return;
+        }
+        if let Err(why) = check_id(code) {
+            log::warn!("sample code refused: {why}");
+            self.message = Some(why.into());
+            return;
+        }
+        if let Some((s, _)) = &self.open {
+            log::warn!("sample ID {code} scanned while counting {}: ignored", s.sample_id);
+            self.message = Some(format!("ignored {code}: finish {} first", s.sample_id));
+            return;
+        }
+        log::info!("sample ID {code} entered");
+        self.next_id = Some(code.to_string());
+        // The last result gives way to the next sample.
+        self.finished = None;
+        self.message = None;
+    }
+
+    /// START must wait for a sample ID to be entered.
+    fn needs_id(&self) -> bool {
+        self.config.require_sample_id && self.next_id.is_none()
+    }
+
     pub fn handle(&mut self, b: Button) -> Result<(), ApplianceError> {
         log::info!("button {b:?} in phase {:?}", self.phase());
+        let needs_id = self.needs_id();
         match (b, self.open.as_mut()) {
+            (Button::Start, None) if needs_id => {
+                log::warn!("START without a sample ID: refused (session.require_sample_id)");
+                self.message = Some("scan sample ID first".into());
+            }
             (Button::Start, None) => {
-                let (s, j) = self.store.start(
-                    &self.config.sample_id,
+                let id = self.next_id.take().unwrap_or_else(|| self.config.sample_id.clone());
+                let (s, j) = self.store.start_by(
+                    &id,
+                    self.operator.as_deref(),
                     self.config.target,
                     self.threshold_percent,
                     &self.analyzer.classifier.card.sha256,
@@ -302,9 +413,18 @@ impl Appliance {
             Phase::TargetReached => display::Phase::TargetReached,
             Phase::Finished => display::Phase::Finished,
         };
+        let idle = s.is_none();
         let mut v = View {
             phase,
-            sample_id: s.map(|s| s.sample_id.clone()).unwrap_or_default(),
+            sample_id: match s {
+                Some(s) => s.sample_id.clone(),
+                None => self.next_id.clone().unwrap_or_else(|| self.config.sample_id.trim().to_string()),
+            },
+            needs_id: idle && self.needs_id(),
+            operator_id: match s {
+                Some(s) => s.operator_id.clone().unwrap_or_default(),
+                None => self.operator.clone().unwrap_or_default(),
+            },
             counted: 0,
             target: s.map_or(self.config.target, |s| s.target),
             fields: 0,
@@ -382,7 +502,11 @@ pub fn run_loop(
         if let Some(n) = notifier.as_mut() {
             n.ping();
         }
-        for b in buttons.poll(idle_wait)? {
+        let presses = buttons.poll(idle_wait)?;
+        for code in buttons.codes() {
+            app.on_code(&code);
+        }
+        for b in presses {
             app.handle(b)?;
         }
         if opts.until_finished && app.finished_count > 0 {

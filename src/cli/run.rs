@@ -16,7 +16,9 @@ use std::path::PathBuf;
 /// still stage showing a new field are analysed. The session is journaled in
 /// the state folder: after a power cut, `run` resumes it. FINISH writes the
 /// same report folder as `analyze --out`. Keyboard stand-in for the buttons:
-/// s = start, c (or Enter) = capture, u = undo, f = finish, each + Enter.
+/// s = start, c (or Enter) = capture, u = undo, f = finish, each + Enter;
+/// "id CODE" + Enter enters a sample ID (or an operator ID: "id OP:name"), as
+/// a barcode scanner (`[scanner] device`) does.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -30,7 +32,8 @@ pub struct Args {
     #[arg(long)]
     replay_fps: Option<f32>,
     /// Press buttons from a script instead of the configured buttons: lines
-    /// "<poll> <start|capture|undo|finish>"; the loop polls once per frame.
+    /// "<poll> <start|capture|undo|finish>", or "<poll> id <CODE>" to enter a
+    /// code as if scanned; the loop polls once per frame.
     #[arg(long)]
     script: Option<PathBuf>,
     /// Folder for sessions and reports; default: the config's.
@@ -90,6 +93,16 @@ pub fn run(a: Args) -> Result<i32> {
         }
         None => leukoscope::hw::gpio::open_buttons(&config.buttons)?,
     };
+    if config.scanner.device.is_some() {
+        if !config.session.require_sample_id {
+            warn!(
+                "a scanner is configured but session.require_sample_id = false: a sample started without a scan \
+                 gets an automatic number"
+            );
+        }
+        let scanner = leukoscope::hw::scanner::Scanner::open(&config.scanner)?;
+        buttons = Box::new(leukoscope::hw::scanner::WithScanner { buttons, scanner });
+    }
     let mut signal = leukoscope::hw::gpio::open_signal(&config.buttons)?;
     let mut app =
         Appliance::new(analyzer, config.session.clone(), config.gate.clone(), config.count.blast_threshold_percent)?

@@ -45,7 +45,8 @@ pub enum ButtonsKind {
 #[serde(default, deny_unknown_fields)]
 pub struct ButtonsConfig {
     /// Button input: "gpio" (push buttons), "keyboard" (stdin lines: s=start,
-    /// c or Enter=capture, f=finish, u=undo; for development) or "none".
+    /// c or Enter=capture, f=finish, u=undo, "id CODE" = a scanned code; for
+    /// development) or "none".
     /// Default "keyboard".
     pub kind: ButtonsKind,
     /// GPIO character device of the buttons' lines. Pi 1-4: /dev/gpiochip0; Pi 5:

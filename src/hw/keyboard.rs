@@ -1,7 +1,8 @@
 //! Development stand-in for the buttons: one command per line on stdin.
 //! `s` = Start, `c` or an empty line (just Enter) = Capture, `f` = Finish,
-//! `u` = Undo. Unknown input is logged and ignored; end of input (Ctrl-D, or a
-//! closed pipe) simply means no more presses.
+//! `u` = Undo, `id CODE` = the code CODE, as if scanned (a sample ID, or an
+//! operator ID with `[session] operator_prefix`). Unknown input is logged and
+//! ignored; end of input (Ctrl-D, or a closed pipe) simply means no more presses.
 
 use std::io::BufRead;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
@@ -23,11 +24,27 @@ pub fn parse_key(line: &str) -> Option<Button> {
     }
 }
 
+/// The code a typed line enters: "id CODE" (the word case-insensitive); the
+/// code is the rest of the line without surrounding blanks.
+pub fn parse_code(line: &str) -> Option<String> {
+    let line = line.trim();
+    let (word, rest) = line.split_once(char::is_whitespace)?;
+    let code = rest.trim();
+    (word.eq_ignore_ascii_case("id") && !code.is_empty()).then(|| code.to_string())
+}
+
+/// What a line stands for.
+enum Typed {
+    Press(Button),
+    Code(String),
+}
+
 /// Reads lines in a background thread (stdin blocks and cannot be polled
-/// portably) and hands presses over a channel.
+/// portably) and hands presses and codes over a channel.
 pub struct KeyboardButtons {
-    rx: Receiver<Button>,
+    rx: Receiver<Typed>,
     ended: bool,
+    codes: Vec<String>,
 }
 
 impl KeyboardButtons {
@@ -48,14 +65,17 @@ impl KeyboardButtons {
                         return;
                     }
                 };
-                match parse_key(&line) {
-                    Some(button) => {
-                        debug!("key {line:?} -> {button:?}");
-                        if tx.send(button).is_err() {
-                            return; // the receiver is gone
-                        }
+                let typed = match (parse_key(&line), parse_code(&line)) {
+                    (Some(button), _) => Typed::Press(button),
+                    (None, Some(code)) => Typed::Code(code),
+                    (None, None) => {
+                        warn!("unknown key {line:?} ignored (s=start, c or Enter=capture, f=finish, u=undo, id CODE)");
+                        continue;
                     }
-                    None => warn!("unknown key {line:?} ignored (s=start, c or Enter=capture, f=finish, u=undo)"),
+                };
+                debug!("key {line:?}");
+                if tx.send(typed).is_err() {
+                    return; // the receiver is gone
                 }
             }
             debug!("keyboard input ended");
@@ -63,7 +83,15 @@ impl KeyboardButtons {
         if let Err(e) = spawned {
             warn!("cannot start the keyboard thread: {e}; no key presses");
         }
-        KeyboardButtons { rx, ended: false }
+        KeyboardButtons { rx, ended: false, codes: Vec::new() }
+    }
+
+    /// Presses in arrival order; codes are set aside for [`ButtonSource::codes`].
+    fn take(&mut self, t: Typed, presses: &mut Vec<Button>) {
+        match t {
+            Typed::Press(b) => presses.push(b),
+            Typed::Code(c) => self.codes.push(c),
+        }
     }
 }
 
@@ -76,7 +104,7 @@ impl ButtonSource for KeyboardButtons {
         }
         let start = Instant::now();
         let first = match self.rx.recv_timeout(timeout) {
-            Ok(b) => b,
+            Ok(t) => t,
             Err(RecvTimeoutError::Timeout) => return Ok(Vec::new()),
             Err(RecvTimeoutError::Disconnected) => {
                 self.ended = true;
@@ -84,10 +112,11 @@ impl ButtonSource for KeyboardButtons {
                 return Ok(Vec::new());
             }
         };
-        let mut presses = vec![first];
+        let mut presses = Vec::new();
+        self.take(first, &mut presses);
         loop {
             match self.rx.try_recv() {
-                Ok(b) => presses.push(b),
+                Ok(t) => self.take(t, &mut presses),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     self.ended = true;
@@ -96,6 +125,10 @@ impl ButtonSource for KeyboardButtons {
             }
         }
         Ok(presses)
+    }
+
+    fn codes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.codes)
     }
 }
 
@@ -112,6 +145,25 @@ mod tests {
         assert_eq!(parse_key("Undo"), Some(Button::Undo));
         assert_eq!(parse_key("x"), None);
         assert_eq!(parse_key("sf"), None);
+        assert_eq!(parse_key("id A1"), None);
+    }
+
+    #[test]
+    fn id_lines_are_codes() {
+        assert_eq!(parse_code("id ABC123").as_deref(), Some("ABC123"));
+        assert_eq!(parse_code("  ID   OP:ann lee \r").as_deref(), Some("OP:ann lee"));
+        assert_eq!(parse_code("id"), None);
+        assert_eq!(parse_code("id   "), None);
+        assert_eq!(parse_code("idx A"), None);
+        let mut kb = KeyboardButtons::from_reader(&b"id S-1\ns\n"[..]);
+        let mut got = Vec::new();
+        let t = Instant::now();
+        while got.is_empty() && t.elapsed() < Duration::from_secs(5) {
+            got.extend(kb.poll(Duration::from_millis(100)).expect("poll"));
+        }
+        assert_eq!(got, [Button::Start]);
+        assert_eq!(kb.codes(), ["S-1"]);
+        assert!(kb.codes().is_empty());
     }
 
     #[test]

@@ -81,7 +81,8 @@ impl ReportFacts {
         let threshold = document["summary"]["threshold_percent"].as_f64().unwrap_or(20.0);
         let text = |v: &Value| v.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
         let sample = &document["sample"];
-        let sample_id = text(&sample["id"]).or_else(|| text(&document["session"]["sample_id"]));
+        let sample_id = Self::sample_id_of(document);
+        let sample_id = (!sample_id.is_empty()).then_some(sample_id);
         let mut class_names = BTreeMap::new();
         for f in fields.iter().chain(reviewed.iter().flat_map(|(r, _)| r.iter())) {
             for c in f.cells.iter().chain(&f.not_counted) {
@@ -118,6 +119,13 @@ impl ReportFacts {
             blasts,
             warning: text(&document["warning"]),
         }
+    }
+
+    /// A report document's sample ID (`analyze --sample-id`, or the session's);
+    /// empty when it has none.
+    pub fn sample_id_of(document: &Value) -> String {
+        let text = |v: &Value| v.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        text(&document["sample"]["id"]).or_else(|| text(&document["session"]["sample_id"])).unwrap_or_default()
     }
 
     /// The count the report stands on: the reviewed one once signed.

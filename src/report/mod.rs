@@ -239,7 +239,7 @@ pub fn write_report(
         source: e,
     })?;
     let files = [
-        ("cells.csv", cells_csv(fields).into_bytes()),
+        ("cells.csv", cells_csv(&crate::report::files::ReportFacts::sample_id_of(document), fields).into_bytes()),
         ("report.html", html),
         ("report.fhir.json", fhir),
         ("results.json", json.into_bytes()),
@@ -382,17 +382,19 @@ impl Drop for OutFolder<'_> {
     }
 }
 
-/// One row per cell seen, counted or not.
-pub fn cells_csv(fields: &[FieldRecord]) -> String {
+/// One row per cell seen, counted or not; each row ends with the sample ID
+/// (empty when there is none), so that rows keep it when copied elsewhere.
+pub fn cells_csv(sample_id: &str, fields: &[FieldRecord]) -> String {
     let mut out = String::from(
         "image,cell,x0,y0,x1,y1,class,label,confidence,blast,counted,reason,crop,nucleus_area_um2,nucleus_diameter_um,\
-         cell_area_um2,cell_diameter_um,nc_ratio\n",
+         cell_area_um2,cell_diameter_um,nc_ratio,sample_id\n",
     );
+    let sample_id = csv_field(sample_id);
     for f in fields {
         for (k, c) in f.cells.iter().chain(&f.not_counted).enumerate() {
             let [x0, y0, x1, y1] = c.bbox;
             out += &format!(
-                "{},{k},{x0},{y0},{x1},{y1},{},{},{:.4},{},{},{},{},{},{},{},{},{}\n",
+                "{},{k},{x0},{y0},{x1},{y1},{},{},{:.4},{},{},{},{},{},{},{},{},{},{sample_id}\n",
                 csv_field(&f.path),
                 csv_field(&c.class),
                 csv_field(&c.label),

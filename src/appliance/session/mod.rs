@@ -66,6 +66,9 @@ pub enum Phase {
 pub enum Entry {
     Start {
         sample_id: String,
+        /// Who counts: the operator ID scanned before START, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operator_id: Option<String>,
         target: u64,
         threshold_percent: f64,
         model_sha256: String,
@@ -92,6 +95,7 @@ pub enum Entry {
 pub struct Session {
     pub dir: PathBuf,
     pub sample_id: String,
+    pub operator_id: Option<String>,
     pub target: u64,
     pub threshold_percent: f64,
     pub model_sha256: String,
@@ -107,9 +111,10 @@ pub struct Session {
 impl Session {
     fn from_start(dir: &Path, start: &Entry) -> Option<Session> {
         match start {
-            Entry::Start { sample_id, target, threshold_percent, model_sha256, .. } => Some(Session {
+            Entry::Start { sample_id, operator_id, target, threshold_percent, model_sha256, .. } => Some(Session {
                 dir: dir.to_path_buf(),
                 sample_id: sample_id.clone(),
+                operator_id: operator_id.clone(),
                 target: *target,
                 threshold_percent: *threshold_percent,
                 model_sha256: model_sha256.clone(),
@@ -179,6 +184,8 @@ impl Session {
     ) -> serde_json::Value {
         let scale = report::ScaleSummary::of(self.fields.iter().map(|(_, r)| r));
         let mut doc = report::analysis_json(card, images, &self.summary(), &scale);
+        // As `analyze --sample-id --operator-id` writes it: the report files read it there.
+        doc["sample"] = serde_json::json!({"id": self.sample_id, "operator_id": self.operator_id});
         doc["session"] = serde_json::json!({
             "sample_id": self.sample_id,
             "target": self.target,

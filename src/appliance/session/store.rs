@@ -71,6 +71,18 @@ impl Store {
         threshold_percent: f64,
         model_sha256: &str,
     ) -> Result<(Session, Journal), SessionError> {
+        self.start_by(sample_id, None, target, threshold_percent, model_sha256)
+    }
+
+    /// [`Store::start`], with the operator who counts.
+    pub fn start_by(
+        &self,
+        sample_id: &str,
+        operator_id: Option<&str>,
+        target: u64,
+        threshold_percent: f64,
+        model_sha256: &str,
+    ) -> Result<(Session, Journal), SessionError> {
         let n = self.bump_counter()?;
         let sample_id = if sample_id.trim().is_empty() { format!("S{n:04}") } else { sample_id.trim().to_string() };
         let safe: String =
@@ -79,6 +91,7 @@ impl Store {
         storage::create_dir_durable(self.fs.as_ref(), &dir.join("crops"))?;
         let start = Entry::Start {
             sample_id,
+            operator_id: operator_id.map(str::to_string),
             target,
             threshold_percent,
             model_sha256: model_sha256.to_string(),

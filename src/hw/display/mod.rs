@@ -68,8 +68,13 @@ impl Skip {
 pub struct View {
     /// Which screen to draw.
     pub phase: Phase,
-    /// Sample identifier as entered (shown shortened in the middle when too long).
+    /// Sample identifier as entered (shown shortened in the middle when too long); on the idle
+    /// screen the one the next START takes, empty for an automatic number.
     pub sample_id: String,
+    /// Idle: START waits for a sample ID to be scanned (the screen asks for one).
+    pub needs_id: bool,
+    /// Operator ID, empty when none was scanned (shown on the large idle screen).
+    pub operator_id: String,
     /// Leukocytes counted so far, unidentified cells included.
     pub counted: u64,
     /// Cells to count: 100, 200 or 400.
@@ -104,6 +109,8 @@ impl Default for View {
         View {
             phase: Phase::Idle,
             sample_id: String::new(),
+            needs_id: false,
+            operator_id: String::new(),
             counted: 0,
             target: 200,
             fields: 0,

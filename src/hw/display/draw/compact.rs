@@ -42,10 +42,15 @@ pub fn draw_compact<D: DrawTarget<Color = BinaryColor>>(view: &View, d: &mut D) 
     };
 
     if view.phase == Phase::Idle {
-        let id = if view.sample_id.trim().is_empty() { "(no id)".into() } else { fit_middle(&view.sample_id, 21) };
+        let id = match view.sample_id.trim() {
+            _ if view.needs_id => "(no sample ID)".into(),
+            "" => "(auto number)".into(),
+            _ => fit_middle(&view.sample_id, 21),
+        };
         label(d, &id, &FONT_6X10, On, 0, 128, 13, Align::Center)?;
         d.fill_solid(&Rectangle::new(Point::new(14, 27), Size::new(100, 19)), On)?;
-        label(d, "press START", &FONT_6X13_BOLD, Off, 14, 114, 30, Align::Center)?;
+        let key = if view.needs_id { "scan sample ID" } else { "press START" };
+        label(d, key, &FONT_6X13_BOLD, Off, 14, 114, 30, Align::Center)?;
         return match extra_message(view) {
             _ if !view.camera_ok => inverted(d, "CAMERA LOST"),
             Some(m) => label(d, m, &FONT_6X10, On, 0, 128, 53, Align::Center),

@@ -57,18 +57,31 @@ pub fn draw_large<D: DrawTarget<Color = Rgb565>>(view: &View, d: &mut D) -> Resu
 
 fn idle_large<D: DrawTarget<Color = Rgb565>>(view: &View, d: &mut D) -> Result<(), D::Error> {
     label(d, "SAMPLE", &FONT_6X10, DIM, 5, 235, 36, Align::Left)?;
-    if view.sample_id.trim().is_empty() {
-        label(d, "(no id)", &FONT_10X20, DIM, 5, 235, 50, Align::Left)?;
+    if view.needs_id {
+        label(d, "(not scanned)", &FONT_10X20, AMBER, 5, 235, 50, Align::Left)?;
+    } else if view.sample_id.trim().is_empty() {
+        label(d, "(auto number)", &FONT_10X20, DIM, 5, 235, 50, Align::Left)?;
     } else {
         let id = fit_middle(&view.sample_id, chars_in(&FONT_10X20, 230));
         label(d, &id, &FONT_10X20, FG, 5, 235, 50, Align::Left)?;
     }
+    if !view.operator_id.trim().is_empty() {
+        label(d, "OPERATOR", &FONT_6X10, DIM, 5, 60, 77, Align::Left)?;
+        let op = fit_middle(&view.operator_id, chars_in(&FONT_7X13, 235 - 62));
+        label(d, &op, &FONT_7X13, FG, 62, 235, 75, Align::Left)?;
+    }
 
-    // The START prompt as a big green key.
+    // The START prompt as a big green key; without the sample ID it needs, an amber "scan" key.
     let key = Rectangle::new(Point::new(20, 96), Size::new(200, 96));
-    d.fill_solid(&key, GREEN)?;
-    label(d, "press", &FONT_10X20, BG, 20, 220, 106, Align::Center)?;
-    big_word(d, "START", &FONT_10X20, BG, (20, 220), 134)?;
+    if view.needs_id {
+        d.fill_solid(&key, AMBER)?;
+        label(d, "scan the", &FONT_10X20, BG, 20, 220, 106, Align::Center)?;
+        big_word(d, "SAMPLE ID", &FONT_10X20, BG, (20, 220), 134)?;
+    } else {
+        d.fill_solid(&key, GREEN)?;
+        label(d, "press", &FONT_10X20, BG, 20, 220, 106, Align::Center)?;
+        big_word(d, "START", &FONT_10X20, BG, (20, 220), 134)?;
+    }
 
     if view.camera_ok {
         Circle::new(Point::new(62, 220), 13).into_styled(PrimitiveStyle::with_fill(GREEN)).draw(d)?;
