@@ -48,6 +48,7 @@ pub struct Config {
     pub display: crate::hw::display::DisplayConfig,
     pub buttons: crate::hw::gpio::ButtonsConfig,
     pub review: crate::review::server::ReviewConfig,
+    pub export: crate::appliance::export::ExportConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -171,6 +172,7 @@ impl Config {
             self.buttons.validate(),
             self.review.validate(),
             self.display.validate(),
+            self.export.validate(),
         ];
         if let Some(Err(source)) = sections.into_iter().find(Result::is_err) {
             return Err(ConfigError::Value { path: path.into(), source });

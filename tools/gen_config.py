@@ -25,6 +25,7 @@ SECTIONS = [
     ("display", "src/hw/display/mod.rs", "DisplayConfig", "`leukoscope run`: the screen."),
     ("buttons", "src/hw/gpio.rs", "ButtonsConfig", "`leukoscope run`: the operator's buttons and the signal output."),
     ("review", "src/review/server/mod.rs", "ReviewConfig", "`leukoscope review`: the review page."),
+    ("export", "src/appliance/export.rs", "ExportConfig", "`leukoscope run`: copying each report to a USB stick at FINISH."),
 ]
 # Keys whose default is "unset": an example value, shown commented out.
 EXAMPLES = {
