@@ -357,11 +357,25 @@ fn finish_without_a_stick_says_so() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// A stick that fills up after a few files (tests run as root, so a read-only
-/// folder would not stop them: the failure comes through the storage seam).
+/// A stick that fills up after a few files, or is pulled out then (tests run
+/// as root, so a read-only folder would not stop them: the failure comes
+/// through the storage seam).
 struct FullStick {
     stick: PathBuf,
     files_left: AtomicUsize,
+    /// Pulled out when the files run out: from then on everything on it fails
+    /// (EIO), removing the partial copy too, until `files_left` is set again.
+    pulled: bool,
+}
+
+impl FullStick {
+    /// Fails an operation on the stick once it is full or gone.
+    fn gone(&self, path: &Path) -> std::io::Result<()> {
+        if self.pulled && path.starts_with(&self.stick) && self.files_left.load(Ordering::SeqCst) == 0 {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        Ok(())
+    }
 }
 
 impl Storage for FullStick {
@@ -369,9 +383,11 @@ impl Storage for FullStick {
         Os.read(path)
     }
     fn create(&self, path: &Path) -> std::io::Result<Box<dyn StorageFile>> {
+        self.gone(path)?;
         if path.starts_with(&self.stick) && self.files_left.fetch_sub(1, Ordering::SeqCst) == 0 {
             self.files_left.store(0, Ordering::SeqCst);
-            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            return Err(std::io::Error::from_raw_os_error(if self.pulled { 5 } else { 28 }));
+            // EIO, ENOSPC
         }
         Os.create(path)
     }
@@ -379,18 +395,23 @@ impl Storage for FullStick {
         Os.open_append(path)
     }
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.gone(to)?;
         Os.rename(from, to)
     }
     fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.gone(path)?;
         Os.remove_file(path)
     }
     fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.gone(path)?;
         Os.create_dir(path)
     }
     fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.gone(path)?;
         Os.remove_dir_all(path)
     }
     fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.gone(path)?;
         Os.sync_dir(path)
     }
     fn list(&self, dir: &Path) -> std::io::Result<Vec<(String, Kind)>> {
@@ -410,7 +431,7 @@ fn a_stick_that_fails_mid_copy_leaves_no_half_report() {
     let stick = dir.join("media/pi/SMALL/leukoscope");
     std::fs::create_dir_all(&stick).expect("stick");
     let export = stick_config(&dir.join("media/*/*/leukoscope"));
-    let fs = Arc::new(FullStick { stick: stick.clone(), files_left: AtomicUsize::new(3) });
+    let fs = Arc::new(FullStick { stick: stick.clone(), files_left: AtomicUsize::new(3), pulled: false });
     let (app, screens, s) = finish_with_export(&dir.join("state"), export, fs);
     match app.last_export() {
         Some(Outcome::Failed { dir: d, kind, error }) => {
@@ -493,5 +514,40 @@ fn reports_are_readable_by_the_group_only() {
         }
     }
     assert!(checked > 10, "{checked} files");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The stick is pulled out in the middle of the copy, so that not even the
+/// partial copy can be removed: what is left is the hidden `.NAME.partial`,
+/// never a folder under the report's name; plugged in again, the next export
+/// of the report removes it and copies the whole report.
+#[test]
+fn a_stick_pulled_mid_copy_leaves_only_a_hidden_partial_copy() {
+    let dir = temp("pulled");
+    let stick = dir.join("media/pi/PULLED/leukoscope");
+    std::fs::create_dir_all(&stick).expect("stick");
+    let export = stick_config(&dir.join("media/*/*/leukoscope"));
+    let fs = Arc::new(FullStick { stick: stick.clone(), files_left: AtomicUsize::new(4), pulled: true });
+    let (app, screens, s) = finish_with_export(&dir.join("state"), export.clone(), fs.clone());
+    assert!(matches!(app.last_export(), Some(Outcome::Failed { .. })), "{:?}", app.last_export());
+    assert_eq!(
+        screens.0.last().and_then(|v| v.message.as_deref()),
+        Some("report saved; USB stick: write error, not exported")
+    );
+    let name = s.file_name().expect("name").to_string_lossy().into_owned();
+    let left = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).expect("stick").flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(left(&stick), vec![format!(".{name}.partial")], "only the hidden partial copy is left");
+    assert_report_whole(&s);
+    // Plugged in again.
+    fs.files_left.store(usize::MAX, Ordering::SeqCst);
+    let again = leukoscope::appliance::export::export(fs.as_ref(), &export, &s);
+    assert_eq!(again, Outcome::Exported(stick.join(&name)));
+    assert_eq!(left(&stick), vec![name.clone()], "the partial copy is gone");
+    assert_eq!(tree(&stick.join(&name)), tree(&s));
     std::fs::remove_dir_all(&dir).ok();
 }
