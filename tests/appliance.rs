@@ -532,7 +532,7 @@ fn a_stick_pulled_mid_copy_leaves_only_a_hidden_partial_copy() {
     assert!(matches!(app.last_export(), Some(Outcome::Failed { .. })), "{:?}", app.last_export());
     assert_eq!(
         screens.0.last().and_then(|v| v.message.as_deref()),
-        Some("report saved; USB stick: write error, not exported")
+        Some("report saved; USB stick: I/O error, not exported")
     );
     let name = s.file_name().expect("name").to_string_lossy().into_owned();
     let left = |d: &Path| -> Vec<String> {

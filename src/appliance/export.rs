@@ -105,7 +105,7 @@ impl Outcome {
                 io::ErrorKind::ReadOnlyFilesystem => "read-only, not exported".into(),
                 io::ErrorKind::PermissionDenied => "no write access".into(),
                 io::ErrorKind::NotFound => "removed? not exported".into(),
-                _ => "write error, not exported".into(),
+                _ => "I/O error, not exported".into(),
             },
         }
     }
