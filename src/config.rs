@@ -49,6 +49,7 @@ pub struct Config {
     pub buttons: crate::hw::gpio::ButtonsConfig,
     pub scanner: crate::hw::scanner::ScannerConfig,
     pub review: crate::review::server::ReviewConfig,
+    pub export: crate::appliance::export::ExportConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -173,6 +174,7 @@ impl Config {
             self.scanner.validate(),
             self.review.validate(),
             self.display.validate(),
+            self.export.validate(),
         ];
         if let Some(Err(source)) = sections.into_iter().find(Result::is_err) {
             return Err(ConfigError::Value { path: path.into(), source });

@@ -71,9 +71,16 @@ impl From<StorageError> for io::Error {
     }
 }
 
-/// The real filesystem.
+/// The real filesystem. Files are created 0640 and folders 0750 (less what
+/// the umask takes away): the service's group (`leukoscope`, which staff join)
+/// reads the reports, nobody else does, and only the owner writes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Os;
+
+/// Permissions of the files [`Os`] creates (before the umask).
+pub const FILE_MODE: u32 = 0o640;
+/// Permissions of the folders [`Os`] creates (before the umask).
+pub const DIR_MODE: u32 = 0o750;
 
 struct OsFile {
     file: std::fs::File,
@@ -102,7 +109,11 @@ impl Storage for Os {
         std::fs::read(path)
     }
     fn create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(OsFile { file: std::fs::File::create(path)?, data_only: false }))
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, FILE_MODE);
+        Ok(Box::new(OsFile { file: opts.open(path)?, data_only: false }))
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let file = std::fs::OpenOptions::new().append(true).open(path)?;
@@ -115,7 +126,10 @@ impl Storage for Os {
         std::fs::remove_file(path)
     }
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir(path)
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+        builder.create(path)
     }
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_dir_all(path)

@@ -3,15 +3,19 @@
 //! buttons to the target, with its report and screens checked.
 
 use image::RgbImage;
+use leukoscope::appliance::export::{ExportConfig, Outcome};
 use leukoscope::appliance::{run_loop, Appliance, LoopOptions, SessionConfig};
 use leukoscope::hw::buttons::ScriptedButtons;
 use leukoscope::hw::display::{render_rgb, Display, DisplayError, Layout, View};
 use leukoscope::hw::source::{shift_image, Frame, FrameSource, SourceError};
+use leukoscope::storage::{Kind, Os, Storage, StorageFile};
 use leukoscope::vision::gating::GateParams;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 mod common;
 
@@ -339,5 +343,333 @@ fn run_takes_ids_from_the_configured_scanner() {
     let results: Value =
         serde_json::from_slice(&std::fs::read(sessions[0].join("results.json")).expect("results")).expect("json");
     assert_eq!(results["sample"], serde_json::json!({"id": "HX-2024/0117a", "operator_id": "Jane.Doe"}));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ------------------------------------------------- reports to a USB stick (issue 15)
+
+/// Two real fields, each still long enough to be counted, then FINISH.
+fn two_fields_then_finish() -> (Frames, ScriptedButtons) {
+    let mut frames = VecDeque::new();
+    for (i, p) in bccd_fields(2, 20).iter().enumerate() {
+        let img = leukoscope::input::load_rgb(p).expect("field");
+        for k in 0..4 {
+            frames.push_back(Frame { image: img.clone(), seq: (i * 4 + k) as u64, origin: p.display().to_string() });
+        }
+    }
+    let n = frames.len() + 1;
+    (Frames(frames), ScriptedButtons::parse(&format!("1 start\n{n} finish\n")).expect("script"))
+}
+
+/// A session counted on two fields and finished, with export configured to
+/// `export` (through `fs`); returns the appliance, the screens shown and the
+/// session folder.
+fn finish_with_export(state: &Path, export: ExportConfig, fs: Arc<dyn Storage>) -> (Appliance, Screens, PathBuf) {
+    let config = SessionConfig { state_dir: Some(state.to_path_buf()), ..Default::default() };
+    let mut app = Appliance::new(analyzer(), config, GateParams::default(), 20.0)
+        .expect("appliance")
+        .export_to(export)
+        .export_through(fs);
+    let (mut frames, mut buttons) = two_fields_then_finish();
+    let mut screens = Screens::default();
+    let opts = LoopOptions { exit_when_exhausted: true, until_finished: true };
+    run_loop(&mut app, &mut frames, &mut buttons, &mut screens, None, opts).expect("loop");
+    assert_eq!(app.finished_count, 1, "the session finished");
+    let sessions = session_dirs(state);
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let s = sessions[0].clone();
+    (app, screens, s)
+}
+
+/// Every file under `dir` with its bytes, by path relative to `dir`.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    common::files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read");
+            (p.strip_prefix(dir).expect("under").display().to_string(), bytes)
+        })
+        .collect()
+}
+
+/// The session's own report folder is whole: results.json names every crop,
+/// and each is there.
+fn assert_report_whole(s: &Path) {
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(s.join("results.json")).expect("results.json")).expect("json");
+    assert!(doc["summary"]["cells"].as_u64().is_some_and(|n| n > 0), "cells counted");
+    for f in ["cells.csv", "report.html", "report.fhir.json", "journal.jsonl"] {
+        assert!(s.join(f).is_file(), "{f} missing from the session's report");
+    }
+    let crops: Vec<&str> = doc["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .flat_map(|i| {
+            i["cells"].as_array().into_iter().flatten().chain(i["not_counted"].as_array().into_iter().flatten())
+        })
+        .filter_map(|c| c["crop"].as_str())
+        .collect();
+    assert!(!crops.is_empty() && crops.iter().all(|c| s.join(c).is_file()), "a crop the report names is missing");
+}
+
+fn stick_config(pattern: &Path) -> ExportConfig {
+    ExportConfig { dirs: vec![pattern.display().to_string()], allow_same_disk: true }
+}
+
+/// FINISH copies the report folder to the stick's leukoscope/ folder, whole,
+/// byte for byte, under the session's name, and the screen says where; the
+/// same report again is not copied twice, a different one of the same name
+/// gets a suffix, never overwriting.
+#[test]
+fn finish_exports_the_report_to_a_usb_stick() {
+    let dir = temp("export");
+    let stick = dir.join("media/pi/KINGSTON/leukoscope");
+    std::fs::create_dir_all(&stick).expect("stick");
+    std::fs::create_dir_all(dir.join("media/pi/CAMERA")).expect("another stick");
+    let export = stick_config(&dir.join("media/*/*/leukoscope"));
+    let (app, screens, s) = finish_with_export(&dir.join("state"), export.clone(), Arc::new(Os));
+    let to = stick.join(s.file_name().expect("name"));
+    assert_eq!(app.last_export(), Some(&Outcome::Exported(to.clone())));
+    let original = tree(&s);
+    assert!(original.len() > 5, "{:?}", original.keys());
+    assert_eq!(tree(&to), original, "the copy on the stick is the report, byte for byte");
+    let names: Vec<String> =
+        std::fs::read_dir(&stick).expect("stick").flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    assert_eq!(names.len(), 1, "nothing else left on the stick: {names:?}");
+    let messages: Vec<&str> = screens.0.iter().filter_map(|v| v.message.as_deref()).collect();
+    assert_eq!(messages.last(), Some(&"report saved; USB stick: exported to KINGSTON"));
+    assert_eq!(screens.0.last().map(|v| v.phase), Some(leukoscope::hw::display::Phase::Finished));
+
+    // Again (`session export` by hand): the same report is there already.
+    let again = leukoscope::appliance::export::export(&Os, &export, &s);
+    assert_eq!(again, Outcome::AlreadyThere(to.clone()));
+    // Another report of the same name (a second appliance): beside it, not over it.
+    std::fs::write(to.join("results.json"), b"{}").expect("edit");
+    let other = leukoscope::appliance::export::export(&Os, &export, &s);
+    let second = stick.join(format!("{}-2", s.file_name().expect("name").to_string_lossy()));
+    assert_eq!(other, Outcome::Exported(second.clone()));
+    assert_eq!(tree(&second), original);
+    assert_eq!(std::fs::read(to.join("results.json")).expect("kept"), b"{}", "the first copy is left alone");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// No stick with a leukoscope/ folder: the report is saved all the same, and
+/// the screen says why nothing was exported. A leukoscope/ folder on the
+/// appliance's own disk (an empty mount point) is not a stick.
+#[test]
+fn finish_without_a_stick_says_so() {
+    let dir = temp("nostick");
+    std::fs::create_dir_all(dir.join("media/pi/CAMERA")).expect("a stick without the folder");
+    let export = stick_config(&dir.join("media/*/*/leukoscope"));
+    let (app, screens, s) = finish_with_export(&dir.join("state"), export, Arc::new(Os));
+    assert_eq!(app.last_export(), Some(&Outcome::NoStick));
+    assert_eq!(
+        screens.0.last().and_then(|v| v.message.as_deref()),
+        Some("report saved; USB stick: none with leukoscope/")
+    );
+    assert_report_whole(&s);
+
+    std::fs::create_dir_all(dir.join("mnt/usb/leukoscope")).expect("folder on the same disk");
+    let own = ExportConfig { dirs: vec![format!("{}/mnt/*/leukoscope", dir.display())], allow_same_disk: false };
+    let o = leukoscope::appliance::export::export(&Os, &own, &s);
+    assert_eq!(o, Outcome::OwnDisk(dir.join("mnt/usb/leukoscope")));
+    assert_eq!(o.status(), "not a separate disk");
+    assert!(common::files_under(&dir.join("mnt")).is_empty());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A stick that fills up after a few files, or is pulled out then (tests run
+/// as root, so a read-only folder would not stop them: the failure comes
+/// through the storage seam).
+struct FullStick {
+    stick: PathBuf,
+    files_left: AtomicUsize,
+    /// Pulled out when the files run out: from then on everything on it fails
+    /// (EIO), removing the partial copy too, until `files_left` is set again.
+    pulled: bool,
+}
+
+impl FullStick {
+    /// Fails an operation on the stick once it is full or gone.
+    fn gone(&self, path: &Path) -> std::io::Result<()> {
+        if self.pulled && path.starts_with(&self.stick) && self.files_left.load(Ordering::SeqCst) == 0 {
+            return Err(std::io::Error::from_raw_os_error(5)); // EIO
+        }
+        Ok(())
+    }
+}
+
+impl Storage for FullStick {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        Os.read(path)
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn StorageFile>> {
+        self.gone(path)?;
+        if path.starts_with(&self.stick) && self.files_left.fetch_sub(1, Ordering::SeqCst) == 0 {
+            self.files_left.store(0, Ordering::SeqCst);
+            return Err(std::io::Error::from_raw_os_error(if self.pulled { 5 } else { 28 }));
+            // EIO, ENOSPC
+        }
+        Os.create(path)
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn StorageFile>> {
+        Os.open_append(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.gone(to)?;
+        Os.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.gone(path)?;
+        Os.remove_file(path)
+    }
+    fn create_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.gone(path)?;
+        Os.create_dir(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.gone(path)?;
+        Os.remove_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.gone(path)?;
+        Os.sync_dir(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<(String, Kind)>> {
+        Os.list(dir)
+    }
+    fn kind(&self, path: &Path) -> Option<Kind> {
+        Os.kind(path)
+    }
+}
+
+/// The stick fills up in the middle of the copy: nothing is left on it under
+/// the report's name (nor half a copy beside it), the appliance's own report
+/// is whole, and the screen says the stick is full.
+#[test]
+fn a_stick_that_fails_mid_copy_leaves_no_half_report() {
+    let dir = temp("fullstick");
+    let stick = dir.join("media/pi/SMALL/leukoscope");
+    std::fs::create_dir_all(&stick).expect("stick");
+    let export = stick_config(&dir.join("media/*/*/leukoscope"));
+    let fs = Arc::new(FullStick { stick: stick.clone(), files_left: AtomicUsize::new(3), pulled: false });
+    let (app, screens, s) = finish_with_export(&dir.join("state"), export, fs);
+    match app.last_export() {
+        Some(Outcome::Failed { dir: d, kind, error }) => {
+            assert_eq!(d, &stick);
+            assert_eq!(*kind, std::io::ErrorKind::StorageFull, "{error}");
+            assert!(
+                error.contains("No space left on device") && error.contains(&stick.display().to_string()),
+                "{error}"
+            );
+        }
+        other => panic!("expected a failed export, got {other:?}"),
+    }
+    assert_eq!(
+        screens.0.last().and_then(|v| v.message.as_deref()),
+        Some("report saved; USB stick: full, not exported")
+    );
+    let left: Vec<String> =
+        std::fs::read_dir(&stick).expect("stick").flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    assert!(left.is_empty(), "left on the stick: {left:?}");
+    assert_report_whole(&s);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `leukoscope run` as the service runs it: every folder of the session and
+/// its copy on the stick is 0750 and every file 0640 (the group `leukoscope`
+/// reads, nobody else), whatever the umask allows beyond that (here 022; the
+/// unit's is 027). Modes are checked, not access: tests run as root.
+#[cfg(unix)]
+#[test]
+fn reports_are_readable_by_the_group_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp("modes");
+    let stick = dir.join("media/pi/STICK/leukoscope");
+    std::fs::create_dir_all(&stick).expect("stick");
+    let config = common::write_run_config(&dir, "");
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "[export]\ndirs = []\n",
+        &format!(
+            "[export]\ndirs = [{:?}]\nallow_same_disk = true\n",
+            dir.join("media/*/*/leukoscope").display().to_string()
+        ),
+    );
+    std::fs::write(&config, text).expect("config");
+    let script = dir.join("buttons.txt");
+    std::fs::write(&script, "1 start\n30 finish\n").expect("script");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_leukoscope"))
+        .args(["run", "--until-finished", "--config"])
+        .arg(&config)
+        .arg("--script")
+        .arg(&script)
+        .arg("--replay")
+        .args(bccd_fields(8, 0))
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("exported to"), "{log}");
+    let state = dir.join("state");
+    let s = session_dirs(&state).pop().expect("a session");
+    let copy = stick.join(s.file_name().expect("name"));
+    assert_eq!(tree(&copy), tree(&s));
+    let mut checked = 0;
+    let mut todo = vec![state.clone(), copy];
+    while let Some(d) = todo.pop() {
+        let mode = std::fs::metadata(&d).expect("folder").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o750, "{}: {mode:o}", d.display());
+        for e in std::fs::read_dir(&d).expect("list").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                let mode = std::fs::metadata(&p).expect("file").permissions().mode() & 0o7777;
+                assert_eq!(mode, 0o640, "{}: {mode:o}", p.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 10, "{checked} files");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The stick is pulled out in the middle of the copy, so that not even the
+/// partial copy can be removed: what is left is the hidden `.NAME.partial`,
+/// never a folder under the report's name; plugged in again, the next export
+/// of the report removes it and copies the whole report.
+#[test]
+fn a_stick_pulled_mid_copy_leaves_only_a_hidden_partial_copy() {
+    let dir = temp("pulled");
+    let stick = dir.join("media/pi/PULLED/leukoscope");
+    std::fs::create_dir_all(&stick).expect("stick");
+    let export = stick_config(&dir.join("media/*/*/leukoscope"));
+    let fs = Arc::new(FullStick { stick: stick.clone(), files_left: AtomicUsize::new(4), pulled: true });
+    let (app, screens, s) = finish_with_export(&dir.join("state"), export.clone(), fs.clone());
+    assert!(matches!(app.last_export(), Some(Outcome::Failed { .. })), "{:?}", app.last_export());
+    assert_eq!(
+        screens.0.last().and_then(|v| v.message.as_deref()),
+        Some("report saved; USB stick: I/O error, not exported")
+    );
+    let name = s.file_name().expect("name").to_string_lossy().into_owned();
+    let left = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).expect("stick").flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(left(&stick), vec![format!(".{name}.partial")], "only the hidden partial copy is left");
+    assert_report_whole(&s);
+    // Plugged in again.
+    fs.files_left.store(usize::MAX, Ordering::SeqCst);
+    let again = leukoscope::appliance::export::export(fs.as_ref(), &export, &s);
+    assert_eq!(again, Outcome::Exported(stick.join(&name)));
+    assert_eq!(left(&stick), vec![name.clone()], "the partial copy is gone");
+    assert_eq!(tree(&stick.join(&name)), tree(&s));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -893,3 +893,116 @@ fn same_file(name: &str, got: &[u8], want: &[u8]) -> bool {
 fn same_files(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) -> bool {
     a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| same_file(k, v, w)))
 }
+
+// ------------------------------------------------- export to a USB stick (issue 15)
+
+/// A finished session on the simulated disk; returns the run and its folder.
+fn finished_session<'a>(fields: &'a [Field], card: &'a ModelCard) -> (Run<'a>, PathBuf) {
+    let mut run = Run::new(fields, card);
+    run.boot().expect("boot");
+    for step in script() {
+        run.step(step).expect("step");
+    }
+    let dir = run.session_dir().expect("session");
+    assert!(run.fs.files(&dir).contains_key("results.json"), "finished");
+    (run, dir)
+}
+
+/// A new stick's `leukoscope/` folder on the simulated disk, made durable.
+fn stick(fs: &SimFs, name: &str) -> PathBuf {
+    let dest = Path::new(ROOT).join(name).join("leukoscope");
+    leukoscope::storage::create_dir_durable(fs, &dest).expect("stick");
+    dest
+}
+
+/// Issue 15: the power fails at every operation of an export to a USB stick
+/// (dropping what was not fsync'd, or tearing the last write): afterwards the
+/// stick holds nothing under the report's name (at most a hidden
+/// `.NAME.partial`, which the next export of the report removes), and the
+/// appliance's own report is untouched. The export done again, and the power
+/// cut right after it said "exported", leaves the whole report, byte for byte.
+#[test]
+fn power_cuts_during_an_export_leave_the_whole_report_or_none_on_the_stick() {
+    use leukoscope::appliance::export::{copy_report, Copied};
+    let (fields, card) = fields();
+    let (run, report) = finished_session(&fields, &card);
+    let fs = &run.fs;
+    let original = fs.files(&report);
+    let name = report.file_name().expect("name").to_string_lossy().into_owned();
+    let trial = stick(fs, "trial");
+    let ops0 = fs.state().ops;
+    copy_report(fs, &report, &trial).expect("an export without a cut");
+    let ops = fs.state().ops - ops0;
+    assert!(ops > original.len() as u64, "{ops} operations for {} files", original.len());
+    // Acknowledged, then the power fails: all of it is on the stick.
+    let exported_then_cut = |dest: &Path, why: &str| {
+        fs.state().crash(Cut::Drop);
+        let left: Vec<String> = fs.list(dest).expect("stick").into_iter().map(|(n, _)| n).collect();
+        assert_eq!(left, vec![name.clone()], "{why}: the stick after a cut right after the export");
+        assert_eq!(fs.files(&dest.join(&name)), original, "{why}: the report on the stick after a cut");
+    };
+    exported_then_cut(&trial, "first export");
+    for n in 1..=ops {
+        for cut in [Cut::Drop, Cut::Tear(n)] {
+            let dest = stick(fs, &format!("stick-{n}-{}", matches!(cut, Cut::Tear(_))));
+            let at = fs.state().ops + n;
+            fs.state().cut_at = Some(at);
+            let result = copy_report(fs, &report, &dest);
+            assert!(result.is_err(), "cut at operation {n} of {ops}: the export did not notice");
+            fs.state().crash(cut);
+            assert_eq!(fs.files(&report), original, "cut at {n}: the appliance's report changed");
+            let left: Vec<String> = fs.list(&dest).expect("stick").into_iter().map(|(n, _)| n).collect();
+            let partial = format!(".{name}.partial");
+            assert!(
+                left.is_empty() || left == [partial],
+                "cut at {n} of {ops} ({cut:?}): the stick holds {left:?}, not nothing of the report"
+            );
+            // Power back: exporting again gives the whole report, and drops the partial copy.
+            let again = copy_report(fs, &report, &dest).expect("export after the cut");
+            assert_eq!(again, Copied::New(dest.join(&name)));
+            exported_then_cut(&dest, &format!("cut at {n}, exported again"));
+        }
+    }
+    eprintln!(
+        "{} power cuts during an export of {} files ({ops} operations): none left a report under its name, \
+         each export done again and cut right after left it whole",
+        2 * ops,
+        original.len()
+    );
+}
+
+/// Issue 15: the stick fills up at every write of an export: the error says so
+/// (ENOSPC, naming the stick), the stick holds nothing of the report (the
+/// partial copy is removed), and the appliance's report is untouched.
+#[test]
+fn a_full_stick_at_every_write_leaves_nothing_half_copied() {
+    use leukoscope::appliance::export::copy_report;
+    let (fields, card) = fields();
+    let (run, report) = finished_session(&fields, &card);
+    let fs = &run.fs;
+    let original = fs.files(&report);
+    let mut n = 1;
+    loop {
+        let dest = stick(fs, &format!("full-{n}"));
+        let writes = fs.state().writes;
+        fs.state().full_at = Some(writes + n);
+        let result = copy_report(fs, &report, &dest);
+        fs.state().full_at = None;
+        assert_eq!(fs.files(&report), original, "write {n}: the appliance's report changed");
+        let left = fs.list(&dest).expect("stick");
+        match result {
+            Err(e) => {
+                assert_eq!(e.source.kind(), io::ErrorKind::StorageFull, "write {n}: {e:?}");
+                let text = leukoscope::error_text(&e);
+                assert!(text.contains(&dest.display().to_string()), "write {n}: the error names the stick: {text}");
+                assert!(left.is_empty(), "write {n}: left on the full stick: {left:?}");
+            }
+            Ok(_) => {
+                assert!(n > original.len() as u64, "write {n}: every file is written");
+                assert_eq!(left.len(), 1);
+                break;
+            }
+        }
+        n += 1;
+    }
+}

@@ -169,6 +169,9 @@ golden! {
     finished_screen: Large, finished();
     finished_flagged: Large, done_flagged();
     finished_error: Large, View { message: Some("report not saved: disk full".into()), ..finished() };
+    finished_exported: Large, View { message: Some("report saved; USB stick: exported to KINGSTON".into()), ..finished() };
+    finished_not_exported: Large,
+        View { message: Some("report saved; USB stick: none with leukoscope/".into()), ..finished() };
     compact_idle: Compact, idle();
     compact_idle_scan_id: Compact, View { sample_id: String::new(), needs_id: true, ..idle() };
     compact_counting: Compact, counting();

@@ -5,6 +5,7 @@
 //! [`Appliance`] is the state machine and knows no devices; [`run_loop`] feeds
 //! it from any [`FrameSource`] and [`ButtonSource`] and shows it on any [`Display`].
 
+pub mod export;
 pub mod session;
 pub mod systemd;
 
@@ -15,9 +16,11 @@ use crate::hw::buttons::{Button, ButtonError, ButtonSource, Signal};
 use crate::hw::display::{self, Display, View};
 use crate::hw::source::{Frame, FrameSource, SourceError};
 use crate::report::FieldRecord;
+use crate::storage::Storage;
 use crate::vision::gating::{Decision, FieldGate, GateParams, Skip};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +156,15 @@ pub struct Appliance {
     /// The open session's calibration, rebuilt from its journaled fields
     /// (on start, resume and undo) so that a restart changes nothing.
     scale: Option<crate::vision::calibrate::SessionScale>,
+    /// Where finished reports are copied (a USB stick), and through what.
+    export: Option<(export::ExportConfig, Arc<dyn Storage>)>,
+    /// The export in flight: the report folder, and the thread copying it.
+    export_job: Option<(PathBuf, std::thread::JoinHandle<export::Outcome>)>,
+    last_export: Option<export::Outcome>,
 }
+
+/// What the screen says once FINISH has written the report.
+const SAVED: &str = "report saved";
 
 impl Appliance {
     /// Opens the state folder and resumes a session a crash left open.
@@ -201,6 +212,9 @@ impl Appliance {
             operator: None,
             calibrate_fields: None,
             scale: None,
+            export: None,
+            export_job: None,
+            last_export: None,
         })
     }
 
@@ -213,6 +227,74 @@ impl Appliance {
         }
         self.rebuild_scale();
         self
+    }
+
+    /// After each FINISH, copy the report folder to a USB stick as `config`
+    /// says (no `dirs`: never), in a thread of its own: the count never waits
+    /// for a slow stick. The screen says how it went.
+    pub fn export_to(mut self, config: export::ExportConfig) -> Appliance {
+        self.export = (!config.dirs.is_empty()).then(|| (config, Arc::new(crate::storage::Os) as Arc<dyn Storage>));
+        self
+    }
+
+    /// The storage the export reads and writes through (tests: a stick that fails).
+    pub fn export_through(mut self, fs: Arc<dyn Storage>) -> Appliance {
+        if let Some((_, f)) = self.export.as_mut() {
+            *f = fs;
+        }
+        self
+    }
+
+    /// How the last export ended, once it has.
+    pub fn last_export(&self) -> Option<&export::Outcome> {
+        self.last_export.as_ref()
+    }
+
+    /// Takes in the export's outcome if it has ended.
+    pub fn poll_export(&mut self) {
+        if self.export_job.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+            self.collect_export();
+        }
+    }
+
+    /// Waits for the export in flight, if any, and takes in its outcome.
+    pub fn wait_export(&mut self) {
+        self.collect_export();
+    }
+
+    fn start_export(&mut self, report: &Path) {
+        let Some((config, fs)) = self.export.clone() else { return };
+        // One at a time (a FINISH right after another).
+        self.wait_export();
+        let dir = report.to_path_buf();
+        let job =
+            std::thread::Builder::new().name("export".into()).spawn(move || export::export(fs.as_ref(), &config, &dir));
+        match job {
+            Ok(h) => {
+                self.export_job = Some((report.to_path_buf(), h));
+                self.message = Some(format!("{SAVED}; USB stick: exporting..."));
+            }
+            Err(e) => log::error!("export of {}: cannot start a thread: {e}", report.display()),
+        }
+    }
+
+    fn collect_export(&mut self) {
+        let Some((report, job)) = self.export_job.take() else { return };
+        let outcome = job.join().unwrap_or_else(|_| export::Outcome::Failed {
+            dir: report.clone(),
+            kind: std::io::ErrorKind::Other,
+            error: "the export thread panicked".into(),
+        });
+        if outcome.on_stick() {
+            log::info!("{}: {}", report.display(), outcome.describe());
+        } else {
+            log::warn!("{}: {}", report.display(), outcome.describe());
+        }
+        // Said on the screen while that session's result is shown.
+        if self.open.is_none() && self.finished.as_ref().is_some_and(|s| s.dir == report) {
+            self.message = Some(format!("{SAVED}; USB stick: {}", outcome.status()));
+        }
+        self.last_export = Some(outcome);
     }
 
     /// The session's calibration from its journaled fields.
@@ -331,9 +413,11 @@ impl Appliance {
         if let Some((mut s, mut j)) = self.open.take() {
             session::finish(&mut s, &mut j, &self.analyzer.classifier.card)?;
             log::info!("session {} finished: report in {}", s.sample_id, s.dir.display());
-            self.message = Some("report saved".into());
+            self.message = Some(SAVED.into());
+            let dir = s.dir.clone();
             self.finished = Some(s);
             self.finished_count += 1;
+            self.start_export(&dir);
         }
         Ok(())
     }
@@ -509,6 +593,7 @@ pub fn run_loop(
         for b in presses {
             app.handle(b)?;
         }
+        app.poll_export();
         if opts.until_finished && app.finished_count > 0 {
             break;
         }
@@ -543,6 +628,9 @@ pub fn run_loop(
         }
         show(screen, &view, &mut shown);
     }
+    // A copy to a USB stick in flight is finished, and said, before returning.
+    app.wait_export();
+    show(screen, &app.view(), &mut shown);
     Ok(())
 }
 

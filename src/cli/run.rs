@@ -106,7 +106,8 @@ pub fn run(a: Args) -> Result<i32> {
     let mut signal = leukoscope::hw::gpio::open_signal(&config.buttons)?;
     let mut app =
         Appliance::new(analyzer, config.session.clone(), config.gate.clone(), config.count.blast_threshold_percent)?
-            .calibrate_over(config.scale.calibrate_fields);
+            .calibrate_over(config.scale.calibrate_fields)
+            .export_to(config.export.clone());
     let opts = LoopOptions { exit_when_exhausted: !use_camera, until_finished: a.until_finished };
     run_loop(
         &mut app,

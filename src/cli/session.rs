@@ -25,12 +25,70 @@ enum Action {
         #[arg(long)]
         state: Option<PathBuf>,
     },
+    /// Copy a finished session's report folder to a USB stick, as FINISH does:
+    /// into the first `leukoscope/` folder of the config's export.dirs (or
+    /// --to), all or nothing, never over another folder. Exit status 1 when
+    /// nothing was copied.
+    Export {
+        /// TOML configuration (state folder, export.dirs).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The state folder; default: the config's, as `run` finds it.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Copy into this folder instead of looking for a stick.
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// The session: its folder, or its name under <state>/sessions
+        /// (e.g. 00012-S0012); default: the newest finished one.
+        session: Option<PathBuf>,
+    },
 }
 
 pub fn run(a: Args) -> Result<i32> {
     match a.action {
         Action::Repair { config, state } => repair(config, state),
+        Action::Export { config, state, to, session } => export(config, state, to, session),
     }
+}
+
+/// `session export`: no lock needed, a finished session is not written to by `run`.
+fn export(
+    config: Option<PathBuf>,
+    state: Option<PathBuf>,
+    to: Option<PathBuf>,
+    session: Option<PathBuf>,
+) -> Result<i32> {
+    use leukoscope::appliance::export::{self, Copied, Outcome};
+    let mut cfg = load_config(config.as_deref())?;
+    if let Some(dir) = state {
+        cfg.session.state_dir = Some(dir);
+    }
+    let sessions = cfg.session.state_dir().join("sessions");
+    let finished = |d: &PathBuf| d.join("results.json").is_file();
+    let report = match session {
+        Some(s) if s.is_dir() => s,
+        Some(s) => sessions.join(s),
+        None => {
+            let mut all: Vec<PathBuf> = std::fs::read_dir(&sessions)
+                .map(|d| d.flatten().map(|e| e.path()).filter(finished).collect())
+                .unwrap_or_default();
+            all.sort();
+            all.pop().ok_or_else(|| anyhow::anyhow!("no finished session in {}", sessions.display()))?
+        }
+    };
+    anyhow::ensure!(finished(&report), "{} is not a finished session's report folder", report.display());
+    let fs = leukoscope::storage::Os;
+    let outcome = match to {
+        Some(dest) => match export::copy_report(&fs, &report, &dest) {
+            Ok(Copied::New(p)) => Outcome::Exported(p),
+            Ok(Copied::Same(p)) => Outcome::AlreadyThere(p),
+            Err(e) => Outcome::Failed { dir: dest, kind: e.source.kind(), error: leukoscope::error_text(&e) },
+        },
+        None => export::export(&fs, &cfg.export, &report),
+    };
+    println!("{}: {}", report.display(), outcome.describe());
+    Ok(if outcome.on_stick() { 0 } else { 1 })
 }
 
 /// `session repair`: the state folder `run` would use, under its lock.

@@ -81,12 +81,12 @@ pub fn bin() -> Command {
 }
 
 /// A `run` configuration in `dir`: state in `dir/state`, frames replayed as
-/// fast as analysed, the screen written to `dir/screen.png`; `session` is
-/// added to `[session]`.
+/// fast as analysed, the screen written to `dir/screen.png`, no export to a USB
+/// stick (whatever this machine has mounted); `session` is added to `[session]`.
 pub fn write_run_config(dir: &Path, session: &str) -> PathBuf {
     let p = dir.join("leukoscope.toml");
     let text = format!(
-        "[session]\nstate_dir = {:?}\n{session}\n\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\n\n[display]\nkind = \"png\"\npng_path = {:?}\n",
+        "[session]\nstate_dir = {:?}\n{session}\n\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\n\n[display]\nkind = \"png\"\npng_path = {:?}\n\n[export]\ndirs = []\n",
         dir.join("state"),
         dir.join("screen.png")
     );

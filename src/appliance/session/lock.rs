@@ -17,15 +17,18 @@ pub struct StateLock {
 /// Takes the state folder's advisory lock (flock on `<root>/lock`), held until
 /// the returned value is dropped (the process ends, whatever way).
 pub fn lock_state(root: &Path) -> Result<StateLock, SessionError> {
-    std::fs::create_dir_all(root).map_err(io(root))?;
+    // The modes the storage seam gives everything else (0750, 0640).
+    let mut dirs = std::fs::DirBuilder::new();
+    dirs.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dirs, crate::storage::DIR_MODE);
+    dirs.create(root).map_err(io(root))?;
     let path = root.join("lock");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io(&path))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, crate::storage::FILE_MODE);
+    let mut file = opts.open(&path).map_err(io(&path))?;
     match file.try_lock() {
         Ok(()) => {
             // The holder's pid, for the message another process shows.
