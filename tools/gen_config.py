@@ -24,7 +24,7 @@ SECTIONS = [
     ("camera", "src/hw/camera/mod.rs", "CameraConfig", "`leukoscope run`: the V4L2 camera."),
     ("display", "src/hw/display/mod.rs", "DisplayConfig", "`leukoscope run`: the screen."),
     ("buttons", "src/hw/gpio.rs", "ButtonsConfig", "`leukoscope run`: the operator's buttons and the signal output."),
-    ("review", "src/review/server/mod.rs", "ReviewConfig", "`leukoscope review`: the review page."),
+    ("review", "src/review/server/mod.rs", "ReviewConfig", "`leukoscope review` (and `run` with with_run): the review page."),
 ]
 # Keys whose default is "unset": an example value, shown commented out.
 EXAMPLES = {
