@@ -211,3 +211,45 @@ pub fn write_atomic(fs: &dyn Storage, path: &Path, bytes: &[u8]) -> Result<(), S
     let dir = parent(path);
     fs.sync_dir(dir).map_err(StorageError::new("syncing folder", dir))
 }
+
+/// Writes a set of files into the folder `dir` as one, all or none: each is
+/// written and fsync'd under its temporary name ([`tmp_path`]) first (a full
+/// disk fails there, and the temporary files are removed), then all are
+/// renamed in the order given, and the folder is fsync'd once. A power cut
+/// before that fsync leaves the old set, after it the new one (renames are
+/// durable only with their folder). Put the file that marks the set as
+/// complete last: while its temporary file is still there, the set is being
+/// replaced. On failure the files already renamed are removed and the
+/// temporary ones too; the error names the file.
+pub fn write_files_atomic(fs: &dyn Storage, dir: &Path, files: &[(&str, &[u8])]) -> Result<(), StorageError> {
+    let paths: Vec<PathBuf> = files.iter().map(|(name, _)| dir.join(name)).collect();
+    let cleanup = |upto: usize| {
+        for p in &paths[..upto] {
+            let _ = fs.remove_file(&tmp_path(p));
+        }
+    };
+    for (i, ((_, bytes), path)) in files.iter().zip(&paths).enumerate() {
+        let written = (|| {
+            let mut f = fs.create(&tmp_path(path))?;
+            f.write_all(bytes)?;
+            f.sync()
+        })();
+        if let Err(e) = written {
+            cleanup(i + 1);
+            return Err(StorageError::new("writing", path)(e));
+        }
+    }
+    for (i, path) in paths.iter().enumerate() {
+        if let Err(e) = fs.rename(&tmp_path(path), path) {
+            // Take back what was already renamed: all or nothing.
+            for done in &paths[..i] {
+                let _ = fs.remove_file(done);
+            }
+            for p in &paths[i..] {
+                let _ = fs.remove_file(&tmp_path(p));
+            }
+            return Err(StorageError::new("writing", path)(e));
+        }
+    }
+    fs.sync_dir(dir).map_err(StorageError::new("syncing folder", dir))
+}

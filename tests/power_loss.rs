@@ -725,7 +725,7 @@ fn a_full_disk_leaves_the_session_report_whole_or_absent() {
         let e = leukoscope::error_text(&e);
         assert!(e.contains("No space left on device"), "{e}");
         assert!(
-            ["journal.jsonl", "results.json", "cells.csv", "report.html", "report.fhir.json"]
+            ["journal.jsonl", "results.json", "cells.csv", "report.html", "report.fhir.json", "report.hl7"]
                 .iter()
                 .any(|f| e.contains(&format!("{}/{f}", dir.display()))),
             "write {n}: the error names the file: {e}"
@@ -769,7 +769,7 @@ fn a_full_disk_leaves_an_out_folder_old_or_new() {
         assert_eq!(beside, vec!["out".to_string()], "write {n}: nothing left beside the report");
         match result {
             Err(e) => {
-                let named = [".png", "cells.csv", "results.json", "report.html", "report.fhir.json"]
+                let named = [".png", "cells.csv", "results.json", "report.html", "report.fhir.json", "report.hl7"]
                     .iter()
                     .any(|f| e.contains(f));
                 assert!(e.contains("No space left on device") && named, "write {n}: {e}");
@@ -854,10 +854,91 @@ fn power_cuts_while_replacing_an_out_folder_leave_the_old_or_the_new_report() {
     assert!(cuts > 20, "{cuts}");
 }
 
+/// A review's rewrite of a signed-off session report (results.json with its
+/// review section, report.html, report.fhir.json) through the same disk, with
+/// the power cut at every operation (and just after it returned): the folder
+/// holds the old report or the new one, whole, never a mix; once the rewrite
+/// returned, the new one. (The review log itself is appended outside this seam.)
+#[test]
+fn power_cuts_during_a_review_rewrite_leave_the_old_or_the_new_report() {
+    use leukoscope::classify::count::Call;
+    use leukoscope::review::{ReportDir, ReviewEntry};
+    let (fields, _card) = fields();
+    let records: Vec<FieldRecord> = fields.iter().take(3).map(|f| f.record.clone()).collect();
+    let f = records.iter().position(|r| !r.cells.is_empty()).expect("a field with a counted cell");
+    let dir = Path::new(ROOT).join("state/sessions/0001-P-1");
+    let document = serde_json::json!({
+        "images": records, "summary": {"threshold_percent": 20.0},
+        "model": {"name": "m", "sha256": "ab"}, "sample": {"id": "P-1"},
+    });
+    let log = vec![
+        ReviewEntry::Open {
+            schema: leukoscope::review::SCHEMA.into(),
+            software: "t".into(),
+            fields_sha256: "x".into(),
+            unix_time: 1,
+        },
+        ReviewEntry::Reclassify {
+            cell: format!("{f}-0"),
+            class: "MYO".into(),
+            label: "Myeloblast".into(),
+            call: Call::Cell { code: "MYO".into(), blast: true, abnormal: true },
+            by: "dr a".into(),
+            unix_time: 2,
+        },
+        ReviewEntry::SignOff { by: "dr a".into(), unix_time: 3 },
+    ];
+    let review = ReportDir { dir: dir.clone(), document: document.clone(), fields: records.clone(), log };
+    let setup = || {
+        let fs = SimFs::new();
+        leukoscope::storage::create_dir_durable(&fs, &dir).expect("folder");
+        leukoscope::report::write_report(&fs, &dir, &document, &records).expect("the report as FINISH writes it");
+        fs
+    };
+    let fs = setup();
+    let old = fs.files(&dir);
+    let before = fs.state().ops;
+    review.write_reports_to(&fs).expect("rewrite");
+    let new = fs.files(&dir);
+    assert!(!same_files(&old, &new), "the rewrite changes the report");
+    assert!(String::from_utf8_lossy(&new["results.json"]).contains("\"signed\""));
+    let ops = fs.state().ops - before;
+    let mut cuts = 0;
+    for k in 1..=ops + 1 {
+        for how in [Cut::Drop, Cut::Tear(k * 7919)] {
+            let fs = setup();
+            let at = fs.state().ops + k;
+            fs.state().cut_at = Some(at);
+            let acknowledged = review.write_reports_to(&fs).is_ok();
+            if acknowledged {
+                let _ = fs.create_dir(&Path::new(ROOT).join("next"));
+            }
+            fs.state().crash(how);
+            cuts += 1;
+            let now: BTreeMap<String, Vec<u8>> =
+                fs.files(&dir).into_iter().filter(|(name, _)| !name.ends_with(".tmp")).collect();
+            if acknowledged {
+                assert!(
+                    same_files(&now, &new),
+                    "cut at operation {k} ({how:?}) after the rewrite returned: not the new report"
+                );
+            } else {
+                assert!(
+                    same_files(&now, &old) || same_files(&now, &new),
+                    "cut at operation {k} ({how:?}): a report that is neither old nor new: {:?}",
+                    now.keys()
+                );
+            }
+        }
+    }
+    assert!(cuts > 10, "{cuts}");
+}
+
 /// Byte for byte, except where a report file carries the time it was written
 /// (the recovered run writes it later than the uninterrupted one): the page
 /// without its "Report written" row, the FHIR bundle by its observations
-/// (code and value; its ids are seeded with the time).
+/// (code and value; its ids are seeded with the time), the HL7 message by its
+/// results.
 fn same_file(name: &str, got: &[u8], want: &[u8]) -> bool {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match name.rsplit('/').next() {
@@ -884,6 +965,18 @@ fn same_file(name: &str, got: &[u8], want: &[u8]) -> bool {
                 Some(o)
             };
             observations(got).is_some_and(|o| !o.is_empty() && Some(o) == observations(want))
+        }
+        Some("report.hl7") => {
+            // The OBX segments up to their status (OBX-11): the time comes after.
+            let results = |b: &[u8]| -> Vec<String> {
+                text(b)
+                    .split('\r')
+                    .filter(|s| s.starts_with("OBX|"))
+                    .map(|s| s.split('|').take(12).collect::<Vec<_>>().join("|"))
+                    .collect()
+            };
+            let r = results(got);
+            !r.is_empty() && r == results(want)
         }
         _ => got == want,
     }

@@ -1,7 +1,8 @@
 //! The report files for people and for a laboratory system (`report.html`,
-//! `report.fhir.json`) as `analyze --out` and the appliance's FINISH write them,
-//! on real cells; the FHIR Bundle is validated by an independent library
-//! (tools/check_fhir.py, PyPI fhir.resources 6.1.0 = FHIR R4 4.0.1).
+//! `report.fhir.json`, `report.hl7`) as `analyze --out` and the appliance's
+//! FINISH write them, on real cells; the FHIR Bundle is validated by an
+//! independent library (tools/check_fhir.py, PyPI fhir.resources 6.1.0 = FHIR
+//! R4 4.0.1), the HL7 v2 message parsed by another (tools/check_hl7.py, PyPI hl7).
 
 mod common;
 
@@ -124,6 +125,15 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
     assert!(text.contains(sample.replace('"', "\\\"").as_str()), "the sample ID as the specimen's accession");
     assert!(text.contains(doc["model"]["sha256"].as_str().expect("sha")));
     common::validate_fhir(&fhir_path, "preliminary");
+
+    // The same results as an HL7 v2 ORU^R01 message, parsed by an independent library.
+    let hl7 = std::fs::read_to_string(report.join("report.hl7")).expect("report.hl7");
+    assert!(hl7.starts_with("MSH|^~\\&|leukoscope|") && hl7.contains("|ORU^R01^ORU_R01|"), "{hl7}");
+    assert!(hl7.contains(&format!("|leukoscope {}|", env!("CARGO_PKG_VERSION"))), "the software version");
+    assert!(hl7.contains(doc["model"]["sha256"].as_str().expect("sha")), "the model version");
+    assert!(hl7.contains("|26446-5^Blasts/100 leukocytes in Blood^LN|"));
+    assert!(hl7.contains("S-17 <b>\\T\\\"x\""), "the sample ID, its & escaped");
+    common::validate_hl7(&report.join("report.hl7"), "P", Some(sample));
     std::fs::remove_dir_all(&out).ok();
 }
 
@@ -158,5 +168,6 @@ fn finish_writes_the_report_files() {
     let cells = observation(&bundle, "leukocytes-counted").expect("cells counted");
     assert_eq!(cells["valueQuantity"]["value"], doc["summary"]["cells"]);
     common::validate_fhir(&fhir, "preliminary");
+    common::validate_hl7(&s.join("report.hl7"), "P", Some("S0001"));
     std::fs::remove_dir_all(&dir).ok();
 }

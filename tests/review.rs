@@ -172,8 +172,19 @@ fn nothing_listens_on_the_network_by_default_and_no_token_no_access() {
     let page = http(a, "GET", "/r/0", &[("Cookie", &cookie)], "");
     assert_eq!(page.status, 200);
     let csp = header(&page, "Content-Security-Policy").expect("CSP");
-    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
-    assert!(!page.body.contains("<script"));
+    // Scripts from the appliance only (its keyboard script), never inline or from elsewhere.
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self';"), "{csp}");
+    assert!(!csp.split(';').any(|d| d.contains("script-src") && d.contains("unsafe")), "{csp}");
+    assert!(!page.body.contains("<script"), "no script while read-only");
+    let js = http(a, "GET", "/review.js", &[("Cookie", &cookie)], "");
+    assert_eq!((js.status, header(&js, "Content-Type")), (200, Some("text/javascript; charset=utf-8")));
+    assert!(js.body.contains("requestSubmit") && !js.body.contains("http"), "the keyboard script, nothing external");
+    assert_eq!(http(a, "GET", "/review.js", &[], "").status, 401);
+    let signed_in = format!("{cookie}; lk_reviewer=dr-x");
+    let editable = http(a, "GET", "/r/0", &[("Cookie", &signed_in)], "");
+    assert!(editable.body.contains("<script src=\"/review.js\"></script>"), "the script by address only");
+    assert_eq!(editable.body.matches("<script").count(), 1, "no inline script");
+    assert!(editable.body.contains("tabindex=\"0\" data-cell=") && editable.body.contains("data-key="));
     let crop = http(a, "GET", "/r/0/crop/0-0", &[("Cookie", &cookie)], "");
     assert_eq!((crop.status, header(&crop, "Content-Type")), (200, Some("image/png")));
     // Token but no reviewer signed in: read-only. Signed in but no form token,
@@ -298,6 +309,7 @@ fn a_scripted_review_is_logged_recounted_and_signed() {
     assert!(html.contains(&format!("Blasts: {} of {} leukocytes", blasts0 - 1, cells0 - 1)));
     assert!(html.contains(&r["signed_at"].as_str().expect("signed_at").replace('T', " ").replace('Z', " UTC")));
     common::validate_fhir(&rep.join("report.fhir.json"), "final");
+    common::validate_hl7(&rep.join("report.hl7"), "F", None);
 
     // Killed and started again: everything acknowledged is there.
     drop(server);
@@ -316,6 +328,7 @@ fn a_scripted_review_is_logged_recounted_and_signed() {
     let html = std::fs::read_to_string(rep.join("report.html")).expect("report.html");
     assert!(html.contains("PRELIMINARY"));
     common::validate_fhir(&rep.join("report.fhir.json"), "preliminary");
+    common::validate_hl7(&rep.join("report.hl7"), "P", None);
     drop(again);
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -424,5 +437,130 @@ fn sigkill_during_review_loses_nothing_acknowledged() {
     }
     assert!(acknowledged.iter().any(|(k, _)| k == "sign_off"), "no sign-off was acknowledged: kills too early");
     println!("{} acknowledged changes and sign-offs survived 12 kills", acknowledged.len());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A `run` configuration serving the review page beside the count
+/// (`[review] with_run`), frames replayed in a loop as fast as analysed.
+fn run_config(dir: &Path, listen: &str) -> PathBuf {
+    let p = dir.join("run.toml");
+    let text = format!(
+        "[session]\nstate_dir = {:?}\n\n[source]\nkind = \"replay\"\nreplay_fps = 0.0\nreplay_loop = true\n\n\
+         [display]\nkind = \"png\"\npng_path = {:?}\n\n[review]\nwith_run = true\nlisten = {listen:?}\n",
+        dir.join("state"),
+        dir.join("screen.png")
+    );
+    std::fs::write(&p, text).expect("config");
+    p
+}
+
+/// The report rows of the review page's list.
+fn listed(page: &str) -> usize {
+    page.matches("<tr><td><a href=\"/r/").count()
+}
+
+/// `run` with `[review] with_run`: the page of the state folder's sessions is
+/// served while the appliance counts. Without the token a request is refused;
+/// with it the list shows each session once finished. A client that never
+/// finishes its request, and requests all along, do not stop the count: the
+/// scripted buttons after the page started (a second START and FINISH) all
+/// happen.
+#[test]
+fn run_serves_the_review_page_beside_the_count() {
+    let dir = scratch("with-run");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let config = run_config(&dir, &addr.to_string());
+    let script = dir.join("buttons.txt");
+    std::fs::write(&script, "1 start\n40 finish\n50 start\n90 finish\n").expect("script");
+    let log = dir.join("run.log");
+    let child = common::bin()
+        .env("RUST_LOG", "info")
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--script")
+        .arg(&script)
+        .arg("--replay")
+        .args(common::images("bccd/JPEGImages", 20))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("run");
+    let mut run = Server { child, addr };
+    let t0 = std::time::Instant::now();
+    let wait = std::time::Duration::from_secs(120);
+    while TcpStream::connect(addr).is_err() {
+        assert!(run.child.try_wait().expect("wait").is_none(), "run ended: {}", std::fs::read_to_string(&log).unwrap());
+        assert!(t0.elapsed() < wait, "no review page");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A client that sends half a request and waits, all through the test.
+    let mut stalled = TcpStream::connect(addr).expect("connect");
+    stalled.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").expect("half a request");
+    assert_eq!(http(addr, "GET", "/", &[], "").status, 401, "no token, no page");
+    assert_eq!(http(addr, "GET", "/r/0", &[], "").status, 401);
+    assert_eq!(http(addr, "POST", "/r/0/signoff", &[("Cookie", "lk_reviewer=x")], "csrf=x").status, 401);
+    let state = dir.join("state");
+    let tok = token(&state);
+    let cookie = set_cookie(&http(addr, "GET", &format!("/?token={tok}"), &[], ""));
+    // The list grows as sessions finish, while requests come all along.
+    let page = loop {
+        assert_eq!(http(addr, "GET", "/", &[], "").status, 401);
+        let page = http(addr, "GET", "/", &[("Cookie", &cookie)], "");
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(header(&page, "Content-Security-Policy").is_some_and(|c| c.contains("default-src 'none'")));
+        if listed(&page.body) == 2 {
+            break page;
+        }
+        assert!(run.child.try_wait().expect("wait").is_none(), "run ended: {}", std::fs::read_to_string(&log).unwrap());
+        assert!(
+            t0.elapsed() < wait,
+            "sessions listed: {}\n{}",
+            listed(&page.body),
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(page.body.contains("S0001") && page.body.contains("S0002"), "{}", page.body);
+    let gallery = http(addr, "GET", "/r/0", &[("Cookie", &cookie)], "");
+    assert!(gallery.status == 200 && gallery.body.contains("Review: sample S0001"), "{}", gallery.body);
+    // Both sessions' reports, and the count still going (the loop replays on).
+    for s in std::fs::read_dir(state.join("sessions")).expect("sessions").flatten() {
+        assert!(s.path().join("results.json").is_file() && s.path().join("report.hl7").is_file());
+    }
+    assert!(run.child.try_wait().expect("wait").is_none(), "the count goes on");
+    drop(stalled);
+    drop(run);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains(&format!("review page at http://{addr}/")), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A review page that cannot start (its port taken) is logged, and the count
+/// goes on to its report.
+#[test]
+fn run_counts_on_when_the_review_page_cannot_start() {
+    let dir = scratch("with-run-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let config = run_config(&dir, &taken.local_addr().expect("addr").to_string());
+    let script = dir.join("buttons.txt");
+    std::fs::write(&script, "1 start\n40 finish\n").expect("script");
+    let o = bin()
+        .args(["run", "--until-finished", "--config"])
+        .arg(&config)
+        .arg("--script")
+        .arg(&script)
+        .arg("--replay")
+        .args(common::images("bccd/JPEGImages", 20))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("review page not started") && err.contains("the count goes on"), "{err}");
+    let sessions: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("state/sessions")).expect("sessions").flatten().map(|e| e.path()).collect();
+    assert_eq!(sessions.len(), 1);
+    assert!(sessions[0].join("results.json").is_file(), "the session's report");
+    drop(taken);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,7 +1,9 @@
 //! End to end in a real browser: Debian's headless Chromium, driven by
 //! chromedriver over WebDriver's HTTP protocol (no client library), through
 //! the review page of a session counted by `leukoscope run` from BCCD fields:
-//! sign in, reclassify a cell, mark one as not a leukocyte, sign off; then
+//! sign in, reclassify a cell, mark one as not a leukocyte, reclassify a third
+//! by keyboard (the appliance's /review.js: focus the cell, press the class's
+//! key), sign off; then
 //! review.jsonl, the recounted results.json and report.html are checked, and
 //! screenshots of the page and the signed report are saved under the test's
 //! output folder (`target/tmp/review-browser/`) for a person to look at.
@@ -113,6 +115,11 @@ impl Driver {
     fn click(&self, css: &str) {
         let e = self.find(css);
         self.call("POST", &format!("/element/{e}/click"), Some(json!({})));
+    }
+    /// Keys typed to an element (WebDriver focuses it first): to a focused
+    /// cell, what a reviewer's keyboard sends.
+    fn keys_to(&self, css: &str, text: &str) {
+        self.type_into(css, text);
     }
     fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
@@ -246,10 +253,15 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
     d.type_into("input[name=reviewer]", "Dr Web");
     d.click("form[action='/signin'] button");
     let src = d.wait_for("the signed-in reviewer", |s| s.contains("Signed in as <b>Dr Web</b>"));
-    // The first two cells of the gallery, as shown.
-    let ids: Vec<String> =
-        src.split("<figure id=\"c").skip(1).filter_map(|s| s.split('"').next().map(str::to_string)).take(2).collect();
-    assert_eq!(ids.len(), 2, "two cells on the page");
+    // The first three cells of the gallery that can be changed, as shown.
+    let ids: Vec<String> = src
+        .split("<figure id=\"c")
+        .skip(1)
+        .filter(|s| s.split('>').next().is_some_and(|tag| tag.contains("data-cell")))
+        .filter_map(|s| s.split('"').next().map(str::to_string))
+        .take(3)
+        .collect();
+    assert_eq!(ids.len(), 3, "three cells on the page");
     let cell = |id: &str| -> Value {
         let (f, k) = id.split_once('-').expect("id");
         let (f, k): (usize, usize) = (f.parse().expect("f"), k.parse().expect("k"));
@@ -267,7 +279,20 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
     d.click(&format!("#c{} button[value=reclassify]", ids[0]));
     d.wait_for("the change", |s| s.contains(&format!("→ {to} by Dr Web")));
     d.click(&format!("#c{} button[value=not_leukocyte]", ids[1]));
-    d.wait_for("two changes", |s| s.contains("(2 changed)"));
+    let src = d.wait_for("two changes", |s| s.contains("(2 changed)"));
+    // The third by keyboard: the key shown beside its new class, pressed on the focused cell.
+    let kb_to = ["EOS", "MON", "LYT"].into_iter().find(|c| cell(&ids[2])["class"] != *c && *c != to).expect("a class");
+    let key = src
+        .split(&format!("<option value=\"{kb_to}\" data-key=\""))
+        .nth(1)
+        .and_then(|r| r.chars().next())
+        .expect("the class's key");
+    assert!(src.contains(&format!("[{key}] {kb_to} ")), "the key beside the class's name");
+    assert!(src.contains(&format!("<kbd>{key}</kbd> {kb_to}")), "the key in the page's legend");
+    d.keys_to(&format!("figure[data-cell='{}']", ids[2]), &key.to_string());
+    let src = d.wait_for("the keyboard change", |s| s.contains("(3 changed)"));
+    assert!(src.contains(&format!("→ {kb_to} by Dr Web")));
+    d.screenshot(&shots.join("review-keyboard.png"));
     d.click("form[action='/r/0/signoff'] button");
     d.wait_for("the sign-off", |s| s.contains("SIGNED</span> by Dr Web"));
     d.screenshot(&shots.join("review-page.png"));
@@ -282,20 +307,31 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
         .map(|l| serde_json::from_str(l).expect("line"))
         .collect();
     let kinds: Vec<&str> = log.iter().map(|l| l["t"].as_str().unwrap_or("")).collect();
-    assert_eq!(kinds, ["open", "reclassify", "not_leukocyte", "sign_off"]);
+    assert_eq!(kinds, ["open", "reclassify", "not_leukocyte", "reclassify", "sign_off"]);
     assert_eq!((log[1]["cell"].as_str(), log[1]["class"].as_str()), (Some(ids[0].as_str()), Some(to)));
     assert_eq!(log[2]["cell"].as_str(), Some(ids[1].as_str()));
+    assert_eq!((log[3]["cell"].as_str(), log[3]["class"].as_str()), (Some(ids[2].as_str()), Some(kb_to)));
+    assert_eq!(log[3]["by"], "Dr Web");
     let after: Value =
         serde_json::from_str(&std::fs::read_to_string(session.join("results.json")).expect("results")).expect("json");
     let r = &after["review"];
     assert_eq!((r["status"].as_str(), r["reviewer"].as_str()), (Some("signed"), Some("Dr Web")));
     // The second cell no longer counts (if it counted before); the first counts as `to`.
+    // The third counts as `kb_to` (counted now if it was not).
     let second_counted = cell(&ids[1])["reason"].is_null();
-    let expect_cells = cells0 - second_counted as u64;
+    let third_counted = cell(&ids[2])["reason"].is_null();
+    let expect_cells = cells0 - second_counted as u64 + (!third_counted) as u64;
     assert_eq!(r["summary"]["cells"].as_u64(), Some(expect_cells));
-    let n_to = |s: &Value| s["by_class"][to].as_u64().unwrap_or(0);
+    let n_of = |s: &Value, c: &str| s["by_class"][c].as_u64().unwrap_or(0);
     let first_was_to = cell(&ids[0])["class"] == to;
-    assert!(n_to(&r["summary"]) >= n_to(&before["summary"]) + (!first_was_to) as u64);
+    let third_was_to = cell(&ids[2])["class"] == to;
+    assert!(n_of(&r["summary"], to) + third_was_to as u64 >= n_of(&before["summary"], to) + (!first_was_to) as u64);
+    let was_kb = |id: &str| (cell(id)["class"] == kb_to && cell(id)["reason"].is_null()) as u64;
+    assert_eq!(
+        n_of(&r["summary"], kb_to) + was_kb(&ids[0]) + was_kb(&ids[1]),
+        n_of(&before["summary"], kb_to) + 1,
+        "the keyboard's class counts one more"
+    );
     let html = std::fs::read_to_string(session.join("report.html")).expect("report.html");
     assert!(html.contains("VERIFIED") && html.contains("Dr Web") && html.contains("as reviewed"));
     assert!(html.contains(&format!("of {expect_cells} leukocytes")));
@@ -305,5 +341,6 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
     let name = &card.classes[card.class_index(to).expect("class")].name;
     assert!(html.contains(&format!("<td>{to}</td><td>{name}</td>")), "{to} {name}");
     common::validate_fhir(&session.join("report.fhir.json"), "final");
+    common::validate_hl7(&session.join("report.hl7"), "F", None);
     std::fs::remove_dir_all(&dir).ok();
 }

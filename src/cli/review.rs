@@ -78,7 +78,7 @@ pub fn run(a: Args) -> Result<i32> {
         .map(|d| ReportDir::open(d).with_context(|| format!("opening report folder {}", d.display())))
         .collect::<Result<Vec<_>>>()?;
     let listen = a.listen.unwrap_or(config.review.listen.clone());
-    ReviewConfig { listen: listen.clone() }.validate()?;
+    ReviewConfig { listen: listen.clone(), ..Default::default() }.validate()?;
     let listen = match (a.port, listen.parse::<std::net::SocketAddr>()) {
         (Some(p), Ok(mut a)) => {
             a.set_port(p);

@@ -19,6 +19,9 @@ use std::path::PathBuf;
 /// s = start, c (or Enter) = capture, u = undo, f = finish, each + Enter;
 /// "id CODE" + Enter enters a sample ID (or an operator ID: "id OP:name"), as
 /// a barcode scanner (`[scanner] device`) does.
+///
+/// With [review] with_run = true it also serves the review page of the
+/// finished sessions (as `leukoscope review` does), beside the count.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -104,10 +107,21 @@ pub fn run(a: Args) -> Result<i32> {
         buttons = Box::new(leukoscope::hw::scanner::WithScanner { buttons, scanner });
     }
     let mut signal = leukoscope::hw::gpio::open_signal(&config.buttons)?;
+    let review = config.review.with_run.then(|| (analyzer.classifier.card.clone(), analyzer.rules.clone()));
     let mut app =
         Appliance::new(analyzer, config.session.clone(), config.gate.clone(), config.count.blast_threshold_percent)?
             .calibrate_over(config.scale.calibrate_fields)
             .export_to(config.export.clone());
+    // The review page beside the count ([review] with_run), once this run holds the state folder.
+    if let Some((card, rules)) = review {
+        let state = config.session.state_dir();
+        if let Some(addr) = leukoscope::review::server::spawn_beside_run(&config.review, &state, &card, rules) {
+            if !addr.ip().is_loopback() {
+                warn!("the review page is open to the network on {addr}: every request needs the token");
+            }
+            info!("review page at http://{addr}/ (token: `leukoscope review --print-token`)");
+        }
+    }
     let opts = LoopOptions { exit_when_exhausted: !use_camera, until_finished: a.until_finished };
     run_loop(
         &mut app,

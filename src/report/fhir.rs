@@ -6,6 +6,7 @@
 //! then `final`. CI validates it with an independent FHIR library
 //! (`tools/check_fhir.py`, PyPI `fhir.resources` 6.1.0, FHIR 4.0.1).
 
+use crate::classify::count::Summary;
 use crate::report::files::{rfc3339, ReportFacts, SCHEMA};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -56,6 +57,62 @@ pub const CLASS_CODES: &[(&str, &str, &str)] = &[
 /// The LOINC term of a class code, if it has one.
 pub fn loinc_of(code: &str) -> Option<(&'static str, &'static str)> {
     CLASS_CODES.iter().find(|(c, _, _)| *c == code).map(|(_, l, d)| (*l, *d))
+}
+
+/// One reported result of the differential: a class's term, with the classes
+/// sharing it summed (see [`CLASS_CODES`]); `report.fhir.json` and `report.hl7`
+/// report the same list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Term {
+    /// [`LOINC`], or [`LOCAL`] for a class without a LOINC term.
+    pub system: &'static str,
+    pub code: String,
+    pub display: String,
+    /// The classes summed, "Name (CODE) + ...".
+    pub text: String,
+    pub count: u64,
+}
+
+/// The differential's terms, in the order of the summary's classes, unidentified last.
+pub fn terms(facts: &ReportFacts) -> Vec<Term> {
+    let s = facts.summary();
+    let mut out: Vec<Term> = Vec::new();
+    let counts = s.by_class.iter().map(|(k, v)| (k.as_str(), *v)).chain([("UNID", s.unidentified)]);
+    for (code, k) in counts.filter(|(_, k)| *k > 0) {
+        let name = if code == "UNID" { "Unidentified by the classifier" } else { facts.class_name(code) };
+        let (system, term, display) = match loinc_of(code) {
+            Some((l, d)) => (LOINC, l.to_string(), d.to_string()),
+            None => (LOCAL, format!("class-{code}"), name.to_string()),
+        };
+        match out.iter_mut().find(|t| t.system == system && t.code == term && t.display == display) {
+            Some(t) => {
+                t.text += &format!(" + {name} ({code})");
+                t.count += k;
+            }
+            None => out.push(Term { system, code: term, display, text: format!("{name} ({code})"), count: k }),
+        }
+    }
+    out
+}
+
+/// `k` of the summary's leukocytes, in percent (0 of none).
+pub fn percent_of(s: &Summary, k: u64) -> f64 {
+    if s.cells == 0 {
+        0.0
+    } else {
+        100.0 * k as f64 / s.cells as f64
+    }
+}
+
+/// "k of n leukocytes counted; exact (Clopper-Pearson) 95% CI lo-hi%".
+pub fn ci_note(s: &Summary, k: u64) -> String {
+    let (lo, hi) = crate::classify::stats::clopper_pearson(k.min(s.cells), s.cells, 0.95);
+    format!(
+        "{k} of {} leukocytes counted; exact (Clopper-Pearson) 95% CI {:.1}-{:.1}%",
+        s.cells,
+        lo * 100.0,
+        hi * 100.0
+    )
 }
 
 /// A stable `urn:uuid:` for the n-th resource of a report (version-4 layout,
@@ -136,16 +193,8 @@ pub fn bundle(facts: &ReportFacts) -> Value {
         entries.push(json!({"fullUrl": url, "resource": o}));
         json!({"reference": url})
     };
-    let ci_note = |k: u64| {
-        let (lo, hi) = crate::classify::stats::clopper_pearson(k.min(s.cells), s.cells, 0.95);
-        format!(
-            "{k} of {} leukocytes counted; exact (Clopper-Pearson) 95% CI {:.1}-{:.1}%",
-            s.cells,
-            lo * 100.0,
-            hi * 100.0
-        )
-    };
-    let pct = |k: u64| if s.cells == 0 { 0.0 } else { 100.0 * k as f64 / s.cells as f64 };
+    let ci_note = |k: u64| ci_note(s, k);
+    let pct = |k: u64| percent_of(s, k);
     let mut results = Vec::new();
     results.push(observation(
         0,
@@ -167,25 +216,15 @@ pub fn bundle(facts: &ReportFacts) -> Value {
         ci_note(s.blasts),
         s.flag,
     ));
-    // One Observation per term: classes sharing a term are summed.
-    let mut by_term: Vec<(Value, String, u64)> = Vec::new();
-    let counts = s.by_class.iter().map(|(k, v)| (k.as_str(), *v)).chain([("UNID", s.unidentified)]);
-    for (code, k) in counts.filter(|(_, k)| *k > 0) {
-        let name = if code == "UNID" { "Unidentified by the classifier" } else { facts.class_name(code) };
-        let coding = match loinc_of(code) {
-            Some((l, d)) => json!({"system": LOINC, "code": l, "display": d}),
-            None => json!({"system": LOCAL, "code": format!("class-{code}"), "display": name}),
-        };
-        match by_term.iter_mut().find(|(c, _, _)| *c == coding) {
-            Some((_, text, n)) => {
-                *text += &format!(" + {name} ({code})");
-                *n += k;
-            }
-            None => by_term.push((coding, format!("{name} ({code})"), k)),
-        }
-    }
-    for (i, (coding, text, k)) in by_term.into_iter().enumerate() {
-        results.push(observation(2 + i, json!({"coding": [coding], "text": text}), percent(pct(k)), ci_note(k), false));
+    for (i, t) in terms(facts).into_iter().enumerate() {
+        let coding = json!({"system": t.system, "code": t.code, "display": t.display});
+        results.push(observation(
+            2 + i,
+            json!({"coding": [coding], "text": t.text}),
+            percent(pct(t.count)),
+            ci_note(t.count),
+            false,
+        ));
     }
     let mut report = json!({
         "resourceType": "DiagnosticReport",
@@ -221,7 +260,8 @@ pub fn bundle(facts: &ReportFacts) -> Value {
     })
 }
 
-fn conclusion(facts: &ReportFacts) -> String {
+/// The report's conclusion: reviewed or preliminary, and the blasts.
+pub fn conclusion(facts: &ReportFacts) -> String {
     let s = facts.summary();
     let verified = match &facts.reviewed {
         Some(r) => format!("Reviewed and signed by {}.", r.sign_off.reviewer),

@@ -1,20 +1,24 @@
 //! The report files for people and for a laboratory system, written beside
 //! `results.json` in every report folder (`analyze --out`, the appliance's
-//! FINISH, a review's sign-off): `report.html` (printable, self-contained) and
-//! `report.fhir.json` (a FHIR R4 Bundle).
+//! FINISH, a review's sign-off): `report.html` (printable, self-contained),
+//! `report.fhir.json` (a FHIR R4 Bundle) and `report.hl7` (an HL7 v2.5.1
+//! ORU^R01 message with the same results).
 //!
-//! Both are built from the same [`ReportFacts`]: the count rebuilt from the
+//! All are built from the same [`ReportFacts`]: the count rebuilt from the
 //! field records (so they can never disagree with `results.json`), the sample,
 //! the model and software, and, once a person has reviewed the cells, the
 //! reviewed count and who signed it.
 
 use crate::classify::count::{Call, Differential, Summary};
-use crate::report::{write_atomic, FieldRecord};
+use crate::report::FieldRecord;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Version of the layout of `report.html` and `report.fhir.json`; raised when
+/// The HL7 v2 message's file name ([`crate::report::hl7`]).
+pub const HL7_FILE: &str = "report.hl7";
+
+/// Version of the layout of `report.html`, `report.fhir.json` and `report.hl7`; raised when
 /// a field changes meaning.
 pub const SCHEMA: &str = "leukoscope-report/1";
 
@@ -156,24 +160,20 @@ pub fn summary_of(fields: &[FieldRecord], threshold_percent: f64) -> Summary {
     diff.summary(threshold_percent)
 }
 
-/// Writes `report.html` and `report.fhir.json` into `dir` (atomically, each).
-pub fn write(dir: &Path, facts: &ReportFacts) -> std::io::Result<()> {
-    let [html, fhir] = render_facts(dir, facts)?;
-    write_atomic(&dir.join("report.html"), &html)?;
-    write_atomic(&dir.join("report.fhir.json"), &fhir)
-}
-
-/// The bytes of `report.html` and `report.fhir.json` for a report not yet
+/// The bytes of `report.html`, `report.fhir.json` and `report.hl7` for a report not yet
 /// reviewed; `dir` is where its crops are (the blast crops go inline).
-pub fn render(dir: &Path, document: &Value, fields: &[FieldRecord]) -> std::io::Result<[Vec<u8>; 2]> {
+pub fn render(dir: &Path, document: &Value, fields: &[FieldRecord]) -> std::io::Result<[Vec<u8>; 3]> {
     render_facts(dir, &ReportFacts::new(document, fields, None))
 }
 
-fn render_facts(dir: &Path, facts: &ReportFacts) -> std::io::Result<[Vec<u8>; 2]> {
+/// The bytes of `report.html`, `report.fhir.json` and `report.hl7` of these
+/// facts; `dir` is where the crops are.
+pub fn render_facts(dir: &Path, facts: &ReportFacts) -> std::io::Result<[Vec<u8>; 3]> {
     let html = crate::report::html::render(facts, dir);
     let bundle = crate::report::fhir::bundle(facts);
     let json = serde_json::to_string_pretty(&bundle).map_err(std::io::Error::other)?;
-    Ok([html.into_bytes(), json.into_bytes()])
+    let hl7 = crate::report::hl7::message(facts);
+    Ok([html.into_bytes(), json.into_bytes(), hl7.into_bytes()])
 }
 
 pub fn unix_time() -> u64 {

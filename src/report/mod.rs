@@ -7,6 +7,7 @@
 
 pub mod fhir;
 pub mod files;
+pub mod hl7;
 pub mod html;
 pub mod json;
 pub mod npy;
@@ -216,11 +217,9 @@ impl FieldRecord {
     }
 }
 
-/// Writes `results.json`, `cells.csv`, `report.html` and `report.fhir.json`
-/// ([`crate::report::files`]) into `dir`, all or none: each is written and
-/// fsync'd under a temporary name first (a full disk fails there, and the
-/// temporary files are removed), then all are renamed, `results.json` last,
-/// and the folder is fsync'd. The error names the file.
+/// Writes `results.json`, `cells.csv`, `report.html`, `report.fhir.json` and
+/// `report.hl7` ([`crate::report::files`]) into `dir`, all or none
+/// ([`storage::write_files_atomic`], `results.json` last). The error names the file.
 pub fn write_report(
     fs: &dyn Storage,
     dir: &Path,
@@ -233,47 +232,20 @@ pub fn write_report(
         path: dir.join("results.json"),
         source: std::io::Error::other(e),
     })?;
-    let [html, fhir] = crate::report::files::render(dir, document, fields).map_err(|e| StorageError {
+    let [html, fhir, hl7] = crate::report::files::render(dir, document, fields).map_err(|e| StorageError {
         op: "encoding",
         path: dir.join("report.fhir.json"),
         source: e,
     })?;
-    let files = [
-        ("cells.csv", cells_csv(&crate::report::files::ReportFacts::sample_id_of(document), fields).into_bytes()),
-        ("report.html", html),
-        ("report.fhir.json", fhir),
-        ("results.json", json.into_bytes()),
+    let csv = cells_csv(&crate::report::files::ReportFacts::sample_id_of(document), fields);
+    let files: [(&str, &[u8]); 5] = [
+        ("cells.csv", csv.as_bytes()),
+        ("report.html", &html),
+        ("report.fhir.json", &fhir),
+        (crate::report::files::HL7_FILE, &hl7),
+        ("results.json", json.as_bytes()),
     ];
-    let paths: Vec<PathBuf> = files.iter().map(|(name, _)| dir.join(name)).collect();
-    let cleanup = |upto: usize| {
-        for p in &paths[..upto] {
-            let _ = fs.remove_file(&storage::tmp_path(p));
-        }
-    };
-    for (i, ((_, bytes), path)) in files.iter().zip(&paths).enumerate() {
-        let written = (|| {
-            let mut f = fs.create(&storage::tmp_path(path))?;
-            f.write_all(bytes)?;
-            f.sync()
-        })();
-        if let Err(e) = written {
-            cleanup(i + 1);
-            return Err(StorageError::new("writing", path)(e));
-        }
-    }
-    for (i, path) in paths.iter().enumerate() {
-        if let Err(e) = fs.rename(&storage::tmp_path(path), path) {
-            // Take back what was already renamed: all or nothing.
-            for done in &paths[..i] {
-                let _ = fs.remove_file(done);
-            }
-            for p in &paths[i..] {
-                let _ = fs.remove_file(&storage::tmp_path(p));
-            }
-            return Err(StorageError::new("writing", path)(e));
-        }
-    }
-    fs.sync_dir(dir).map_err(StorageError::new("syncing folder", dir))
+    storage::write_files_atomic(fs, dir, &files)
 }
 
 /// Why `analyze --out` cannot write its report folder.
@@ -291,7 +263,8 @@ pub enum ReportError {
 
 /// What a report folder holds; `--force` replaces only a folder holding nothing else.
 /// (A reviewed report also holds `review.jsonl`: never replaced.)
-const REPORT_ENTRIES: [&str; 5] = ["results.json", "cells.csv", "report.html", "report.fhir.json", "crops"];
+const REPORT_ENTRIES: [&str; 6] =
+    ["results.json", "cells.csv", "report.html", "report.fhir.json", files::HL7_FILE, "crops"];
 
 /// A report folder being written, all or nothing: everything goes into a
 /// hidden folder beside it (`.<name>.tmp`), which [`OutFolder::commit`]

@@ -13,8 +13,8 @@ pub mod server;
 
 use crate::classify::count::Call;
 use crate::report::files::{self as report_files, ReportFacts, SignOff};
-use crate::report::{write_atomic, FieldRecord};
-use crate::storage::Storage;
+use crate::report::FieldRecord;
+use crate::storage::{self, Os, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -39,7 +39,14 @@ pub enum ReviewError {
     CutByBorder(String),
     #[error("a reviewer name or ID is needed")]
     NoReviewer,
+    #[error("rewriting the report files")]
+    Rewrite(#[source] StorageError),
 }
+
+/// The files a review rewrites, as one set ([`storage::write_files_atomic`]):
+/// `results.json` last, so while its temporary file is there the set is
+/// being replaced.
+pub const REWRITTEN: [&str; 4] = ["report.html", "report.fhir.json", report_files::HL7_FILE, "results.json"];
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReviewError + '_ {
     move |source| ReviewError::Io { path: path.to_path_buf(), source }
@@ -150,7 +157,14 @@ impl ReportDir {
                 None => {}
             }
         }
-        Ok(ReportDir { dir: dir.to_path_buf(), document, fields, log })
+        let r = ReportDir { dir: dir.to_path_buf(), document, fields, log };
+        // A rewrite cut short (the process killed between its renames) can leave
+        // a mix of old and new files: the log is the truth, so write them again.
+        if !r.log.is_empty() && REWRITTEN.iter().any(|n| storage::tmp_path(&dir.join(n)).exists()) {
+            log::warn!("{}: an interrupted rewrite of the report files: writing them again", dir.display());
+            r.write_reports()?;
+        }
+        Ok(r)
     }
 
     pub fn sample_id(&self) -> Option<String> {
@@ -287,15 +301,21 @@ impl ReportDir {
         if new {
             // The new file's entry in its folder is durable only once the folder is.
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            crate::storage::Os.sync_dir(dir).map_err(io(&path))?;
+            Os.sync_dir(dir).map_err(io(&path))?;
         }
         self.log.extend(lines);
         self.write_reports()
     }
 
-    /// `results.json` with its `review` section, `report.html` and
-    /// `report.fhir.json` as the log now stands (final once signed).
+    /// `results.json` with its `review` section, `report.html`,
+    /// `report.fhir.json` and `report.hl7` as the log now stands (final once signed), as one
+    /// set: a crash leaves the old files or the new ones ([`REWRITTEN`]).
     pub fn write_reports(&self) -> Result<(), ReviewError> {
+        self.write_reports_to(&Os)
+    }
+
+    /// [`ReportDir::write_reports`] through any storage.
+    pub fn write_reports_to(&self, fs: &dyn Storage) -> Result<(), ReviewError> {
         let threshold = self.document["summary"]["threshold_percent"].as_f64().unwrap_or(20.0);
         let reviewed = self.reviewed();
         let sign_off = self.sign_off();
@@ -324,9 +344,11 @@ impl ReportDir {
         let rp = self.dir.join("results.json");
         let json = serde_json::to_string_pretty(&doc)
             .map_err(|e| ReviewError::Bad { path: rp.clone(), why: e.to_string() })?;
-        write_atomic(&rp, json.as_bytes()).map_err(io(&rp))?;
         let facts = ReportFacts::new(&self.document, &self.fields, sign_off.map(|s| (reviewed.as_slice(), s)));
-        report_files::write(&self.dir, &facts).map_err(io(&self.dir))
+        let [html, fhir, hl7] = report_files::render_facts(&self.dir, &facts).map_err(io(&self.dir))?;
+        let files: [(&str, &[u8]); 4] =
+            [(REWRITTEN[0], &html), (REWRITTEN[1], &fhir), (REWRITTEN[2], &hl7), (REWRITTEN[3], json.as_bytes())];
+        storage::write_files_atomic(fs, &self.dir, &files).map_err(ReviewError::Rewrite)
     }
 }
 
@@ -399,6 +421,24 @@ mod tests {
         doc["images"][0]["cells"][0]["confidence"] = serde_json::json!(0.5);
         std::fs::write(dir.join("results.json"), doc.to_string()).unwrap();
         assert!(matches!(ReportDir::open(&dir), Err(ReviewError::Bad { .. })));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Killed between the renames of a rewrite: the next open writes the set again.
+    #[test]
+    fn an_interrupted_rewrite_is_redone_on_open() {
+        let dir = folder("redo");
+        let mut r = ReportDir::open(&dir).unwrap();
+        r.append(ReviewEntry::SignOff { by: "dr a".into(), unix_time: 2 }).unwrap();
+        let signed = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        assert!(signed.contains("dr a"));
+        // As if the process died after renaming report.html, before results.json.
+        std::fs::write(dir.join("report.html"), "stale").unwrap();
+        std::fs::write(dir.join("results.json.tmp"), "{").unwrap();
+        let again = ReportDir::open(&dir).unwrap();
+        assert_eq!(again.log, r.log);
+        assert!(std::fs::read_to_string(dir.join("report.html")).unwrap().contains("dr a"));
+        assert!(!dir.join("results.json.tmp").exists());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

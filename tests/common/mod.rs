@@ -128,17 +128,22 @@ pub fn external_tool(path: &Path, install: &str) -> bool {
     false
 }
 
-/// Runs the independent validator (see [`external_tool`] for when it is missing).
-pub fn validate_fhir(bundle: &Path, status: &str) {
+/// The Python of tools/.venv-fhir (FHIR validator, HL7 parser), if there
+/// (see [`external_tool`] for when it is missing).
+fn fhir_python() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = std::env::var_os("LEUKOSCOPE_FHIR_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("tools/.venv-fhir/bin/python"));
     let install = "python3 -m venv tools/.venv-fhir && tools/.venv-fhir/bin/pip install -r \
                    tools/requirements-fhir.txt (or set LEUKOSCOPE_FHIR_PYTHON)";
-    if !external_tool(&python, install) {
-        return;
-    }
+    external_tool(&python, install).then_some(python)
+}
+
+/// Runs the independent validator (see [`external_tool`] for when it is missing).
+pub fn validate_fhir(bundle: &Path, status: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(python) = fhir_python() else { return };
     let out = Command::new(&python)
         .arg(root.join("tools/check_fhir.py"))
         .arg(bundle)
@@ -149,6 +154,28 @@ pub fn validate_fhir(bundle: &Path, status: &str) {
         out.status.success(),
         "{} does not validate:\n{}{}",
         bundle.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Parses `report.hl7` with the independent HL7 v2 parser (tools/check_hl7.py,
+/// PyPI hl7) and checks it against the `report.fhir.json` beside it: status
+/// `P` or `F`, the sample ID when given.
+pub fn validate_hl7(message: &Path, status: &str, sample: Option<&str>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(python) = fhir_python() else { return };
+    let mut cmd = Command::new(&python);
+    cmd.arg(root.join("tools/check_hl7.py")).arg(message).args(["--status", status]);
+    cmd.arg("--fhir").arg(message.with_file_name("report.fhir.json"));
+    if let Some(s) = sample {
+        cmd.args(["--sample", s]);
+    }
+    let out = cmd.output().expect("run tools/check_hl7.py");
+    assert!(
+        out.status.success(),
+        "{} does not parse or check:\n{}{}",
+        message.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

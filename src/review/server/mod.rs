@@ -7,8 +7,10 @@
 //! `?token=` and then held in an HttpOnly, SameSite=Strict cookie; changes need
 //! a signed-in reviewer name and a form token (CSRF) and a same-origin Origin
 //! header when the browser sends one; every page carries a strict
-//! Content-Security-Policy (no scripts at all). Routine log lines name report
-//! numbers and cell ids, never sample IDs or reviewers.
+//! Content-Security-Policy: no inline script, nothing from elsewhere; the one
+//! script is the appliance's own `/review.js` (keyboard reclassification; the
+//! page works without it). Routine log lines name report numbers and cell
+//! ids, never sample IDs or reviewers.
 
 use crate::classify::count::{Call, CallRules};
 use crate::classify::model::ModelCard;
@@ -37,11 +39,17 @@ pub struct ReviewConfig {
     /// machine only. Another address (e.g. "0.0.0.0:8080") opens it to the
     /// network; every request needs the token either way.
     pub listen: String,
+    /// `leukoscope run` serves the review page too, of the state folder's
+    /// finished sessions (each listed once its report is written), from a
+    /// thread of its own: the count never waits for it, and a page that
+    /// cannot start or fails is logged while the count goes on. Same address,
+    /// token and rules as `leukoscope review`. Default false.
+    pub with_run: bool,
 }
 
 impl Default for ReviewConfig {
     fn default() -> Self {
-        ReviewConfig { listen: "127.0.0.1:8080".into() }
+        ReviewConfig { listen: "127.0.0.1:8080".into(), with_run: false }
     }
 }
 
@@ -95,11 +103,47 @@ pub struct Review {
     csrf: String,
     /// Leukocyte classes a reviewer may pick: (code, name).
     classes: Vec<(String, String)>,
+    /// The key that picks each class on the keyboard ([`class_keys`]).
+    keys: Vec<char>,
     rules: CallRules,
+    /// Beside `run`: the sessions folder, looked at again on every request
+    /// for sessions finished since.
+    sessions: Option<PathBuf>,
 }
 
-const CSP: &str = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; form-action 'self'; \
-                   frame-ancestors 'none'; base-uri 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; \
+                   form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The keyboard script, `GET /review.js` (static; no inline script anywhere).
+const SCRIPT: &str = include_str!("review.js");
+
+/// The key that marks a focused cell as not a leukocyte.
+pub const NOT_LEUKOCYTE_KEY: char = 'x';
+
+/// One key per class, unique, for keyboard reclassification: the first letter
+/// of the class's code not taken by an earlier class, else of its name, else
+/// the first free letter, else a digit (classes in the card's order;
+/// [`NOT_LEUKOCYTE_KEY`] is never given to a class). For the shipped model: BAS b,
+/// EBO e, EOS o, KSC k, LYA l, LYT y, MMZ m, MOB n, MON c, MYB t, MYO a, NGB g,
+/// NGS s, PMB p, PMO r.
+pub fn class_keys(classes: &[(String, String)]) -> Vec<char> {
+    let mut taken = vec![NOT_LEUKOCYTE_KEY];
+    let mut keys = Vec::new();
+    for (code, name) in classes {
+        let pick = code
+            .chars()
+            .chain(name.chars())
+            .chain('a'..='z')
+            .chain('1'..='9')
+            .map(|c| c.to_ascii_lowercase())
+            .find(|c| c.is_ascii_alphanumeric() && !taken.contains(c));
+        // More than 34 classes: the rest have no key (their forms still work).
+        let k = pick.unwrap_or(' ');
+        taken.push(k);
+        keys.push(k);
+    }
+    keys
+}
 
 /// A response and its status, before the common headers.
 type Reply = (u16, &'static str, Vec<u8>, Vec<(String, String)>);
@@ -118,26 +162,58 @@ impl Review {
     pub fn new(reports: Vec<ReportDir>, token: String, card: &ModelCard, rules: CallRules) -> Review {
         let csrf =
             Sha256::digest(format!("leukoscope-csrf/{token}").as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-        let classes = card.classes.iter().filter(|c| c.leukocyte).map(|c| (c.code.clone(), c.name.clone())).collect();
-        Review { reports, token, csrf, classes, rules }
+        let classes: Vec<(String, String)> =
+            card.classes.iter().filter(|c| c.leukocyte).map(|c| (c.code.clone(), c.name.clone())).collect();
+        let keys = class_keys(&classes);
+        Review { reports, token, csrf, classes, keys, rules, sessions: None }
     }
 
-    /// Serves until the process ends.
+    /// Serves until the process ends. A request whose handling panics is
+    /// answered by nobody and logged; the next one is served.
     pub fn serve(&mut self, server: &tiny_http::Server) -> Result<(), ServerError> {
         loop {
             let req = match server.recv() {
                 Ok(r) => r,
                 Err(e) => {
                     log::warn!("review: {e}");
+                    // Never a busy loop beside the appliance's count.
+                    std::thread::sleep(std::time::Duration::from_millis(200));
                     continue;
                 }
             };
-            self.handle(req);
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.handle(req))).is_err() {
+                log::error!("review: a request failed; the page goes on");
+            }
+        }
+    }
+
+    /// Adds the sessions finished since (a folder with its results.json,
+    /// which the report's writing renames into place last).
+    fn refresh(&mut self, sessions: &Path) {
+        let Ok(entries) = std::fs::read_dir(sessions) else { return };
+        let mut dirs: Vec<PathBuf> =
+            entries.flatten().map(|e| e.path()).filter(|p| p.join("results.json").is_file()).collect();
+        dirs.sort();
+        for d in dirs {
+            if self.reports.iter().any(|r| r.dir == d) {
+                continue;
+            }
+            match ReportDir::open(&d) {
+                Ok(r) => {
+                    self.reports.push(r);
+                    // The report number only: folder names carry sample IDs.
+                    log::info!("review: report {} added", self.reports.len() - 1);
+                }
+                Err(e) => log::warn!("review: a finished session cannot be opened: {}", crate::error_text(&e)),
+            }
         }
     }
 
     /// Answers one request.
     pub fn handle(&mut self, mut req: Request) {
+        if let Some(sessions) = self.sessions.clone() {
+            self.refresh(&sessions);
+        }
         let reply = self.route(&mut req);
         let (status, ctype, body, extra) = reply;
         let mut resp = Response::from_data(body).with_status_code(status);
@@ -196,6 +272,7 @@ impl Review {
         }
         match parts.as_slice() {
             [""] => self.index(reviewer.as_deref()),
+            ["review.js"] => (200, "text/javascript; charset=utf-8", SCRIPT.as_bytes().to_vec(), vec![]),
             ["r", n] => self.with_report(n, |s, i| s.gallery(i, reviewer.as_deref())),
             ["r", n, "report.html"] => {
                 self.with_report(n, |s, i| match std::fs::read(s.reports[i].dir.join("report.html")) {
@@ -359,6 +436,38 @@ impl Review {
     }
 }
 
+/// The review page beside `leukoscope run` (`[review] with_run`): the finished
+/// sessions of `state_dir`, served from a thread of its own, so that the count
+/// never waits for a browser. A page that cannot start is logged and `None`
+/// returned: the count goes on without it. Returns the address listened on.
+pub fn spawn_beside_run(
+    config: &ReviewConfig,
+    state_dir: &Path,
+    card: &ModelCard,
+    rules: CallRules,
+) -> Option<SocketAddr> {
+    let started = token(state_dir).and_then(|t| listen(&config.listen).map(|(server, addr)| (t, server, addr)));
+    let (token, server, addr) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("review page not started: {}; the count goes on without it", crate::error_text(&e));
+            return None;
+        }
+    };
+    let mut review = Review::new(Vec::new(), token, card, rules);
+    review.sessions = Some(state_dir.join("sessions"));
+    let spawned = std::thread::Builder::new().name("review".into()).spawn(move || {
+        let _ = review.serve(&server);
+    });
+    match spawned {
+        Ok(_) => Some(addr),
+        Err(e) => {
+            log::error!("review page not started: {e}; the count goes on without it");
+            None
+        }
+    }
+}
+
 /// Opens the server on `listen`; returns it and the address it got (a port 0 is chosen by the system).
 pub fn listen(listen: &str) -> Result<(tiny_http::Server, SocketAddr), ServerError> {
     let server =
@@ -385,10 +494,31 @@ mod tests {
     }
 
     #[test]
+    fn one_key_per_class() {
+        let card = ModelCard::load(&crate::classify::model::default_card_path()).expect("shipped card");
+        let classes: Vec<(String, String)> =
+            card.classes.iter().filter(|c| c.leukocyte).map(|c| (c.code.clone(), c.name.clone())).collect();
+        let keys = class_keys(&classes);
+        let mut unique = keys.clone();
+        unique.push(NOT_LEUKOCYTE_KEY);
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len() + 1, "{keys:?}");
+        assert!(keys.iter().all(char::is_ascii_lowercase), "{keys:?}");
+        // As documented on class_keys.
+        let doc: Vec<String> = classes.iter().zip(&keys).map(|((c, _), k)| format!("{c} {k}")).collect();
+        assert_eq!(
+            doc.join(", "),
+            "BAS b, EBO e, EOS o, KSC k, LYA l, LYT y, MMZ m, MOB n, MON c, MYB t, MYO a, NGB g, NGS s, PMB p, PMO r"
+        );
+    }
+
+    #[test]
     fn listens_on_this_machine_only_by_default() {
         let c = ReviewConfig::default();
         let addr: SocketAddr = c.listen.parse().expect("address");
         assert!(addr.ip().is_loopback());
-        assert!(ReviewConfig { listen: "0.0.0.0".into() }.validate().is_err());
+        assert!(ReviewConfig { listen: "0.0.0.0".into(), with_run: false }.validate().is_err());
+        assert!(!c.with_run, "run serves no page unless configured");
     }
 }

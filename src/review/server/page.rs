@@ -1,5 +1,6 @@
 //! The review pages as HTML: the list of reports, a report's gallery and each
-//! cell's figure with its reclassify form. No scripts; styles inline.
+//! cell's figure with its reclassify form. Styles inline; no inline script:
+//! the gallery loads `/review.js` for its keys, and works without it.
 
 use super::{page, Reply, Review};
 use crate::classify::count::Call;
@@ -13,7 +14,9 @@ pub(super) fn html(title: &str, body: &str) -> String {
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{}</title>\
          <style>{STYLE}form{{display:inline}}.cells figure{{width:11rem}}.cells img{{width:11rem;height:11rem}}\
-         select,button,input{{font-size:1rem;margin:.1rem 0}}.changed{{color:#8a4b00;font-weight:bold}}</style>\
+         select,button,input{{font-size:1rem;margin:.1rem 0}}.changed{{color:#8a4b00;font-weight:bold}}\
+         .cells select{{max-width:100%}}figure[data-cell]:focus{{outline:4px solid #1565c0;outline-offset:2px}}kbd{{border:1px solid #888;\
+         border-radius:3px;padding:0 .25rem;font-size:.9em}}</style>\
          </head><body>{body}</body></html>",
         esc(title)
     )
@@ -100,6 +103,19 @@ impl Review {
                  <button>Sign off the reviewed count</button></form>",
                 self.csrf
             );
+            let keys: Vec<String> = self
+                .classes
+                .iter()
+                .zip(&self.keys)
+                .filter(|(_, k)| **k != ' ')
+                .map(|((code, name), k)| format!("<kbd>{k}</kbd> {} <small>{}</small>", esc(code), esc(name)))
+                .collect();
+            b += &format!(
+                "<p class=\"keys\">Keyboard: focus a cell (<kbd>Tab</kbd>, or click beside its picture) and press \
+                 its new class's key: {}; <kbd>{}</kbd> not a leukocyte.</p>",
+                keys.join(", "),
+                super::NOT_LEUKOCYTE_KEY
+            );
         }
         // Groups as the cells now count: blasts, unidentified, each class, not counted.
         let mut groups: std::collections::BTreeMap<(u8, String), Vec<String>> = Default::default();
@@ -125,6 +141,9 @@ impl Review {
             b += "</div>";
         }
         b += &format!("<p class=\"disclaimer\">{}</p>", esc(crate::DISCLAIMER));
+        if reviewer.is_some() {
+            b += "<script src=\"/review.js\"></script>";
+        }
         page(200, html(&format!("Review {sample}"), &b))
     }
 
@@ -135,8 +154,11 @@ impl Review {
         let (f, _) = id.split_once('-').unwrap_or(("0", "0"));
         let field = f.parse::<usize>().ok().and_then(|f| r.fields.get(f)).map(|f| f.path.clone()).unwrap_or_default();
         let field = Path::new(&field).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let editable = can_edit && c.reason.as_deref() != Some("cut_by_border");
+        // Focusable when it can be changed: the keys act on the focused cell.
+        let focus = if editable { format!(" tabindex=\"0\" data-cell=\"{id}\"") } else { String::new() };
         let mut t = format!(
-            "<figure id=\"c{id}\"><a href=\"/r/{i}/field/{id}\" title=\"the field, this cell's box in red\"><img alt=\"cell {id}\" \
+            "<figure id=\"c{id}\"{focus}><a href=\"/r/{i}/field/{id}\" title=\"the field, this cell's box in red\"><img alt=\"cell {id}\" \
              loading=\"lazy\" src=\"/r/{i}/crop/{id}\"></a><figcaption><b>{}</b> {} {:.0}%",
             esc(&c.class),
             esc(&c.label),
@@ -152,23 +174,29 @@ impl Review {
             t += &format!("<br>cell {a:.0} µm², {d:.1} µm; N:C {nc:.2}");
         }
         t += &format!("<br><small>{} &middot; cell {id}</small>", esc(&field));
-        if can_edit && c.reason.as_deref() != Some("cut_by_border") {
+        if editable {
             // Preselected: the reviewer's class, else the model's most likely one.
             let current = changes.get(id).map_or(c.best_class.as_str(), |ch| ch.class.as_str());
             let options: String = self
                 .classes
                 .iter()
-                .map(|(code, name)| {
+                .zip(&self.keys)
+                .map(|((code, name), k)| {
                     let sel = if code == current { " selected" } else { "" };
-                    format!("<option value=\"{}\"{sel}>{} {}</option>", esc(code), esc(code), esc(name))
+                    let (key, shown) = match k {
+                        ' ' => (String::new(), String::new()),
+                        k => (format!(" data-key=\"{k}\""), format!("[{k}] ")),
+                    };
+                    format!("<option value=\"{}\"{key}{sel}>{shown}{} {}</option>", esc(code), esc(code), esc(name))
                 })
                 .collect();
             t += &format!(
                 "<form method=\"post\" action=\"/r/{i}/cell/{id}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
                  <select name=\"class\" aria-label=\"class of cell {id}\">{options}</select>\
                  <button name=\"action\" value=\"reclassify\">Set class</button>\
-                 <button name=\"action\" value=\"not_leukocyte\">Not a leukocyte</button></form>",
-                self.csrf
+                 <button name=\"action\" value=\"not_leukocyte\">Not a leukocyte [{}]</button></form>",
+                self.csrf,
+                super::NOT_LEUKOCYTE_KEY
             );
         }
         t + "</figcaption></figure>"
