@@ -246,7 +246,7 @@ impl RegionGeometry {
     }
 
     /// The square twice the cell's size around its nucleus, averaged by `f`
-    /// (1: field resolution; at most [`MAX_REGION_FACTOR`], and never below
+    /// (1: field resolution; at most `MAX_REGION_FACTOR`, and never below
     /// 8 region pixels a side).
     pub fn with_factor(cell: BBox, nucleus: BBox, f: i64) -> RegionGeometry {
         RegionGeometry::with_factor_and_side(cell, nucleus, f, 0)

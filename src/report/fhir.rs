@@ -25,11 +25,11 @@ pub const PANEL: (&str, &str) = ("69738-3", "Differential panel, method unspecif
 /// all blast classes together.
 pub const BLASTS: (&str, &str) = ("26446-5", "Blasts/100 leukocytes in Blood");
 
-/// The model's class codes as LOINC "<cells>/100 leukocytes in Blood" terms,
+/// The model's class codes as LOINC "`<cells>/100 leukocytes in Blood`" terms,
 /// method unspecified like 26446-5 (a digital image count is neither the
 /// manual nor the analyser method). Source: the members of LOINC panel
 /// 69738-3, which lists the same terms as the manual panel 24318-8
-/// (https://loinc.org/24318-8), as listed in the CIBMTR FHIR reporting IG
+/// (<https://loinc.org/24318-8>), as listed in the CIBMTR FHIR reporting IG
 /// (github.com/nmdp-ig/cibmtr-reporting-ig,
 /// build/input/fsh/terminology/observations/differential-unspecified-blood-valuset.fsh).
 /// Classes sharing a term are summed into one Observation: PMB (bilobed

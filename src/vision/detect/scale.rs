@@ -46,7 +46,7 @@ pub(super) fn estimate_scale(
     (um_per_px.is_finite() && um_per_px > 0.0).then_some(RedCellScale { um_per_px, cells })
 }
 
-/// The field's scale from its red cells alone (what [`detect`] estimates
+/// The field's scale from its red cells alone (what [`super::detect`] estimates
 /// when no scale is given), or `None` when they cannot tell.
 pub fn red_cell_scale(img: &RgbImage, params: &DetectParams) -> Option<RedCellScale> {
     if img.width() == 0 || img.height() == 0 {
