@@ -858,7 +858,7 @@ fn power_cuts_while_replacing_an_out_folder_leave_the_old_or_the_new_report() {
 /// review section, report.html, report.fhir.json) through the same disk, with
 /// the power cut at every operation (and just after it returned): the folder
 /// holds the old report or the new one, whole, never a mix; once the rewrite
-/// returned, the new one. (The review log itself is appended outside this seam.)
+/// returned, the new one.
 #[test]
 fn power_cuts_during_a_review_rewrite_leave_the_old_or_the_new_report() {
     use leukoscope::classify::count::Call;
@@ -1098,4 +1098,74 @@ fn a_full_stick_at_every_write_leaves_nothing_half_copied() {
         }
         n += 1;
     }
+}
+
+/// A sign-off appended to review.jsonl and the report rewritten after it, through
+/// the same disk, with the power cut at every operation (dropped or torn): the
+/// folder always opens again; an acknowledged sign-off is in the log and the
+/// report says signed; whatever the log holds, the report files (once opened)
+/// say the same, never "signed" in one and "preliminary" in the other.
+#[test]
+fn power_cuts_during_a_sign_off_lose_nothing_acknowledged() {
+    use leukoscope::classify::count::Call;
+    use leukoscope::review::{ReportDir, ReviewEntry};
+    let (fields, _card) = fields();
+    let records: Vec<FieldRecord> = fields.iter().take(3).map(|f| f.record.clone()).collect();
+    let f = records.iter().position(|r| !r.cells.is_empty()).expect("a field with a counted cell");
+    let dir = Path::new(ROOT).join("state/sessions/0002-P-2");
+    let document = serde_json::json!({
+        "images": records, "summary": {"threshold_percent": 20.0},
+        "model": {"name": "m", "sha256": "ab"}, "sample": {"id": "P-2"},
+    });
+    let setup = || {
+        let fs = SimFs::new();
+        leukoscope::storage::create_dir_durable(&fs, &dir).expect("folder");
+        leukoscope::report::write_report(&fs, &dir, &document, &records).expect("the report as FINISH writes it");
+        let mut r = ReportDir::open_from(&fs, &dir).expect("open");
+        let change = ReviewEntry::Reclassify {
+            cell: format!("{f}-0"),
+            class: "MYO".into(),
+            label: "Myeloblast".into(),
+            call: Call::Cell { code: "MYO".into(), blast: true, abnormal: true },
+            by: "dr a".into(),
+            unix_time: 2,
+        };
+        r.append_to(&fs, change).expect("a change before the sign-off");
+        (fs, r)
+    };
+    let sign_off = || ReviewEntry::SignOff { by: "dr a".into(), unix_time: 3 };
+    let status = |fs: &SimFs| -> String {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&fs.files(&dir)["results.json"]).expect("results.json parses");
+        doc["review"]["status"].as_str().unwrap_or_default().to_string()
+    };
+    let (fs, mut r) = setup();
+    let before = fs.state().ops;
+    r.append_to(&fs, sign_off()).expect("sign-off");
+    let ops = fs.state().ops - before;
+    assert_eq!(status(&fs), "signed");
+    let mut cuts = 0;
+    for k in 1..=ops + 1 {
+        for how in [Cut::Drop, Cut::Tear(k * 104_729)] {
+            let (fs, mut r) = setup();
+            let at = fs.state().ops + k;
+            fs.state().cut_at = Some(at);
+            let acknowledged = r.append_to(&fs, sign_off()).is_ok();
+            if acknowledged {
+                let _ = fs.create_dir(&Path::new(ROOT).join("next"));
+            }
+            fs.state().crash(how);
+            cuts += 1;
+            let reopened = ReportDir::open_from(&fs, &dir)
+                .unwrap_or_else(|e| panic!("cut at operation {k} ({how:?}): {}", leukoscope::error_text(&e)));
+            let signed = reopened.log.iter().any(|e| matches!(e, ReviewEntry::SignOff { .. }));
+            assert_eq!(reopened.log.len(), if signed { 3 } else { 2 }, "cut at operation {k} ({how:?})");
+            if acknowledged {
+                assert!(signed, "cut at operation {k} ({how:?}) after the sign-off returned: lost");
+            }
+            let want = if signed { "signed" } else { "in_review" };
+            assert_eq!(status(&fs), want, "cut at operation {k} ({how:?}): the report disagrees with the log");
+        }
+    }
+    assert!(cuts > 10, "{cuts}");
 }

@@ -19,8 +19,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const SCHEMA: &str = "leukoscope-review/1";
@@ -117,8 +115,14 @@ impl ReportDir {
     /// Reads `results.json` and, if any, `review.jsonl`. A torn last line of
     /// the log (a crash mid-append, never acknowledged) is cut off.
     pub fn open(dir: &Path) -> Result<ReportDir, ReviewError> {
+        Self::open_from(&Os, dir)
+    }
+
+    /// [`ReportDir::open`] through any storage.
+    pub fn open_from(fs: &dyn Storage, dir: &Path) -> Result<ReportDir, ReviewError> {
         let rp = dir.join("results.json");
-        let text = std::fs::read_to_string(&rp).map_err(io(&rp))?;
+        let text = String::from_utf8(fs.read(&rp).map_err(io(&rp))?)
+            .map_err(|e| ReviewError::Bad { path: rp.clone(), why: e.to_string() })?;
         let document: Value =
             serde_json::from_str(&text).map_err(|e| ReviewError::Bad { path: rp.clone(), why: e.to_string() })?;
         // Images that failed to analyse carry only an error: nothing to review.
@@ -130,7 +134,7 @@ impl ReportDir {
             .collect();
         let lp = dir.join("review.jsonl");
         let mut log = Vec::new();
-        if let Ok(bytes) = std::fs::read(&lp) {
+        if let Ok(bytes) = fs.read(&lp) {
             let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             let text = std::str::from_utf8(&bytes[..complete])
                 .map_err(|e| ReviewError::Bad { path: lp.clone(), why: e.to_string() })?;
@@ -141,9 +145,9 @@ impl ReportDir {
             }
             if complete < bytes.len() {
                 log::warn!("{}: discarding a torn last line", lp.display());
-                let f = OpenOptions::new().write(true).open(&lp).map_err(io(&lp))?;
+                let mut f = fs.open_append(&lp).map_err(io(&lp))?;
                 f.set_len(complete as u64).map_err(io(&lp))?;
-                f.sync_all().map_err(io(&lp))?;
+                f.sync().map_err(io(&lp))?;
             }
             match log.first() {
                 Some(ReviewEntry::Open { fields_sha256: h, .. }) if *h == fields_sha256(&fields) => {}
@@ -157,12 +161,15 @@ impl ReportDir {
                 None => {}
             }
         }
+        let shown = document["review"]["log_lines"].as_u64().unwrap_or(0) as usize;
         let r = ReportDir { dir: dir.to_path_buf(), document, fields, log };
         // A rewrite cut short (the process killed between its renames) can leave
-        // a mix of old and new files: the log is the truth, so write them again.
-        if !r.log.is_empty() && REWRITTEN.iter().any(|n| storage::tmp_path(&dir.join(n)).exists()) {
-            log::warn!("{}: an interrupted rewrite of the report files: writing them again", dir.display());
-            r.write_reports()?;
+        // a mix of old and new files, and a crash between an append and its rewrite
+        // leaves files behind the log: the log is the truth, so write them again.
+        let interrupted = REWRITTEN.iter().any(|n| fs.kind(&storage::tmp_path(&dir.join(n))).is_some());
+        if !r.log.is_empty() && (interrupted || shown != r.log.len()) {
+            log::warn!("{}: the report files are behind the review log: writing them again", dir.display());
+            r.write_reports_to(fs)?;
         }
         Ok(r)
     }
@@ -262,6 +269,11 @@ impl ReportDir {
 
     /// Appends one change and makes it durable; then rewrites the reports.
     pub fn append(&mut self, e: ReviewEntry) -> Result<(), ReviewError> {
+        self.append_to(&Os, e)
+    }
+
+    /// [`ReportDir::append`] through any storage.
+    pub fn append_to(&mut self, fs: &dyn Storage, e: ReviewEntry) -> Result<(), ReviewError> {
         match &e {
             ReviewEntry::Reclassify { cell, by, .. } | ReviewEntry::NotLeukocyte { cell, by, .. } => {
                 let c = self.cell(cell).ok_or_else(|| ReviewError::NoCell(cell.clone()))?;
@@ -293,18 +305,17 @@ impl ReportDir {
             );
             bytes.push(b'\n');
         }
-        let new = !path.exists();
-        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        let new = fs.kind(&path).is_none();
+        let mut f = if new { fs.create(&path) } else { fs.open_append(&path) }.map_err(io(&path))?;
         // One write: a crash leaves whole lines or a torn tail, which opening cuts off.
         f.write_all(&bytes).map_err(io(&path))?;
-        f.sync_data().map_err(io(&path))?;
+        f.sync().map_err(io(&path))?;
         if new {
             // The new file's entry in its folder is durable only once the folder is.
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            Os.sync_dir(dir).map_err(io(&path))?;
+            fs.sync_dir(storage::parent(&path)).map_err(io(&path))?;
         }
         self.log.extend(lines);
-        self.write_reports()
+        self.write_reports_to(fs)
     }
 
     /// `results.json` with its `review` section, `report.html`,
@@ -340,6 +351,8 @@ impl ReportDir {
             "signed_at": sign_off.as_ref().map(|s| report_files::rfc3339(s.unix_time)),
             "changes": changes,
             "summary": report_files::summary_of(&reviewed, threshold),
+            // How much of review.jsonl these files show: opening compares it with the log.
+            "log_lines": self.log.len(),
         });
         let rp = self.dir.join("results.json");
         let json = serde_json::to_string_pretty(&doc)
@@ -414,8 +427,8 @@ mod tests {
         ));
         // A torn tail is cut off; an analysis whose cells changed refuses the log.
         let lp = dir.join("review.jsonl");
-        let mut f = OpenOptions::new().append(true).open(&lp).unwrap();
-        f.write_all(b"{\"t\":\"sign_o").unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&lp).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"t\":\"sign_o").unwrap();
         assert_eq!(ReportDir::open(&dir).unwrap().log.len(), 4);
         let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
         doc["images"][0]["cells"][0]["confidence"] = serde_json::json!(0.5);
