@@ -854,6 +854,39 @@ fn power_cuts_while_replacing_an_out_folder_leave_the_old_or_the_new_report() {
     assert!(cuts > 20, "{cuts}");
 }
 
+/// A finished session to review: its folder on the simulated disk, the first
+/// three fields' records, the report document FINISH writes for them, and the
+/// id of a counted cell.
+fn review_fixture(folder: &str) -> (PathBuf, Vec<FieldRecord>, serde_json::Value, String) {
+    let (fields, _card) = fields();
+    let records: Vec<FieldRecord> = fields.iter().take(3).map(|f| f.record.clone()).collect();
+    let f = records.iter().position(|r| !r.cells.is_empty()).expect("a field with a counted cell");
+    let sample = folder.split_once('-').map_or(folder, |(_, s)| s);
+    let document = serde_json::json!({
+        "images": records, "summary": {"threshold_percent": 20.0},
+        "model": {"name": "m", "sha256": "ab"}, "sample": {"id": sample},
+    });
+    (Path::new(ROOT).join("state/sessions").join(folder), records, document, format!("{f}-0"))
+}
+
+/// The report of a finished session written as FINISH writes it.
+fn finished_report(fs: &SimFs, dir: &Path, document: &serde_json::Value, records: &[FieldRecord]) {
+    leukoscope::storage::create_dir_durable(fs, dir).expect("folder");
+    leukoscope::report::write_report(fs, dir, document, records).expect("the report as FINISH writes it");
+}
+
+/// A reviewer's change of `cell` to a myeloblast.
+fn to_myeloblast(cell: &str) -> leukoscope::review::ReviewEntry {
+    leukoscope::review::ReviewEntry::Reclassify {
+        cell: cell.to_string(),
+        class: "MYO".into(),
+        label: "Myeloblast".into(),
+        call: leukoscope::classify::count::Call::Cell { code: "MYO".into(), blast: true, abnormal: true },
+        by: "dr a".into(),
+        unix_time: 2,
+    }
+}
+
 /// A review's rewrite of a signed-off session report (results.json with its
 /// review section, report.html, report.fhir.json) through the same disk, with
 /// the power cut at every operation (and just after it returned): the folder
@@ -861,16 +894,8 @@ fn power_cuts_while_replacing_an_out_folder_leave_the_old_or_the_new_report() {
 /// returned, the new one.
 #[test]
 fn power_cuts_during_a_review_rewrite_leave_the_old_or_the_new_report() {
-    use leukoscope::classify::count::Call;
     use leukoscope::review::{ReportDir, ReviewEntry};
-    let (fields, _card) = fields();
-    let records: Vec<FieldRecord> = fields.iter().take(3).map(|f| f.record.clone()).collect();
-    let f = records.iter().position(|r| !r.cells.is_empty()).expect("a field with a counted cell");
-    let dir = Path::new(ROOT).join("state/sessions/0001-P-1");
-    let document = serde_json::json!({
-        "images": records, "summary": {"threshold_percent": 20.0},
-        "model": {"name": "m", "sha256": "ab"}, "sample": {"id": "P-1"},
-    });
+    let (dir, records, document, cell) = review_fixture("0001-P-1");
     let log = vec![
         ReviewEntry::Open {
             schema: leukoscope::review::SCHEMA.into(),
@@ -878,21 +903,13 @@ fn power_cuts_during_a_review_rewrite_leave_the_old_or_the_new_report() {
             fields_sha256: "x".into(),
             unix_time: 1,
         },
-        ReviewEntry::Reclassify {
-            cell: format!("{f}-0"),
-            class: "MYO".into(),
-            label: "Myeloblast".into(),
-            call: Call::Cell { code: "MYO".into(), blast: true, abnormal: true },
-            by: "dr a".into(),
-            unix_time: 2,
-        },
+        to_myeloblast(&cell),
         ReviewEntry::SignOff { by: "dr a".into(), unix_time: 3 },
     ];
     let review = ReportDir { dir: dir.clone(), document: document.clone(), fields: records.clone(), log };
     let setup = || {
         let fs = SimFs::new();
-        leukoscope::storage::create_dir_durable(&fs, &dir).expect("folder");
-        leukoscope::report::write_report(&fs, &dir, &document, &records).expect("the report as FINISH writes it");
+        finished_report(&fs, &dir, &document, &records);
         fs
     };
     let fs = setup();
@@ -1107,30 +1124,13 @@ fn a_full_stick_at_every_write_leaves_nothing_half_copied() {
 /// say the same, never "signed" in one and "preliminary" in the other.
 #[test]
 fn power_cuts_during_a_sign_off_lose_nothing_acknowledged() {
-    use leukoscope::classify::count::Call;
     use leukoscope::review::{ReportDir, ReviewEntry};
-    let (fields, _card) = fields();
-    let records: Vec<FieldRecord> = fields.iter().take(3).map(|f| f.record.clone()).collect();
-    let f = records.iter().position(|r| !r.cells.is_empty()).expect("a field with a counted cell");
-    let dir = Path::new(ROOT).join("state/sessions/0002-P-2");
-    let document = serde_json::json!({
-        "images": records, "summary": {"threshold_percent": 20.0},
-        "model": {"name": "m", "sha256": "ab"}, "sample": {"id": "P-2"},
-    });
+    let (dir, records, document, cell) = review_fixture("0002-P-2");
     let setup = || {
         let fs = SimFs::new();
-        leukoscope::storage::create_dir_durable(&fs, &dir).expect("folder");
-        leukoscope::report::write_report(&fs, &dir, &document, &records).expect("the report as FINISH writes it");
+        finished_report(&fs, &dir, &document, &records);
         let mut r = ReportDir::open_from(&fs, &dir).expect("open");
-        let change = ReviewEntry::Reclassify {
-            cell: format!("{f}-0"),
-            class: "MYO".into(),
-            label: "Myeloblast".into(),
-            call: Call::Cell { code: "MYO".into(), blast: true, abnormal: true },
-            by: "dr a".into(),
-            unix_time: 2,
-        };
-        r.append_to(&fs, change).expect("a change before the sign-off");
+        r.append_to(&fs, to_myeloblast(&cell)).expect("a change before the sign-off");
         (fs, r)
     };
     let sign_off = || ReviewEntry::SignOff { by: "dr a".into(), unix_time: 3 };

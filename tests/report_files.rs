@@ -143,17 +143,8 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
 fn finish_writes_the_report_files() {
     let dir = scratch("finish");
     let config = common::write_run_config(&dir, "");
-    let script = dir.join("buttons.txt");
-    std::fs::write(&script, "1 start\n40 finish\n").expect("script");
-    let o = bin()
-        .args(["run", "--until-finished", "--config"])
-        .arg(&config)
-        .arg("--script")
-        .arg(&script)
-        .arg("--replay")
-        .args(common::images("bccd/JPEGImages", 30))
-        .output()
-        .expect("run");
+    let o =
+        common::scripted_run(&dir, &config, "1 start\n40 finish\n", 30).arg("--until-finished").output().expect("run");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let sessions: Vec<PathBuf> =
         std::fs::read_dir(dir.join("state/sessions")).expect("sessions").flatten().map(|e| e.path()).collect();

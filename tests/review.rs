@@ -471,17 +471,9 @@ fn run_serves_the_review_page_beside_the_count() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let config = run_config(&dir, &addr.to_string());
-    let script = dir.join("buttons.txt");
-    std::fs::write(&script, "1 start\n40 finish\n50 start\n90 finish\n").expect("script");
     let log = dir.join("run.log");
-    let child = common::bin()
+    let child = common::scripted_run(&dir, &config, "1 start\n40 finish\n50 start\n90 finish\n", 20)
         .env("RUST_LOG", "info")
-        .args(["run", "--config"])
-        .arg(&config)
-        .arg("--script")
-        .arg(&script)
-        .arg("--replay")
-        .args(common::images("bccd/JPEGImages", 20))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
@@ -543,17 +535,8 @@ fn run_counts_on_when_the_review_page_cannot_start() {
     let dir = scratch("with-run-busy");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
     let config = run_config(&dir, &taken.local_addr().expect("addr").to_string());
-    let script = dir.join("buttons.txt");
-    std::fs::write(&script, "1 start\n40 finish\n").expect("script");
-    let o = bin()
-        .args(["run", "--until-finished", "--config"])
-        .arg(&config)
-        .arg("--script")
-        .arg(&script)
-        .arg("--replay")
-        .args(common::images("bccd/JPEGImages", 20))
-        .output()
-        .expect("run");
+    let o =
+        common::scripted_run(&dir, &config, "1 start\n40 finish\n", 20).arg("--until-finished").output().expect("run");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("review page not started") && err.contains("the count goes on"), "{err}");

@@ -187,16 +187,8 @@ fn a_reviewer_signs_a_bccd_session_in_a_real_browser() {
 
     // A session counted by the appliance from BCCD fields.
     let config = common::write_run_config(&dir, "");
-    std::fs::write(dir.join("buttons.txt"), "1 start\n40 finish\n").expect("script");
-    let o = bin()
-        .args(["run", "--until-finished", "--config"])
-        .arg(&config)
-        .arg("--script")
-        .arg(dir.join("buttons.txt"))
-        .arg("--replay")
-        .args(common::images("bccd/JPEGImages", 30))
-        .output()
-        .expect("run");
+    let o =
+        common::scripted_run(&dir, &config, "1 start\n40 finish\n", 30).arg("--until-finished").output().expect("run");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let session =
         std::fs::read_dir(dir.join("state/sessions")).expect("sessions").flatten().next().expect("a session").path();

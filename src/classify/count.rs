@@ -293,10 +293,7 @@ mod tests {
         let mut probs = vec![0.0; card.classes.len()];
         probs[i] = 0.9;
         let pred = |stained, energy| Prediction { probs: probs.clone(), stained, energy };
-        let why = |c: Call| match c {
-            Call::Unidentified { why, .. } => Some(why),
-            _ => None,
-        };
+        let why = |c: Call| c.doubt();
         assert_eq!(why(rules.call(&card, &pred(false, -9.0))), Some(Doubt::NoNucleus));
         assert_eq!(why(rules.call(&card, &pred(true, -2.0))), Some(Doubt::Unfamiliar));
         assert!(matches!(rules.call(&card, &pred(true, -9.0)), Call::Cell { blast: true, .. }));

@@ -94,6 +94,22 @@ pub fn write_run_config(dir: &Path, session: &str) -> PathBuf {
     p
 }
 
+/// `leukoscope run` on `config`, its buttons scripted by `script` (written to
+/// `dir/buttons.txt`, one `<poll> <button>` a line) and its frames the first
+/// `fields` BCCD fields replayed; the caller adds what else it needs.
+pub fn scripted_run(dir: &Path, config: &Path, script: &str, fields: usize) -> Command {
+    let path = dir.join("buttons.txt");
+    std::fs::write(&path, script).expect("write the button script");
+    let mut cmd = bin();
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .arg("--script")
+        .arg(path)
+        .arg("--replay")
+        .args(images("bccd/JPEGImages", fields));
+    cmd
+}
+
 /// The analyzer `analyze` and `run` build from a configuration: the same
 /// library call the binary makes, so the config's overrides apply.
 pub fn analyzer_for(config: &leukoscope::config::Config) -> leukoscope::classify::pipeline::Analyzer {
