@@ -31,7 +31,7 @@ mod nuclei;
 mod params;
 mod scale;
 
-use nuclei::{find_leukocytes, nucleus_threshold};
+use nuclei::{cells_floor, find_leukocytes, nucleus_threshold};
 pub use params::DetectParams;
 use scale::estimate_scale;
 pub use scale::red_cell_scale;
@@ -224,7 +224,8 @@ pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale
     let threshold = match scale.source {
         ScaleSource::Configured | ScaleSource::Calibrated => nucleus_threshold(&level0, &luts, params),
         ScaleSource::RedCells | ScaleSource::Fallback => milli(params.nucleus_od),
-    };
+    }
+    .max(cells_floor(&level0, &luts, params));
     let (cells, rejected) = find_leukocytes(&work, k, px_per_um, &luts, threshold, params, img.width(), img.height());
     FieldDetections { cells, scale, background, rejected }
 }
@@ -401,6 +402,42 @@ mod tests {
         assert_eq!(nucleus_threshold(&g.img, &luts, &params), milli(params.nucleus_od));
         let luts = Luts::new(&Background::estimate(&f.img), params.blue_weight);
         assert!(nucleus_threshold(&f.img, &luts, &params) < milli(params.nucleus_od));
+    }
+
+    /// Red cells that take up the nuclear stain (lavender, as in some
+    /// CellaVision fields: stain signal above `nucleus_od`) are not nuclei,
+    /// at a given scale or the field's own; the leukocyte among them is found
+    /// with a box of its own nucleus, not grown over its neighbours.
+    #[test]
+    fn lavender_red_cells_are_not_nuclei() {
+        const LAVENDER: [u8; 3] = [150, 140, 172];
+        const LAVENDER_PALLOR: [u8; 3] = [185, 178, 200];
+        let mut f = Field::new(640, 480);
+        let (w, h) = (640.0, 480.0);
+        let mut y = 40.0;
+        while y < h {
+            let mut x = 40.0;
+            while x < w {
+                if (x - 320.0f32).powi(2) + (y - 240.0f32).powi(2) > 110.0f32.powi(2) {
+                    f.disc(x, y, 37.5, LAVENDER);
+                    f.disc(x, y, 12.0, LAVENDER_PALLOR);
+                }
+                x += 82.0;
+            }
+            y += 82.0;
+        }
+        f.disc(320.0, 240.0, 60.0, CYTOPLASM);
+        f.disc(320.0, 240.0, 32.0, NUCLEUS);
+        let params = synthetic_params();
+        let luts = Luts::new(&Background::estimate(&f.img), params.blue_weight);
+        assert!(luts.stain(LAVENDER) > milli(params.nucleus_od), "the red cells must pass the plain threshold");
+        for given in [Some(0.1), None] {
+            let found = detect(&f.img, &params, given);
+            let cells = uncut(&found);
+            assert_eq!(cells.len(), 1, "{given:?}: {:?}", found.cells);
+            let n = cells[0].nucleus;
+            assert!(n.x0.abs_diff(288) <= 8 && n.x1.abs_diff(352) <= 8, "{given:?}: {n:?}");
+        }
     }
 
     #[test]

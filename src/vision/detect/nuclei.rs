@@ -37,6 +37,37 @@ pub(super) fn nucleus_threshold(level0: &RgbImage, luts: &Luts, params: &DetectP
     ((top as f32 * params.nucleus_od_fraction) as i32).clamp(lo, hi)
 }
 
+/// The lowest nucleus threshold the field's red cells allow (milli-OD): the
+/// median stain signal of its stained pixels (green optical density above
+/// `rbc_min_od`: red cells, mostly) plus `nucleus_over_cells_od`. `i32::MIN`
+/// when too few pixels are stained to tell.
+pub(super) fn cells_floor(level0: &RgbImage, luts: &Luts, params: &DetectParams) -> i32 {
+    // Stain signals are clamped into +-RANGE milli-OD for the histogram.
+    const RANGE: i32 = 2000;
+    let green_min = milli(params.rbc_min_od);
+    let mut hist = vec![0u32; (2 * RANGE + 1) as usize];
+    let mut n = 0u64;
+    for p in level0.pixels() {
+        if luts.green[p.0[1] as usize] > green_min {
+            hist[(luts.stain(p.0).clamp(-RANGE, RANGE) + RANGE) as usize] += 1;
+            n += 1;
+        }
+    }
+    // Fewer than 1% of the pixels: no red cells to speak of.
+    if n == 0 || n * 100 < u64::from(level0.width()) * u64::from(level0.height()) {
+        return i32::MIN;
+    }
+    let mut seen = 0u64;
+    let median = hist
+        .iter()
+        .position(|&c| {
+            seen += u64::from(c);
+            seen * 2 >= n
+        })
+        .map_or(0, |i| i as i32 - RANGE);
+    median + milli(params.nucleus_over_cells_od)
+}
+
 /// Nucleus stain mask of an image.
 pub(super) fn nucleus_mask(img: &RgbImage, luts: &Luts, threshold: i32) -> Mask {
     Mask { width: img.width(), height: img.height(), data: img.pixels().map(|p| luts.stain(p.0) > threshold).collect() }

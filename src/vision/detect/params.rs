@@ -56,6 +56,12 @@ pub struct DetectParams {
     pub nucleus_od_fraction: f32,
     /// Lowest nucleus threshold a faint field gets.
     pub nucleus_od_floor: f32,
+    /// The nucleus threshold is never below the median stain signal of the
+    /// field's stained pixels (mostly red cells) plus this: red cells that
+    /// take up the nuclear stain (lavender in some CellaVision fields) are
+    /// then never nuclei, while nuclei stain far above them. Where red cells
+    /// are pink (stain signal below zero) it changes nothing.
+    pub nucleus_over_cells_od: f32,
     /// Radius (µm) of the opening that removes specks from the nucleus mask.
     pub open_um: f32,
     /// Fragments of the nucleus mask smaller than this (µm²) are ignored.
@@ -101,6 +107,7 @@ impl Default for DetectParams {
             nucleus_od: 0.12,
             nucleus_od_fraction: 0.35,
             nucleus_od_floor: 0.04,
+            nucleus_over_cells_od: 0.08,
             open_um: 0.3,
             min_fragment_um2: 1.0,
             lobe_merge_um: 2.5,
@@ -138,6 +145,7 @@ impl DetectParams {
             ("detect.nucleus_od", p.nucleus_od),
             ("detect.nucleus_od_fraction", p.nucleus_od_fraction),
             ("detect.nucleus_od_floor", p.nucleus_od_floor),
+            ("detect.nucleus_over_cells_od", p.nucleus_over_cells_od),
             ("detect.open_um", p.open_um),
             ("detect.min_fragment_um2", p.min_fragment_um2),
             ("detect.lobe_merge_um", p.lobe_merge_um),
