@@ -25,6 +25,11 @@ from common import CACHE, log
 
 H_RANGE = (0.85, 1.15)
 E_RANGE = (0.85, 1.15)
+# `wide_stain`: how strongly a lab stains, haematoxylin and eosin apart. The two
+# training labs differ in it, and within LMU the nuclear optical density of
+# myeloblasts and neutrophils differs ~2.5x, so a model can read "pale nucleus"
+# as "blast" when it is "another lab's stain"; copies span 0.6-1.5x on each.
+WIDE_RANGE = (0.6, 1.5)
 
 
 def _other_lab_stats(samples, rng, n: int = 400) -> dict[str, list[dict]]:
@@ -71,11 +76,14 @@ def _optics(rgb: np.ndarray, r) -> np.ndarray:
     return np.clip(out, 0, 1)
 
 
-def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE / "aug", optics: bool = False) -> list:
+def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE / "aug", optics: bool = False,
+                  wide_stain: bool = False) -> list:
     """Returns new Samples (same labels, split 'train') for augmented copies of the
     given train samples: `copies[source]` copies each. Cached by path + seed.
     optics=True: each copy also goes through `_optics` (half of them) and is
-    saved as JPEG at quality 40-95 instead of PNG: the camera, not only the stain."""
+    saved as JPEG at quality 40-95 instead of PNG: the camera, not only the stain.
+    wide_stain=True: the H/E restain spans WIDE_RANGE, and the other two kinds of
+    copy get such a restain too, on half of them."""
     from evaluate import hed_restain, load_rgb, reinhard
 
     rng = np.random.default_rng(seed)
@@ -85,7 +93,8 @@ def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE
     made = 0
     for s in samples:
         for c in range(copies.get(s.source, 0)):
-            key = hashlib.md5(f"{seed}:{c}:{s.path}{':optics' if optics else ''}".encode()).hexdigest()[:16]
+            tag = (":optics" if optics else "") + (":wide" if wide_stain else "")
+            key = hashlib.md5(f"{seed}:{c}:{s.path}{tag}".encode()).hexdigest()[:16]
             dst = root / str(seed) / f"{key}.{'jpg' if optics else 'png'}"
             if not dst.exists():
                 r = np.random.default_rng(int(key, 16))
@@ -97,9 +106,12 @@ def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE
                     tgt = stats[other[r.integers(len(other))]]
                     rgb = reinhard(rgb, tgt[r.integers(len(tgt))])
                 elif kind == 1:
-                    rgb = hed_restain(rgb, h=r.uniform(*H_RANGE), e=r.uniform(*E_RANGE), d_shift=r.uniform(-0.01, 0.01))
+                    hr, er = (WIDE_RANGE, WIDE_RANGE) if wide_stain else (H_RANGE, E_RANGE)
+                    rgb = hed_restain(rgb, h=r.uniform(*hr), e=r.uniform(*er), d_shift=r.uniform(-0.01, 0.01))
                 else:
                     rgb = _camera(rgb, r)
+                if wide_stain and kind != 1 and r.random() < 0.5:
+                    rgb = hed_restain(rgb, h=r.uniform(*WIDE_RANGE), e=r.uniform(*WIDE_RANGE), d_shift=0.0)
                 if optics and r.random() < 0.5:
                     rgb = _optics(rgb, r)
                 dst.parent.mkdir(parents=True, exist_ok=True)

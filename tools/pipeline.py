@@ -139,7 +139,8 @@ def step_train(a, data: Data) -> dict:
         from augment import augment_train
 
         optics = getattr(a, "optics_aug", False)
-        aug = augment_train([data.samples[i] for i in tr], {"lmu": 3 if optics else 2, "pbc": 1}, a.seed, optics=optics)
+        aug = augment_train([data.samples[i] for i in tr], {"lmu": 3 if optics else 2, "pbc": 1}, a.seed, optics=optics,
+                            wide_stain=getattr(a, "wide_stain", False))
         prep = preprocess([s.path for s in aug], scales=[s.um_per_px for s in aug], cache_sub="pre-aug", jobs=a.jobs)
         ok = np.array([i for i in range(len(aug)) if prep.ok[i]], dtype=np.int64)
         aug_data = Data([aug[i] for i in ok], data.classes, None)
@@ -330,6 +331,8 @@ def main(argv=None) -> None:
                            help="Fourier amplitude mix across the batch and random convolutions (train.style_augment)")
             p.add_argument("--arch", default="vgg", choices=["vgg", "strided"],
                            help="vgg: conv + max-pool; strided: stride-2 convolutions instead of the pools")
+            p.add_argument("--wide-stain", action="store_true",
+                           help="with --image-aug: H/E restain of the copies over 0.6-1.5x (augment.WIDE_RANGE), on most copies")
             p.add_argument("--image-aug", action="store_true",
                            help="add stain-augmented copies of the train images (tools/augment.py): LMU x2, PBC x1")
 
