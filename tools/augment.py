@@ -77,7 +77,7 @@ def _optics(rgb: np.ndarray, r) -> np.ndarray:
 
 
 def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE / "aug", optics: bool = False,
-                  wide_stain: bool = False) -> list:
+                  wide_stain: bool = False, jitter_range: tuple[float, float] = (0.85, 1.18)) -> list:
     """Returns new Samples (same labels, split 'train') for augmented copies of the
     given train samples: `copies[source]` copies each. Cached by path + seed.
     optics=True: each copy also goes through `_optics` (half of them) and is
@@ -121,7 +121,7 @@ def augment_train(samples, copies: dict[str, int], seed: int, root: Path = CACHE
                 else:
                     out_img.save(dst)
                 made += 1
-            jitter = float(np.random.default_rng(int(key, 16) + 1).uniform(0.85, 1.18)) if optics else 1.0
+            jitter = float(np.random.default_rng(int(key, 16) + 1).uniform(*jitter_range)) if optics else 1.0
             out.append(replace(s, path=str(dst), source=s.source, split="train", scale_jitter=jitter))
     log(f"stain augmentation: {len(out)} copies ({made} newly written) under {root / str(seed)}")
     return out

@@ -136,9 +136,10 @@ def _gauss_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
-def augment(x: torch.Tensor, g: torch.Generator, stain: bool = False) -> torch.Tensor:
+def augment(x: torch.Tensor, g: torch.Generator, stain: bool = False,
+            scale_range: tuple[float, float] = (0.85, 1.15)) -> torch.Tensor:
     """x: [B,3,S,S] standardised Lab. Geometric: flips, any rotation (covers the
-    90-degree ones), scale 0.85-1.15, translation +-6%, one grid_sample with border
+    90-degree ones), scale 0.85-1.15 (`scale_range`), translation +-6%, one grid_sample with border
     padding. Photometric: a/b hue rotation +-20 degrees, per-channel gain 0.8-1.2 and
     offset +-0.2, occasional blur (defocus) and Gaussian noise. stain=True adds
     non-affine stain changes (experimental, off by default): on half the batch a
@@ -147,7 +148,7 @@ def augment(x: torch.Tensor, g: torch.Generator, stain: bool = False) -> torch.T
     b = x.shape[0]
     u = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
     ang = u(b) * 2 * math.pi
-    scale = 0.85 + 0.30 * u(b)
+    scale = scale_range[0] + (scale_range[1] - scale_range[0]) * u(b)
     flip = torch.where(u(b) < 0.5, -1.0, 1.0)
     tx, ty = (u(b) - 0.5) * 0.12, (u(b) - 0.5) * 0.12  # +-6% of the side (grid spans 2)
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
@@ -336,6 +337,7 @@ def train(
     norm: str = "batch",
     arch: str = "vgg",
     style_aug: bool = False,
+    scale_range: tuple[float, float] = (0.85, 1.15),
 ) -> dict:
     """Trains on x [N,3,S,S] with allowed-class masks [N,C]; writes model.pt,
     model-f32.onnx and train.json into run_dir. Fixed epochs, no model selection."""
@@ -383,7 +385,7 @@ def train(
         te = time.time()
         for i in range(steps):
             bi = idx[i * batch : (i + 1) * batch]
-            xb = augment(xt[bi].float(), g, stain_aug)
+            xb = augment(xt[bi].float(), g, stain_aug, scale_range)
             if style_aug:
                 xb = style_augment(xb, g)
             mb = mt[bi]
@@ -429,6 +431,7 @@ def train(
         "mixstyle": mixstyle,
         "norm": norm,
         "style_aug": style_aug,
+        "scale_range": list(scale_range),
         **(meta or {}),
     }
     torch.save({"state_dict": model.state_dict(), "info": info}, run_dir / "model.pt")
