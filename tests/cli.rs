@@ -874,3 +874,29 @@ fn a_long_batch_shows_progress_on_a_terminal() {
     assert!(out.status.success(), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("analysing") && !err.contains("analysing"), "{err}");
 }
+
+/// `analyze --um-per-px` gives the scale for one run, over the config's: every
+/// field says "configured" with that value (no fallback), and a value that is
+/// not a scale is refused before any work.
+#[test]
+fn analyze_um_per_px_overrides_the_configured_scale() {
+    let dir = scratch("um-per-px");
+    let p = dir.join("scale.toml");
+    std::fs::write(&p, "[scale]\num_per_px = 0.2\n").expect("write");
+    let (out, err) = run(bin()
+        .args(["analyze", "--json", "--um-per-px", "0.0725", "--config"])
+        .arg(&p)
+        .arg(field("BloodImage_00001")));
+    assert!(out.status.success(), "{err}");
+    let doc = json(&out);
+    let scale = &doc["images"][0]["scale"];
+    assert_eq!(scale["source"], "configured", "{scale}");
+    assert!((scale["um_per_px"].as_f64().unwrap_or(0.0) - 0.0725).abs() < 1e-6, "{scale}");
+    assert_eq!(doc["images"][0]["cells"].as_array().map(Vec::len), Some(1), "{doc}");
+    for bad in ["0", "-0.1", "NaN", "12"] {
+        let (out, err) =
+            run(bin().args(["analyze", "--json"]).arg(format!("--um-per-px={bad}")).arg(field("BloodImage_00001")));
+        assert!(!out.status.success(), "{bad}: accepted");
+        assert!(err.contains("--um-per-px") && out.stdout.is_empty(), "{bad}: {err}");
+    }
+}

@@ -2,7 +2,7 @@
 //! a report folder).
 
 use super::{batch_inputs, demo_inputs, progress, read_input, ConfigArg, ModelArgs};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use leukoscope::classify::count::Differential;
 use leukoscope::report::FieldRecord;
 use std::io::Write;
@@ -35,12 +35,23 @@ pub struct Args {
     /// Operator identifier, written into the JSON and the report files.
     #[arg(long)]
     operator_id: Option<String>,
+    /// The camera's scale (µm per pixel) for this run, in place of the
+    /// config's `[scale]`: to try a camera before `calibrate --write` stores it.
+    #[arg(long)]
+    um_per_px: Option<f32>,
     /// Field images or directories of them.
     inputs: Vec<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let config = a.config.load()?;
+    let mut config = a.config.load()?;
+    if let Some(s) = a.um_per_px {
+        if !(s.is_finite() && s > 0.0 && s < 10.0) {
+            bail!("--um-per-px {s}: must be a positive number below 10");
+        }
+        config.scale.um_per_px = Some(s);
+        config.scale.objective = None;
+    }
     let inputs = if a.inputs.is_empty() { demo_inputs()? } else { a.inputs };
     let paths = batch_inputs(&inputs)?;
     let analyzer = a.model.analyzer(&config, a.config.config.as_deref())?;
