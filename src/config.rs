@@ -105,6 +105,11 @@ impl Default for ScaleConfig {
 }
 
 impl ScaleConfig {
+    /// Whether `s` can be a camera's scale in µm per pixel: a positive number below 10.
+    pub fn usable(s: f32) -> bool {
+        s.is_finite() && s > 0.0 && s < 10.0
+    }
+
     /// The configured scale (the objective's, else `um_per_px`), if any.
     pub fn configured(&self) -> Option<f32> {
         match &self.objective {
@@ -148,13 +153,12 @@ impl Config {
                 return bad("count.min_confidence", c.to_string(), "must be between 0 and 1");
             }
         }
-        let scale_ok = |s: f32| s.is_finite() && s > 0.0 && s < 10.0;
         if let Some(s) = self.scale.um_per_px {
-            if !scale_ok(s) {
+            if !ScaleConfig::usable(s) {
                 return bad("scale.um_per_px", s.to_string(), "must be a positive number below 10");
             }
         }
-        if let Some((name, s)) = self.scale.objectives.iter().find(|(_, s)| !scale_ok(**s)) {
+        if let Some((name, s)) = self.scale.objectives.iter().find(|(_, s)| !ScaleConfig::usable(**s)) {
             return bad("scale.objectives", format!("{name} = {s}"), "must be a positive number below 10");
         }
         if let Some(o) = &self.scale.objective {

@@ -1,8 +1,8 @@
 //! `leukoscope analyze`: smear fields in, a differential out (table, JSON or
 //! a report folder).
 
-use super::{batch_inputs, demo_inputs, progress, read_input, ConfigArg, ModelArgs};
-use anyhow::{bail, Context, Result};
+use super::{batch_inputs, demo_inputs, progress, read_input, um_per_px_arg, ConfigArg, ModelArgs};
+use anyhow::{Context, Result};
 use leukoscope::classify::count::Differential;
 use leukoscope::report::FieldRecord;
 use std::io::Write;
@@ -45,10 +45,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<i32> {
     let mut config = a.config.load()?;
-    if let Some(s) = a.um_per_px {
-        if !(s.is_finite() && s > 0.0 && s < 10.0) {
-            bail!("--um-per-px {s}: must be a positive number below 10");
-        }
+    if let Some(s) = um_per_px_arg(a.um_per_px)? {
         config.scale.um_per_px = Some(s);
         config.scale.objective = None;
     }

@@ -1,7 +1,7 @@
 //! `leukoscope classify`: single-cell crops in, one call each out (table or JSON).
 
-use super::{batch_inputs, progress, read_input, CardArg, Precision};
-use anyhow::{bail, Context, Result};
+use super::{batch_inputs, progress, read_input, um_per_px_arg, CardArg, Precision};
+use anyhow::{Context, Result};
 use leukoscope::classify::count::CallRules;
 use leukoscope::classify::model::{Classifier, ModelCard};
 use leukoscope::report::json::{classification_json, CropOutcome};
@@ -34,10 +34,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<i32> {
     let clf = load_classifier(a.model, a.precision)?;
     let paths = batch_inputs(&a.inputs)?;
-    let um_per_px = a.um_per_px;
-    if let Some(s) = um_per_px.filter(|s| !(s.is_finite() && *s > 0.0 && *s < 10.0)) {
-        bail!("--um-per-px {s}: must be a positive number below 10");
-    }
+    let um_per_px = um_per_px_arg(a.um_per_px)?;
     let spec = clf.card.input.preprocessing.clone();
     let detect = leukoscope::vision::detect::DetectParams::default();
     let pb = progress(paths.len(), "classifying");

@@ -103,6 +103,16 @@ pub fn load_config(path: Option<&Path>) -> Result<Config> {
     })
 }
 
+/// A `--um-per-px` value, refused (before any work) when `[scale]` would refuse it.
+pub fn um_per_px_arg(s: Option<f32>) -> Result<Option<f32>> {
+    match s {
+        Some(s) if !leukoscope::config::ScaleConfig::usable(s) => {
+            bail!("--um-per-px {s}: must be a positive number below 10")
+        }
+        s => Ok(s),
+    }
+}
+
 pub fn progress(n: usize, what: &str) -> indicatif::ProgressBar {
     // Only worth drawing for batches, and never into a pipe.
     if n < 20 {

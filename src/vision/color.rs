@@ -60,7 +60,7 @@ impl Background {
 pub const MIN_T: f32 = 1.0 / 255.0;
 
 /// Smallest luminance bin at or above the `q` quantile.
-fn percentile_bin(hist: &[u32], n: u64, q: f64) -> usize {
+pub(crate) fn percentile_bin(hist: &[u32], n: u64, q: f64) -> usize {
     let target = (q * n as f64).ceil() as u64;
     let mut acc = 0u64;
     for (i, &h) in hist.iter().enumerate() {

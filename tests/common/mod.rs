@@ -160,16 +160,18 @@ fn fhir_python() -> Option<PathBuf> {
 pub fn validate_fhir(bundle: &Path, status: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let Some(python) = fhir_python() else { return };
-    let out = Command::new(&python)
-        .arg(root.join("tools/check_fhir.py"))
-        .arg(bundle)
-        .args(["--status", status])
-        .output()
-        .expect("run tools/check_fhir.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(root.join("tools/check_fhir.py")).arg(bundle).args(["--status", status]);
+    assert_checker_passes(&mut cmd, bundle, "does not validate");
+}
+
+/// Runs one of the tools/ checkers and fails the test with its output unless it passes.
+fn assert_checker_passes(cmd: &mut Command, subject: &Path, failure: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{} does not validate:\n{}{}",
-        bundle.display(),
+        "{} {failure}:\n{}{}",
+        subject.display(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -187,12 +189,5 @@ pub fn validate_hl7(message: &Path, status: &str, sample: Option<&str>) {
     if let Some(s) = sample {
         cmd.args(["--sample", s]);
     }
-    let out = cmd.output().expect("run tools/check_hl7.py");
-    assert!(
-        out.status.success(),
-        "{} does not parse or check:\n{}{}",
-        message.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_checker_passes(&mut cmd, message, "does not parse or check");
 }

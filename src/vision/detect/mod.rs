@@ -304,18 +304,25 @@ mod tests {
             }
         }
         fn red_cell(&mut self, cx: f32, cy: f32) {
-            self.disc(cx, cy, 37.5, RBC);
-            self.disc(cx, cy, 12.0, PALLOR);
+            self.red_cell_in(cx, cy, RBC, PALLOR);
+        }
+        fn red_cell_in(&mut self, cx: f32, cy: f32, body: [u8; 3], pallor: [u8; 3]) {
+            self.disc(cx, cy, 37.5, body);
+            self.disc(cx, cy, 12.0, pallor);
         }
         /// Red cells on a grid, except where `keep_out` (centre, radius) says.
         fn red_cells(&mut self, keep_out: &[(f32, f32, f32)]) {
+            self.red_cells_in(keep_out, RBC, PALLOR);
+        }
+        /// [`Field::red_cells`] in other colours.
+        fn red_cells_in(&mut self, keep_out: &[(f32, f32, f32)], body: [u8; 3], pallor: [u8; 3]) {
             let (w, h) = (self.img.width() as f32, self.img.height() as f32);
             let mut y = 40.0;
             while y < h {
                 let mut x = 40.0;
                 while x < w {
                     if keep_out.iter().all(|&(kx, ky, kr)| (x - kx).powi(2) + (y - ky).powi(2) > (kr + 40.0).powi(2)) {
-                        self.red_cell(x, y);
+                        self.red_cell_in(x, y, body, pallor);
                     }
                     x += 82.0;
                 }
@@ -413,19 +420,8 @@ mod tests {
         const LAVENDER: [u8; 3] = [150, 140, 172];
         const LAVENDER_PALLOR: [u8; 3] = [185, 178, 200];
         let mut f = Field::new(640, 480);
-        let (w, h) = (640.0, 480.0);
-        let mut y = 40.0;
-        while y < h {
-            let mut x = 40.0;
-            while x < w {
-                if (x - 320.0f32).powi(2) + (y - 240.0f32).powi(2) > 110.0f32.powi(2) {
-                    f.disc(x, y, 37.5, LAVENDER);
-                    f.disc(x, y, 12.0, LAVENDER_PALLOR);
-                }
-                x += 82.0;
-            }
-            y += 82.0;
-        }
+        // Red cells 110 px or more from the leukocyte's centre.
+        f.red_cells_in(&[(320.0, 240.0, 70.0)], LAVENDER, LAVENDER_PALLOR);
         f.disc(320.0, 240.0, 60.0, CYTOPLASM);
         f.disc(320.0, 240.0, 32.0, NUCLEUS);
         let params = synthetic_params();

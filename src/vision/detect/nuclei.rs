@@ -3,6 +3,7 @@
 //! rejected by area, and each nucleus grown into its cell's box.
 
 use super::{milli, DetectParams, Detection, Luts, Rejected};
+use crate::vision::color::percentile_bin;
 use crate::vision::components::Labels;
 use crate::vision::imageops::find_root;
 use crate::vision::mask::{BBox, Mask};
@@ -58,14 +59,7 @@ pub(super) fn cells_floor(level0: &RgbImage, luts: &Luts, params: &DetectParams)
     if n == 0 || n * 300 < u64::from(level0.width()) * u64::from(level0.height()) {
         return i32::MIN;
     }
-    let mut seen = 0u64;
-    let median = hist
-        .iter()
-        .position(|&c| {
-            seen += u64::from(c);
-            seen * 2 >= n
-        })
-        .map_or(0, |i| i as i32 - RANGE);
+    let median = percentile_bin(&hist, n, 0.5) as i32 - RANGE;
     median + milli(params.nucleus_over_cells_od)
 }
 
