@@ -4,7 +4,7 @@
 use crate::classify::count::{Call, CallRules};
 use crate::classify::model::{Classifier, ModelError, Prediction};
 use crate::vision::detect::{detect_at, red_cell_scale, sane_scale, DetectParams, FieldScale, Rejected, ScaleSource};
-use crate::vision::imageops::{reciprocal, reflect};
+use crate::vision::imageops::{means_of_blocks, reciprocal, reflect};
 use crate::vision::mask::BBox;
 use crate::vision::morphometry::{self, Morphometry};
 use crate::vision::preprocess::{prepare, PreprocessSpec};
@@ -194,6 +194,7 @@ pub fn cell_region(img: &RgbImage, geometry: RegionGeometry) -> RgbImage {
     // f <= MAX_REGION_FACTOR rows of bytes: the sums fit u16,
     // twice the lanes per vector instruction of u32.
     let mut sums = vec![0u16; (hi - lo + 1) * 3];
+    let contiguous = x0 >= 0 && x0 + (out * f) as i64 <= w;
     for (y, dst) in buf.chunks_exact_mut(out * 3).enumerate() {
         sums.fill(0);
         for dy in 0..f {
@@ -201,6 +202,12 @@ pub fn cell_region(img: &RgbImage, geometry: RegionGeometry) -> RgbImage {
             for (a, &v) in sums.iter_mut().zip(&raw[row + lo * 3..row + (hi + 1) * 3]) {
                 *a += v as u16;
             }
+        }
+        if contiguous {
+            // Inside the field left to right: the summed columns are the
+            // region's own, f at a time.
+            means_of_blocks(dst, &sums, f, (n, recip));
+            continue;
         }
         for (d, block) in dst.chunks_exact_mut(3).zip(cols.chunks_exact(f)) {
             let mut acc = [0u32; 3];

@@ -16,9 +16,16 @@ impl Background {
     /// luminance lies between the 85th and 99th percentile. The top 1% is
     /// dropped because it holds specular glints and saturated pixels.
     pub fn estimate(img: &RgbImage) -> Background {
+        // One pass: per luminance bin, its count and its colour sums; the
+        // mean over the chosen bins is then a sum over bins, not pixels.
         let mut hist = [0u32; 766];
+        let mut bin_sums = [[0u64; 3]; 766];
         for p in img.pixels() {
-            hist[p.0[0] as usize + p.0[1] as usize + p.0[2] as usize] += 1;
+            let l = p.0[0] as usize + p.0[1] as usize + p.0[2] as usize;
+            hist[l] += 1;
+            for (s, &v) in bin_sums[l].iter_mut().zip(&p.0) {
+                *s += u64::from(v);
+            }
         }
         let n = img.width() as u64 * img.height() as u64;
         if n == 0 {
@@ -28,14 +35,11 @@ impl Background {
         let hi = percentile_bin(&hist, n, 0.99).max(lo);
         let mut sum = [0u64; 3];
         let mut count = 0u64;
-        for p in img.pixels() {
-            let l = p.0[0] as usize + p.0[1] as usize + p.0[2] as usize;
-            if l >= lo && l <= hi {
-                for (s, &v) in sum.iter_mut().zip(&p.0) {
-                    *s += v as u64;
-                }
-                count += 1;
+        for (c, bs) in hist[lo..=hi].iter().zip(&bin_sums[lo..=hi]) {
+            for (s, &v) in sum.iter_mut().zip(bs) {
+                *s += v;
             }
+            count += u64::from(*c);
         }
         let count = count.max(1) as f32;
         Background([

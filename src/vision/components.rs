@@ -28,6 +28,36 @@ impl Mask {
     /// Runs of foreground `(y, x0, x1 exclusive)` in raster order, and their
     /// union-find forest (8-connected runs joined).
     fn joined_runs(&self) -> (Vec<(u32, u32, u32)>, Vec<u32>) {
+        self.joined_runs_of(true, true)
+    }
+
+    /// Fills holes: background regions not connected (4-connected) to the
+    /// image border become foreground, e.g. the pale centre of a red cell.
+    /// By runs of background and union-find, not a pixel-by-pixel flood.
+    pub fn fill_holes(&self) -> Mask {
+        let (w, h) = (self.width, self.height);
+        let mut filled = self.clone();
+        let (runs, mut parent) = self.joined_runs_of(false, false);
+        let mut reaches_border = vec![false; runs.len()];
+        for (i, &(y, x0, x1)) in runs.iter().enumerate() {
+            if y == 0 || y + 1 == h || x0 == 0 || x1 == w {
+                reaches_border[find_root(&mut parent, i as u32) as usize] = true;
+            }
+        }
+        for (i, &(y, x0, x1)) in runs.iter().enumerate() {
+            if !reaches_border[find_root(&mut parent, i as u32) as usize] {
+                let start = (y * w) as usize;
+                filled.data[start + x0 as usize..start + x1 as usize].fill(true);
+            }
+        }
+        filled
+    }
+
+    /// Runs of pixels equal to `value` and their union-find forest: runs
+    /// joined when they overlap, and also when they touch at a corner if
+    /// `diagonal` (8-connected; else 4-connected).
+    fn joined_runs_of(&self, value: bool, diagonal: bool) -> (Vec<(u32, u32, u32)>, Vec<u32>) {
+        let d = u32::from(diagonal);
         // Run-based labelling: each row's runs of foreground are joined with
         // the runs of the row above that touch them (8-connected: overlapping
         // or diagonal), by union-find over runs. A blob costs per run, not per
@@ -39,12 +69,12 @@ impl Mask {
             row_start.push(runs.len());
             let mut x = 0;
             while x < w {
-                if !row[x] {
+                if row[x] != value {
                     x += 1;
                     continue;
                 }
                 let x0 = x;
-                while x < w && row[x] {
+                while x < w && row[x] == value {
                     x += 1;
                 }
                 runs.push((y as u32, x0 as u32, x as u32));
@@ -57,12 +87,13 @@ impl Mask {
             let mut a = above.start;
             for r in here {
                 let (_, x0, x1) = runs[r];
-                // Runs above ending before x0 - 1 cannot touch this or later runs.
-                while a < above.end && runs[a].2 < x0 {
+                // Runs above ending before x0 (x0 - 1 with diagonals) cannot
+                // touch this or later runs.
+                while a < above.end && runs[a].2 + d <= x0 {
                     a += 1;
                 }
                 let mut b = a;
-                while b < above.end && runs[b].1 <= x1 {
+                while b < above.end && runs[b].1 < x1 + d {
                     let (ra, rb) = (find_root(&mut parent, r as u32), find_root(&mut parent, b as u32));
                     if ra != rb {
                         parent[ra.max(rb) as usize] = ra.min(rb);

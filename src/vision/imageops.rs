@@ -76,22 +76,65 @@ where
                 *a += T::from(v);
             }
         }
-        for (ox, d) in dst.chunks_exact_mut(3).enumerate() {
-            let (x0, x1) = (ox * k, ((ox + 1) * k).min(w));
-            let mut sum = [0u32; 3];
-            for px in column_sums[x0 * 3..x1 * 3].chunks_exact(3) {
-                sum[0] += px[0].into();
-                sum[1] += px[1].into();
-                sum[2] += px[2].into();
-            }
-            let (n, recip) = if x1 - x0 == k { full } else { reciprocal(n_rows as u64 * (x1 - x0) as u64) };
-            for c in 0..3 {
-                d[c] = (((sum[c] as u64 + n / 2) * recip) >> 32).min(255) as u8;
-            }
+        // Whole blocks of k columns, then the partial one at the right edge
+        // (if any): no per-pixel test for which kind a block is.
+        let whole = w / k;
+        let (blocks, tail) = column_sums.split_at(whole * k * 3);
+        let (dst_whole, dst_tail) = dst.split_at_mut(whole * 3);
+        means_of_blocks(dst_whole, blocks, k, full);
+        if !tail.is_empty() {
+            mean_of_block(dst_tail, tail, reciprocal(n_rows as u64 * (tail.len() / 3) as u64));
         }
     }
     // The buffer holds exactly ow * oh * 3 bytes, so this cannot fail.
     RgbImage::from_raw(ow as u32, oh as u32, out).unwrap_or_default()
+}
+
+/// The rounded means of consecutive blocks of `k` summed RGB columns, one
+/// output pixel each, all by the same `(n, reciprocal)`. The usual factors
+/// get a loop of known length, which the compiler unrolls.
+pub fn means_of_blocks<T: Copy + Into<u32>>(dst: &mut [u8], sums: &[T], k: usize, full: (u64, u64)) {
+    fn fixed<T: Copy + Into<u32>, const K: usize>(dst: &mut [u8], sums: &[T], full: (u64, u64)) {
+        for (d, block) in dst.chunks_exact_mut(3).zip(sums.chunks_exact(K * 3)) {
+            let mut sum = [0u32; 3];
+            for j in 0..K {
+                sum[0] += block[3 * j].into();
+                sum[1] += block[3 * j + 1].into();
+                sum[2] += block[3 * j + 2].into();
+            }
+            write_means(d, sum, full);
+        }
+    }
+    match k {
+        2 => fixed::<T, 2>(dst, sums, full),
+        3 => fixed::<T, 3>(dst, sums, full),
+        4 => fixed::<T, 4>(dst, sums, full),
+        _ => {
+            for (d, block) in dst.chunks_exact_mut(3).zip(sums.chunks_exact(k * 3)) {
+                mean_of_block(d, block, full);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn write_means(d: &mut [u8], sum: [u32; 3], (n, recip): (u64, u64)) {
+    for c in 0..3 {
+        d[c] = (((sum[c] as u64 + n / 2) * recip) >> 32).min(255) as u8;
+    }
+}
+
+/// One output pixel: the rounded mean of a block of summed RGB columns, by
+/// the block's `(n, reciprocal)`.
+#[inline(always)]
+fn mean_of_block<T: Copy + Into<u32>>(d: &mut [u8], block: &[T], (n, recip): (u64, u64)) {
+    let mut sum = [0u32; 3];
+    for px in block.chunks_exact(3) {
+        sum[0] += px[0].into();
+        sum[1] += px[1].into();
+        sum[2] += px[2].into();
+    }
+    write_means(d, sum, (n, recip));
 }
 
 /// `(n, ceil(2^32 / n))` for rounded division of byte sums by n: exact while
@@ -181,6 +224,30 @@ mod tests {
         let field = noisy_field(641, 479);
         for k in [2, 3, 4, 7, 16] {
             assert!(downsample_with::<u16>(&field, k) == downsample_with::<u32>(&field, k), "k = {k}");
+        }
+    }
+
+    /// Every block's rounded mean, partial blocks at the right and bottom
+    /// included, as the plain per-pixel loop computes it.
+    #[test]
+    fn downsampling_equals_the_plain_block_mean() {
+        let field = noisy_field(643, 481);
+        for k in [2, 3, 4, 5, 7, 16] {
+            let d = downsample(&field, k);
+            let (w, h) = (field.width(), field.height());
+            let plain = RgbImage::from_fn(w.div_ceil(k), h.div_ceil(k), |ox, oy| {
+                let (mut acc, mut n) = ([0u32; 3], 0u32);
+                for y in oy * k..((oy + 1) * k).min(h) {
+                    for x in ox * k..((ox + 1) * k).min(w) {
+                        for (a, &v) in acc.iter_mut().zip(&field.get_pixel(x, y).0) {
+                            *a += v as u32;
+                        }
+                        n += 1;
+                    }
+                }
+                Rgb(acc.map(|a| ((a + n / 2) / n) as u8))
+            });
+            assert!(*d == plain, "k = {k}");
         }
     }
 
