@@ -160,6 +160,8 @@ def step_train(a, data: Data) -> dict:
         style_aug=getattr(a, "style_aug", False),
         scale_range=WIDE_SCALE if getattr(a, "wide_scale", False) else (0.85, 1.15),
         init=(RUNS / a.init / "model.pt") if getattr(a, "init", None) else None,
+        teacher=(RUNS / a.teacher / "model.pt") if getattr(a, "teacher", None) else None,
+        distill_alpha=getattr(a, "distill_alpha", 0.5),
         meta={"command": " ".join(shlex.quote(x) for x in sys.argv), "data_root": str(data_root()),
               "binary_stamp": binary_stamp(ensure_binary()), "source_um_per_px": dict(ds.SOURCE_UM_PER_PX)},
     )
@@ -325,6 +327,10 @@ def main(argv=None) -> None:
             p.add_argument("--steps-per-epoch", type=int, default=None, help="default: train size / batch")
             p.add_argument("--init", default=None,
                            help="start from the weights of this earlier run (fine-tuning; use a lower --lr)")
+            p.add_argument("--teacher", default=None,
+                           help="distil from this earlier run (its calls as soft targets, train.train's teacher)")
+            p.add_argument("--distill-alpha", type=float, default=0.5,
+                           help="with --teacher: weight of the teacher's soft targets in the loss")
             p.add_argument("--optics-aug", action="store_true",
                            help="with --image-aug: copies also defocused, resampled, noisy, JPEG-compressed (LMU x3)")
             p.add_argument("--mixstyle", action="store_true",

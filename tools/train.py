@@ -338,9 +338,16 @@ def train(
     arch: str = "vgg",
     style_aug: bool = False,
     scale_range: tuple[float, float] = (0.85, 1.15),
+    teacher: Path | None = None,
+    distill_alpha: float = 0.5,
+    distill_t: float = 2.0,
 ) -> dict:
     """Trains on x [N,3,S,S] with allowed-class masks [N,C]; writes model.pt,
-    model-f32.onnx and train.json into run_dir. Fixed epochs, no model selection."""
+    model-f32.onnx and train.json into run_dir. Fixed epochs, no model selection.
+    With `teacher` (an earlier run's checkpoint, any architecture, same classes) the
+    loss is (1 - alpha) x the label loss + alpha x T^2 x KL(teacher || student) at
+    temperature T on the same augmented batch (Hinton et al. 2015): a smaller network
+    learns the teacher's calls, including what it learnt between the labs."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -358,6 +365,20 @@ def train(
         init_info["new_classes"] = load_features_and_head(model, ck, classes)
         log(f"fine-tuning from {init} ({ck['info']['epochs']} epochs at lr {ck['info']['lr']}); "
             f"new head rows: {init_info['new_classes']}")
+    teacher_net, teacher_info = None, None
+    if teacher is not None:
+        tk = torch.load(teacher, map_location="cpu", weights_only=False)  # our own checkpoint
+        if tk["info"]["classes"] != classes:
+            raise ValueError(f"{teacher}: the teacher's classes differ from this run's")
+        tarch = [tuple(a) if isinstance(a, list) else a for a in tk["info"]["arch"]]
+        # MixStyle has no weights but shifts the layer indices: built as the teacher was
+        # (in eval mode it does nothing).
+        teacher_net = CellNet(len(classes), arch=tarch, mixstyle=tk["info"].get("mixstyle", False),
+                              norm=tk["info"].get("norm", "batch"))
+        teacher_net.load_state_dict(tk["state_dict"])
+        teacher_net.eval()
+        teacher_info = {"from": str(teacher), "alpha": distill_alpha, "temperature": distill_t}
+        log(f"distilling from {teacher} (alpha {distill_alpha}, T {distill_t})")
     macs, params = count_macs(model, size)
     log(f"model: {macs / 1e6:.1f} M MACs at {size}x{size}, {params / 1e3:.0f} k parameters, {len(classes)} classes")
     w = sampling_weights(groups, lmu_boost)
@@ -391,6 +412,12 @@ def train(
             mb = mt[bi]
             logits = model(xb)
             loss = partial_label_loss(logits, mb, smoothing)
+            if teacher_net is not None:
+                with torch.no_grad():
+                    soft = torch.log_softmax(teacher_net(xb) / distill_t, 1)
+                kd = torch.nn.functional.kl_div(torch.log_softmax(logits / distill_t, 1), soft, log_target=True,
+                                                reduction="batchmean")
+                loss = (1 - distill_alpha) * loss + distill_alpha * distill_t**2 * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -428,6 +455,7 @@ def train(
         "history": hist,
         "train_seconds": secs,
         "init": init_info,
+        "teacher": teacher_info,
         "mixstyle": mixstyle,
         "norm": norm,
         "style_aug": style_aug,
