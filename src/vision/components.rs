@@ -58,9 +58,9 @@ impl Mask {
     /// `diagonal` (8-connected; else 4-connected).
     fn joined_runs_of(&self, value: bool, diagonal: bool) -> (Vec<(u32, u32, u32)>, Vec<u32>) {
         let d = u32::from(diagonal);
-        // Run-based labelling: each row's runs of foreground are joined with
-        // the runs of the row above that touch them (8-connected: overlapping
-        // or diagonal), by union-find over runs. A blob costs per run, not per
+        // Run-based labelling: each row's runs are joined with the runs of
+        // the row above that touch them (overlapping, or diagonal too when
+        // 8-connected), by union-find over runs. A blob costs per run, not per
         // pixel. Ids are dense, in raster order of each component's first pixel.
         let (w, h) = (self.width as usize, self.height as usize);
         let mut runs: Vec<(u32, u32, u32)> = Vec::new(); // (y, x0, x1 exclusive)
