@@ -162,6 +162,7 @@ def step_train(a, data: Data) -> dict:
         init=(RUNS / a.init / "model.pt") if getattr(a, "init", None) else None,
         teacher=(RUNS / a.teacher / "model.pt") if getattr(a, "teacher", None) else None,
         distill_alpha=getattr(a, "distill_alpha", 0.5),
+        distill_clean=getattr(a, "distill_clean", False),
         meta={"command": " ".join(shlex.quote(x) for x in sys.argv), "data_root": str(data_root()),
               "binary_stamp": binary_stamp(ensure_binary()), "source_um_per_px": dict(ds.SOURCE_UM_PER_PX)},
     )
@@ -331,6 +332,8 @@ def main(argv=None) -> None:
                            help="distil from this earlier run (its calls as soft targets, train.train's teacher)")
             p.add_argument("--distill-alpha", type=float, default=0.5,
                            help="with --teacher: weight of the teacher's soft targets in the loss")
+            p.add_argument("--distill-clean", action="store_true",
+                           help="with --teacher: the teacher sees each batch before augmentation (consistency training)")
             p.add_argument("--optics-aug", action="store_true",
                            help="with --image-aug: copies also defocused, resampled, noisy, JPEG-compressed (LMU x3)")
             p.add_argument("--mixstyle", action="store_true",

@@ -341,13 +341,17 @@ def train(
     teacher: Path | None = None,
     distill_alpha: float = 0.5,
     distill_t: float = 2.0,
+    distill_clean: bool = False,
 ) -> dict:
     """Trains on x [N,3,S,S] with allowed-class masks [N,C]; writes model.pt,
     model-f32.onnx and train.json into run_dir. Fixed epochs, no model selection.
     With `teacher` (an earlier run's checkpoint, any architecture, same classes) the
     loss is (1 - alpha) x the label loss + alpha x T^2 x KL(teacher || student) at
     temperature T on the same augmented batch (Hinton et al. 2015): a smaller network
-    learns the teacher's calls, including what it learnt between the labs."""
+    learns the teacher's calls, including what it learnt between the labs. With
+    `distill_clean` the teacher sees the batch before augmentation: the student must
+    give the teacher's call on the unaltered cell whatever stain, optics and style the
+    augmentation gave it (consistency across the looks of the labs)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -377,7 +381,8 @@ def train(
                               norm=tk["info"].get("norm", "batch"))
         teacher_net.load_state_dict(tk["state_dict"])
         teacher_net.eval()
-        teacher_info = {"from": str(teacher), "alpha": distill_alpha, "temperature": distill_t}
+        teacher_info = {"from": str(teacher), "alpha": distill_alpha, "temperature": distill_t,
+                        "teacher_sees": "the batch before augmentation" if distill_clean else "the augmented batch"}
         log(f"distilling from {teacher} (alpha {distill_alpha}, T {distill_t})")
     macs, params = count_macs(model, size)
     log(f"model: {macs / 1e6:.1f} M MACs at {size}x{size}, {params / 1e3:.0f} k parameters, {len(classes)} classes")
@@ -414,7 +419,7 @@ def train(
             loss = partial_label_loss(logits, mb, smoothing)
             if teacher_net is not None:
                 with torch.no_grad():
-                    soft = torch.log_softmax(teacher_net(xb) / distill_t, 1)
+                    soft = torch.log_softmax(teacher_net(xt[bi].float() if distill_clean else xb) / distill_t, 1)
                 kd = torch.nn.functional.kl_div(torch.log_softmax(logits / distill_t, 1), soft, log_target=True,
                                                 reduction="batchmean")
                 loss = (1 - distill_alpha) * loss + distill_alpha * distill_t**2 * kd
