@@ -103,6 +103,11 @@ class CellNet(nn.Module):
         return self.head(self.dropout(x))
 
 
+def checkpoint_arch(info: dict) -> list:
+    """A checkpoint's layout as ARCHS writes it (JSON and torch.save give lists for tuples)."""
+    return [tuple(a) if isinstance(a, list) else a for a in info["arch"]]
+
+
 def count_macs(model: nn.Module, size: int = 96) -> tuple[int, int]:
     """(multiply-accumulates of one forward pass at size x size, parameters)."""
     macs = 0
@@ -363,7 +368,7 @@ def train(
     init_info = None
     if init is not None:
         ck = torch.load(init, map_location="cpu", weights_only=False)  # our own checkpoint
-        if [tuple(a) if isinstance(a, list) else a for a in ck["info"]["arch"]] != ARCHS[arch] or ck["info"].get("norm", "batch") != norm:
+        if checkpoint_arch(ck["info"]) != ARCHS[arch] or ck["info"].get("norm", "batch") != norm:
             raise ValueError(f"{init}: architecture differs from this run's")
         init_info = {"from": str(init), "epochs": ck["info"]["epochs"], "lr": ck["info"]["lr"]}
         init_info["new_classes"] = load_features_and_head(model, ck, classes)
@@ -374,10 +379,9 @@ def train(
         tk = torch.load(teacher, map_location="cpu", weights_only=False)  # our own checkpoint
         if tk["info"]["classes"] != classes:
             raise ValueError(f"{teacher}: the teacher's classes differ from this run's")
-        tarch = [tuple(a) if isinstance(a, list) else a for a in tk["info"]["arch"]]
         # MixStyle has no weights but shifts the layer indices: built as the teacher was
         # (in eval mode it does nothing).
-        teacher_net = CellNet(len(classes), arch=tarch, mixstyle=tk["info"].get("mixstyle", False),
+        teacher_net = CellNet(len(classes), arch=checkpoint_arch(tk["info"]), mixstyle=tk["info"].get("mixstyle", False),
                               norm=tk["info"].get("norm", "batch"))
         teacher_net.load_state_dict(tk["state_dict"])
         teacher_net.eval()

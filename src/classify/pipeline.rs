@@ -4,7 +4,7 @@
 use crate::classify::count::{Call, CallRules};
 use crate::classify::model::{Classifier, ModelError, Prediction};
 use crate::vision::detect::{detect_at, red_cell_scale, sane_scale, DetectParams, FieldScale, Rejected, ScaleSource};
-use crate::vision::imageops::{means_of_blocks, reciprocal, reflect};
+use crate::vision::imageops::{means_of_blocks, reciprocal, reflect, write_means};
 use crate::vision::mask::BBox;
 use crate::vision::morphometry::{self, Morphometry};
 use crate::vision::preprocess::{prepare, PreprocessSpec};
@@ -217,9 +217,7 @@ pub fn cell_region(img: &RgbImage, geometry: RegionGeometry) -> RgbImage {
                 acc[1] += p[1] as u32;
                 acc[2] += p[2] as u32;
             }
-            for c in 0..3 {
-                d[c] = (((acc[c] as u64 + n / 2) * recip) >> 32) as u8;
-            }
+            write_means(d, acc, (n, recip));
         }
     }
     RgbImage::from_raw(out as u32, out as u32, buf).expect("buffer sized for the region")

@@ -117,8 +117,10 @@ pub fn means_of_blocks<T: Copy + Into<u32>>(dst: &mut [u8], sums: &[T], k: usize
     }
 }
 
+/// One output pixel from its three channel sums: each rounded to the mean by
+/// the block's `(n, reciprocal)` ([`reciprocal`]).
 #[inline(always)]
-fn write_means(d: &mut [u8], sum: [u32; 3], (n, recip): (u64, u64)) {
+pub fn write_means(d: &mut [u8], sum: [u32; 3], (n, recip): (u64, u64)) {
     for c in 0..3 {
         d[c] = (((sum[c] as u64 + n / 2) * recip) >> 32).min(255) as u8;
     }
