@@ -267,6 +267,14 @@ def sampling_weights(groups: list[str], lmu_boost: float = 2.0) -> np.ndarray:
     return w / w.sum()
 
 
+def same_weight_shapes(model: CellNet, src: dict) -> bool:
+    """Whether an earlier run's feature layers have, in order, the shapes of `model`'s
+    (then `load_features_and_head` can start `model` from them, whatever the pools)."""
+    dst = [v.shape for k, v in model.state_dict().items() if k.startswith("features.")]
+    old = [v.shape for k, v in src.items() if k.startswith("features.")]
+    return dst == old
+
+
 def load_features_and_head(model: CellNet, ck: dict, classes: list[str]) -> list[str]:
     """Loads an earlier run's weights into `model`: the convolutions as they are
     (MixStyle has no weights, so layer indices are mapped in order), the head
@@ -368,9 +376,14 @@ def train(
     init_info = None
     if init is not None:
         ck = torch.load(init, map_location="cpu", weights_only=False)  # our own checkpoint
-        if checkpoint_arch(ck["info"]) != ARCHS[arch] or ck["info"].get("norm", "batch") != norm:
-            raise ValueError(f"{init}: architecture differs from this run's")
+        if ck["info"].get("norm", "batch") != norm or not same_weight_shapes(model, ck["state_dict"]):
+            raise ValueError(f"{init}: its layers' weights do not fit this run's architecture")
         init_info = {"from": str(init), "epochs": ck["info"]["epochs"], "lr": ck["info"]["lr"]}
+        if checkpoint_arch(ck["info"]) != ARCHS[arch]:
+            # Network surgery: "strided" is "vgg" with each max-pool folded into the
+            # stride of the convolution before it, the same weights in the same order.
+            init_info["arch_from"] = checkpoint_arch(ck["info"])
+            log(f"{init} has another layout ({ck['info'].get('arch_name', '?')}): its weights start this one's")
         init_info["new_classes"] = load_features_and_head(model, ck, classes)
         log(f"fine-tuning from {init} ({ck['info']['epochs']} epochs at lr {ck['info']['lr']}); "
             f"new head rows: {init_info['new_classes']}")
