@@ -56,16 +56,19 @@ def card_dict(
         "description": (
             "Classifies one centred white blood cell (or platelet) of a May-Gruenwald-Giemsa peripheral blood smear "
             "into the classes below; blasts (myeloblasts) are flagged. A plain VGG-style CNN (3x3 conv + ReLU, "
-            "max-pooling, global average pooling, linear head) on a nucleus-centred, stain-standardised CIELAB crop"
+            + ("max-pooling" if "M" in (ti.get("arch") or ["M"]) else "stride-2 convolutions instead of pooling")
+            + ", global average pooling, linear head) on a nucleus-centred, stain-standardised CIELAB crop"
             + (f" of fixed physical size ({spec.get('window_um')} um over {size} px)." if physical else ".")
         ),
         "caveat": (
             "SCREENING AID ONLY, not a diagnostic device: every flagged cell and every count must be verified by a "
             "qualified person. Trained on two labs' images only (healthy donors: PBC; AML patients and controls: LMU); "
             "blasts were seen only from LMU, and the LMU classes other than MYO and NGS from 11-19 cells each. "
-            "See docs/crosslab-report.md for a lab never trained on."
+            "See docs/classifier-report.md for a lab never trained on."
         ),
-        "format": "onnx QOperator int8: QLinearConv per-tensor (ReLU fused), int8 MaxPool, rest (GlobalAveragePool, Gemm) f32",
+        "format": "onnx QOperator int8: QLinearConv per-tensor (ReLU fused)"
+        + (", int8 MaxPool" if "M" in (ti.get("arch") or ["M"]) else "")
+        + ", rest (GlobalAveragePool, Gemm) f32",
         "output": "logits [batch, n_classes] in the order of `classes`; the runtime applies softmax",
         "f32_model": {"file": f32_file, "sha256": f32_sha256} if f32_file else None,
         "architecture": {"arch": ti.get("arch"), "macs": ti.get("macs"), "params": ti.get("params")},
