@@ -21,13 +21,16 @@
 //! odd: held-out); detector changes may look at the tune half only, and
 //! BCCD's test split is never tuned on.
 
-use common::bccd::{touches_border, without_duplicates, Annotation, Bccd, Class, Evaluation, YoloSet, MATCH_IOU};
+use common::bccd::{
+    touches_border, without_duplicates, Annotation, Bccd, Class, Evaluation, Object, YoloSet, DEGENERATE_SIDE,
+    MATCH_IOU,
+};
 use image::{Rgb, RgbImage};
 use leukoscope::classify::count::Call;
 use leukoscope::classify::pipeline::{Analyzer, FieldResult};
 use leukoscope::input::{data_dir, load_rgb};
 use leukoscope::vision::calibrate::Calibration;
-use leukoscope::vision::detect::{red_cell_scale, FieldScale, ScaleSource};
+use leukoscope::vision::detect::{measure_red_cells, FieldScale, ScaleSource};
 use leukoscope::vision::mask::BBox;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -69,7 +72,65 @@ struct Set {
     fields: Vec<Field>,
     /// Fields of the same camera the calibration is measured on.
     calibration_fields: Vec<PathBuf>,
+    /// How the set's fields (and its calibration fields) are shown to the detector.
+    view: View,
 }
+
+/// A field as stored, or as a camera at a higher magnification would see it:
+/// enlarged by `factor` (Catmull-Rom), then a `side` x `side` square cut around
+/// the field's first annotated leukocyte, as an operator centres a cell; the
+/// boxes are scaled, shifted and clipped alike. Upsampling adds no detail, so
+/// this tests the scale and the size gates at high magnification (few, large
+/// red cells; issue 13's third camera), and soft focus, not a sharper optics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum View {
+    Whole,
+    Magnified { factor: f32, side: u32 },
+}
+
+impl View {
+    fn apply(self, img: RgbImage, annotation: Option<&Annotation>) -> (RgbImage, Option<Annotation>) {
+        let View::Magnified { factor, side } = self else { return (img, annotation.cloned()) };
+        let (w, h) = ((img.width() as f32 * factor).round() as u32, (img.height() as f32 * factor).round() as u32);
+        let big = image::imageops::resize(&img, w, h, image::imageops::FilterType::CatmullRom);
+        let scale = |v: u32| (v as f32 * factor).round() as i64;
+        let centre = annotation
+            .and_then(|a| a.boxes(Class::Wbc).first().copied())
+            .map(|b| ((scale(b.x0) + scale(b.x1)) / 2, (scale(b.y0) + scale(b.y1)) / 2))
+            .unwrap_or((w as i64 / 2, h as i64 / 2));
+        let (side_w, side_h) = (side.min(w), side.min(h));
+        let x0 = (centre.0 - side_w as i64 / 2).clamp(0, (w - side_w) as i64);
+        let y0 = (centre.1 - side_h as i64 / 2).clamp(0, (h - side_h) as i64);
+        let cut = image::imageops::crop_imm(&big, x0 as u32, y0 as u32, side_w, side_h).to_image();
+        let moved = annotation.map(|a| Annotation {
+            id: a.id.clone(),
+            width: side_w,
+            height: side_h,
+            objects: a
+                .objects
+                .iter()
+                .filter_map(|o| {
+                    let b = o.bbox;
+                    let (bx0, by0) = ((scale(b.x0) - x0).max(0), (scale(b.y0) - y0).max(0));
+                    let (bx1, by1) = ((scale(b.x1) - x0).min(side_w as i64), (scale(b.y1) - y0).min(side_h as i64));
+                    if bx1 <= bx0 || by1 <= by0 {
+                        return None;
+                    }
+                    let bbox = BBox { x0: bx0 as u32, y0: by0 as u32, x1: bx1 as u32, y1: by1 as u32 };
+                    let clipped =
+                        o.clipped || (bx1 - bx0) < scale(b.x1) - scale(b.x0) || (by1 - by0) < scale(b.y1) - scale(b.y0);
+                    let degenerate = o.degenerate || bbox.width() < DEGENERATE_SIDE || bbox.height() < DEGENERATE_SIDE;
+                    Some(Object { class: o.class, bbox, clipped, degenerate })
+                })
+                .collect(),
+        });
+        (cut, moved)
+    }
+}
+
+/// BCCD enlarged twice and cut to 575 px: about 0.036 µm per pixel, a red cell
+/// ~200 px across, two or three of them across the field.
+const MAGNIFIED: View = View::Magnified { factor: 2.0, side: 575 };
 
 /// Figures of one set (or part of it) in one mode.
 #[derive(Default, Clone)]
@@ -113,25 +174,30 @@ fn sets() -> Vec<Set> {
         })
         .collect();
     assert_eq!(test.len(), 72, "BCCD test split");
-    let mut out = vec![Set {
-        name: "BCCD test",
-        fields: test,
-        calibration_fields: ids("trainval").iter().map(|id| b.image_path(id)).collect(),
-    }];
+    let test_again: Vec<Field> =
+        test.iter().map(|f| Field { path: f.path.clone(), annotation: f.annotation.clone(), held_out: true }).collect();
+    let trainval_paths: Vec<PathBuf> = ids("trainval").iter().map(|id| b.image_path(id)).collect();
+    let mut out = vec![
+        Set { name: "BCCD test", fields: test, calibration_fields: trainval_paths.clone(), view: View::Whole },
+        Set { name: "BCCD test x2", fields: test_again, calibration_fields: trainval_paths, view: MAGNIFIED },
+    ];
     if std::env::var_os("LEUKOSCOPE_TUNE").is_some() {
         let trainval: Vec<String> = ids("trainval");
-        out.push(Set {
-            name: "BCCD trainval",
-            fields: trainval
-                .iter()
-                .map(|id| Field {
-                    path: b.image_path(id),
-                    annotation: b.annotation(id).unwrap_or_else(|e| panic!("{e}")),
-                    held_out: false,
-                })
-                .collect(),
-            calibration_fields: trainval.iter().map(|id| b.image_path(id)).collect(),
-        });
+        for (name, view) in [("BCCD trainval", View::Whole), ("BCCD trainval x2", MAGNIFIED)] {
+            out.push(Set {
+                name,
+                fields: trainval
+                    .iter()
+                    .map(|id| Field {
+                        path: b.image_path(id),
+                        annotation: b.annotation(id).unwrap_or_else(|e| panic!("{e}")),
+                        held_out: false,
+                    })
+                    .collect(),
+                calibration_fields: trainval.iter().map(|id| b.image_path(id)).collect(),
+                view,
+            });
+        }
     }
     for (name, sub, n) in [("txl/bcd", "txl/bcd", 219), ("txl/pbc", "txl/pbc", 500)] {
         let set = YoloSet { root: dir.join(sub) };
@@ -149,7 +215,7 @@ fn sets() -> Vec<Set> {
             })
             .collect();
         let calibration_fields = fields.iter().filter(|f| !f.held_out).map(|f| f.path.clone()).collect();
-        out.push(Set { name, fields, calibration_fields });
+        out.push(Set { name, fields, calibration_fields, view: View::Whole });
     }
     out
 }
@@ -224,12 +290,29 @@ fn report() -> &'static [SetReport] {
                 let estimates: Vec<_> = set
                     .calibration_fields
                     .iter()
-                    .map(|p| red_cell_scale(&load_rgb(p).unwrap_or_else(|e| panic!("{e}")), &analyzer.detect))
+                    .map(|p| {
+                        let (img, _) = set.view.apply(load_rgb(p).unwrap_or_else(|e| panic!("{e}")), None);
+                        measure_red_cells(&img, &analyzer.detect)
+                    })
                     .collect();
-                let calibration = Calibration::from_fields(&estimates).unwrap_or_else(|e| panic!("{}: {e}", set.name));
+                let calibration = Calibration::from_measures(&estimates, &analyzer.detect)
+                    .unwrap_or_else(|e| panic!("{}: {e}", set.name));
                 let mut figures: BTreeMap<(Mode, &'static str), Figures> = BTreeMap::new();
-                for f in &set.fields {
-                    let img = load_rgb(&f.path).unwrap_or_else(|e| panic!("{e}"));
+                for field in &set.fields {
+                    let (img, annotation) = set
+                        .view
+                        .apply(load_rgb(&field.path).unwrap_or_else(|e| panic!("{e}")), Some(&field.annotation));
+                    let viewed;
+                    let f = if set.view == View::Whole {
+                        field
+                    } else {
+                        viewed = Field {
+                            path: field.path.clone(),
+                            annotation: annotation.expect("annotation moved with the view"),
+                            held_out: field.held_out,
+                        };
+                        &viewed
+                    };
                     for mode in [Mode::PerField, Mode::Calibrated] {
                         let given = match mode {
                             Mode::PerField => None,
@@ -237,9 +320,9 @@ fn report() -> &'static [SetReport] {
                         };
                         let r =
                             analyzer.analyze_at(&img, given).unwrap_or_else(|e| panic!("{}: {e}", f.path.display()));
-                        let part = if set.name == "BCCD test" {
+                        let part = if set.name.starts_with("BCCD test") {
                             "test"
-                        } else if set.name == "BCCD trainval" {
+                        } else if set.name.starts_with("BCCD trainval") {
                             "tune"
                         } else if f.held_out {
                             "held-out"
@@ -344,7 +427,11 @@ fn markdown(report: &[SetReport]) -> String {
     let _ = writeln!(t, "|---|---|---|---|---|---|");
     for s in report {
         let c = &s.calibration;
-        let on = if s.name == "BCCD test" { "BCCD trainval" } else { "tune half" };
+        let on = match s.name {
+            "BCCD test" => "BCCD trainval",
+            "BCCD test x2" => "BCCD trainval, enlarged alike",
+            _ => "tune half",
+        };
         let _ = writeln!(
             t,
             "| {} | {on} | {:.4} | {:.4}-{:.4} ({:.0}%) | {}/{} | {} |",
@@ -434,6 +521,21 @@ fn txl_bcd_holds() {
 fn txl_pbc_holds() {
     check("txl/pbc", Mode::PerField, "held-out", 0.96, 0.95);
     check("txl/pbc", Mode::Calibrated, "held-out", 0.96, 0.97);
+}
+
+/// At twice BCCD's magnification (a red cell ~200 px, two or three whole ones
+/// per field) the fields' own red cells mostly cannot tell, so the camera's
+/// calibration pools them: it lands near half BCCD's scale, and with it the
+/// detector holds as at BCCD's own magnification.
+#[test]
+fn high_magnification_with_a_pooled_calibration_holds() {
+    let cal = |name: &str| &report().iter().find(|s| s.name == name).expect("set").calibration;
+    let (x1, x2) = (cal("BCCD test"), cal("BCCD test x2"));
+    assert_eq!(x2.method, "red_cells_pooled", "{x2:?}");
+    let ratio = x1.um_per_px / x2.um_per_px;
+    assert!((ratio - 2.0).abs() < 0.2, "x1 {} / x2 {} = {ratio}", x1.um_per_px, x2.um_per_px);
+    check("BCCD test x2", Mode::Calibrated, "test", 0.98, 0.98);
+    assert_eq!(figures("BCCD test x2", Mode::Calibrated, "test").non_wbc_counted, 0);
 }
 
 /// With a scale given, no field falls back, and the red cells of nearly every

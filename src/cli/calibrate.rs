@@ -52,9 +52,9 @@ pub fn run(a: Args) -> Result<i32> {
                 pb.inc(1);
                 match leukoscope::input::load_rgb(p) {
                     Ok(img) => {
-                        let e = leukoscope::vision::detect::red_cell_scale(&img, &cfg.detect);
-                        debug!("{}: {e:?}", p.display());
-                        estimates.push(e);
+                        let m = leukoscope::vision::detect::measure_red_cells(&img, &cfg.detect);
+                        debug!("{}: {:?}, {} whole red cells", p.display(), m.estimate, m.radii_px.len());
+                        estimates.push(m);
                     }
                     Err(e) => {
                         failed += 1;
@@ -63,7 +63,7 @@ pub fn run(a: Args) -> Result<i32> {
                 }
             }
             pb.finish_and_clear();
-            Calibration::from_fields(&estimates)?
+            Calibration::from_measures(&estimates, &cfg.detect)?
         }
     };
     if a.json {
@@ -84,6 +84,12 @@ pub fn run(a: Args) -> Result<i32> {
             if c.fields_used < 10 {
                 println!("few fields: name 20 or more for a steady figure");
             }
+        } else if c.method == "red_cells_pooled" {
+            println!(
+                "most fields hold too few whole red cells for their own estimate (high magnification): the typical \
+                 red cell of {} fields pooled ({} red cells, of {} fields read), spread of single cells {:.4}-{:.4}",
+                c.fields_used, c.cells, c.fields_total, c.q1, c.q3
+            );
         } else {
             println!("from a stage micrometer");
         }

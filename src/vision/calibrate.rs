@@ -7,7 +7,7 @@
 //! does the same over a session's first fields when nothing is configured
 //! ([`SessionScale`]).
 
-use crate::vision::detect::{FieldScale, RedCellScale, ScaleSource};
+use crate::vision::detect::{pooled_scale, DetectParams, FieldScale, RedCellMeasure, RedCellScale, ScaleSource};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -30,14 +30,17 @@ pub enum CalibrationError {
 pub struct Calibration {
     /// µm per pixel: the median of the per-field estimates (or the micrometer's).
     pub um_per_px: f32,
-    /// `red_cells` (median over fields) or `micrometer`.
+    /// `red_cells` (median over fields), `red_cells_pooled` (the typical red
+    /// cell of all fields together: high magnification) or `micrometer`.
     pub method: &'static str,
-    /// Interquartile range of the per-field estimates, µm per pixel.
+    /// Interquartile range of the per-field estimates (pooled: of the scale
+    /// each red cell alone gives), µm per pixel.
     pub q1: f32,
     pub q3: f32,
-    /// Median absolute deviation of the per-field estimates, µm per pixel.
+    /// Median absolute deviation of the same, µm per pixel.
     pub mad: f32,
-    /// Fields whose red cells gave an estimate, and fields looked at.
+    /// Fields whose red cells gave an estimate (pooled: held a whole red
+    /// cell), and fields looked at.
     pub fields_used: usize,
     pub fields_total: usize,
     /// Red cells behind the estimates, all fields together.
@@ -65,6 +68,35 @@ impl Calibration {
             fields_used: v.len(),
             fields_total: estimates.len(),
             cells: estimates.iter().flatten().map(|e| e.cells).sum(),
+        })
+    }
+
+    /// The median over fields when at least half of them give their own
+    /// estimate; otherwise (each field holds only a few whole red cells: high
+    /// magnification) the red cells of all fields pooled, at least
+    /// [`crate::vision::detect::POOLED_MIN_CELLS`] of them.
+    pub fn from_measures(measures: &[RedCellMeasure], params: &DetectParams) -> Result<Calibration, CalibrationError> {
+        let estimates: Vec<Option<RedCellScale>> = measures.iter().map(|m| m.estimate).collect();
+        let own = estimates.iter().flatten().count();
+        if own > 0 && 2 * own >= measures.len() {
+            return Calibration::from_fields(&estimates);
+        }
+        let radii: Vec<f32> = measures.iter().flat_map(|m| m.radii_px.iter().copied()).collect();
+        let Some((scale, mut per_cell)) = pooled_scale(radii, params) else {
+            return Calibration::from_fields(&estimates);
+        };
+        per_cell.sort_by(f32::total_cmp);
+        let mut dev: Vec<f32> = per_cell.iter().map(|x| (x - scale.um_per_px).abs()).collect();
+        dev.sort_by(f32::total_cmp);
+        Ok(Calibration {
+            um_per_px: scale.um_per_px,
+            method: "red_cells_pooled",
+            q1: quantile(&per_cell, 0.25),
+            q3: quantile(&per_cell, 0.75),
+            mad: quantile(&dev, 0.5),
+            fields_used: measures.iter().filter(|m| !m.radii_px.is_empty()).count(),
+            fields_total: measures.len(),
+            cells: scale.cells,
         })
     }
 
@@ -219,6 +251,32 @@ mod tests {
         // One wild field moves the median and MAD little.
         assert!(c.mad < 0.01, "{c:?}");
         assert!(matches!(Calibration::from_fields(&[None, None]), Err(CalibrationError::NoEstimates { fields: 2 })));
+    }
+
+    #[test]
+    fn few_cells_per_field_are_pooled() {
+        let params = DetectParams::default();
+        // Two whole red cells per field, 60 px inscribed radius: 7.5 / (120 x 1.2)
+        // = 0.052 µm/px, and one field whose fragments gave it a wrong estimate.
+        let mut measures: Vec<RedCellMeasure> =
+            (0..15).map(|i| RedCellMeasure { estimate: None, radii_px: vec![59.0 + (i % 3) as f32, 60.0] }).collect();
+        measures.push(RedCellMeasure { estimate: est(0.1), radii_px: vec![20.0, 22.0, 25.0, 21.0] });
+        let c = Calibration::from_measures(&measures, &params).expect("pooled");
+        assert_eq!(c.method, "red_cells_pooled");
+        let want = params.rbc_diameter_um / (2.0 * 60.0 * params.rbc_extent_per_inscribed);
+        assert!((c.um_per_px - want).abs() < 0.002 * want, "{c:?}");
+        assert_eq!((c.fields_used, c.fields_total), (16, 16));
+        assert!(c.q1 <= c.um_per_px && c.um_per_px <= c.q3, "{c:?}");
+        // Too few cells even pooled: the fields' own estimates, if any.
+        let c = Calibration::from_measures(&measures[13..], &params).expect("one estimate");
+        assert_eq!((c.method, c.um_per_px), ("red_cells", 0.1));
+        // Half the fields or more with their own estimate: their median, as before.
+        let mut measures = measures;
+        for m in measures.iter_mut().take(8) {
+            m.estimate = est(0.07);
+        }
+        let c = Calibration::from_measures(&measures, &params).expect("median");
+        assert_eq!((c.method, c.um_per_px, c.fields_used), ("red_cells", 0.07, 9));
     }
 
     #[test]

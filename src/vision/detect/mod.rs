@@ -34,7 +34,7 @@ mod scale;
 use nuclei::{cells_floor, find_leukocytes, nucleus_threshold};
 pub use params::DetectParams;
 use scale::estimate_scale;
-pub use scale::red_cell_scale;
+pub use scale::{measure_red_cells, pooled_scale, red_cell_scale, RedCellMeasure, POOLED_MIN_CELLS};
 
 /// A field in which no leukocyte can be found, whatever the detector's
 /// settings: leukocytes are found by their nuclei's stain colour. Said with a

@@ -49,15 +49,63 @@ pub(super) fn estimate_scale(
 /// The field's scale from its red cells alone (what [`super::detect`] estimates
 /// when no scale is given), or `None` when they cannot tell.
 pub fn red_cell_scale(img: &RgbImage, params: &DetectParams) -> Option<RedCellScale> {
+    let (level0, k0) = level0(img, params)?;
+    let luts = Luts::new(&Background::estimate(&level0), params.blue_weight);
+    estimate_scale(img, &level0, k0, &luts, params)
+}
+
+fn level0<'a>(img: &'a RgbImage, params: &DetectParams) -> Option<(std::borrow::Cow<'a, RgbImage>, u32)> {
     if img.width() == 0 || img.height() == 0 {
         return None;
     }
     let side = img.width().max(img.height());
     let target = params.scale_side_px.max(1);
     let k0 = ((side + target / 2) / target).max(1);
-    let level0 = downsample(img, k0);
+    Some((downsample(img, k0), k0))
+}
+
+/// What one field's red cells say, for a scale pooled over many fields: the
+/// field's own estimate ([`red_cell_scale`]) and the inscribed radius, in
+/// pixels of `img`, of every whole red cell at level 0 (however few).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedCellMeasure {
+    pub estimate: Option<RedCellScale>,
+    pub radii_px: Vec<f32>,
+}
+
+/// At high magnification a field holds two or three whole red cells, too few
+/// for its own estimate (`scale_min_cells`), and the few fields that pass are
+/// the misleading ones (fragments); pooled over many fields they are plenty.
+pub fn measure_red_cells(img: &RgbImage, params: &DetectParams) -> RedCellMeasure {
+    let Some((level0, k0)) = level0(img, params) else {
+        return RedCellMeasure { estimate: None, radii_px: Vec::new() };
+    };
     let luts = Luts::new(&Background::estimate(&level0), params.blue_weight);
-    estimate_scale(img, &level0, k0, &luts, params)
+    let (radii, _) = rbc_discs(&level0, &luts, params);
+    RedCellMeasure {
+        estimate: estimate_scale(img, &level0, k0, &luts, params),
+        radii_px: radii.into_iter().map(|r| r * k0 as f32).collect(),
+    }
+}
+
+/// Fewest whole red cells, all fields together, that a pooled scale is taken from.
+pub const POOLED_MIN_CELLS: usize = 20;
+
+/// The scale from red cells pooled over fields ([`RedCellMeasure::radii_px`]):
+/// the typical cell among them as one field's are measured, and the scale each
+/// of those cells alone gives (for the spread). `None` below [`POOLED_MIN_CELLS`].
+pub fn pooled_scale(radii_px: Vec<f32>, params: &DetectParams) -> Option<(RedCellScale, Vec<f32>)> {
+    let ((r, _), weighted) = typical_radius(radii_px.clone(), params)?;
+    let per_cell: Vec<f32> = radii_px
+        .into_iter()
+        .filter(|&x| x >= params.rbc_min_disc_fraction * weighted)
+        .map(|x| params.rbc_diameter_um / (2.0 * x * params.rbc_extent_per_inscribed))
+        .collect();
+    if per_cell.len() < POOLED_MIN_CELLS.max(params.scale_min_cells) {
+        return None;
+    }
+    let um_per_px = params.rbc_diameter_um / (2.0 * r * params.rbc_extent_per_inscribed);
+    (um_per_px.is_finite() && um_per_px > 0.0).then_some((RedCellScale { um_per_px, cells: per_cell.len() }, per_cell))
 }
 
 /// Median red-cell diameter in pixels of `img`, as BCCD annotates it (box
@@ -71,6 +119,21 @@ pub fn red_cell_scale(img: &RgbImage, params: &DetectParams) -> Option<RedCellSc
 /// border or lying in a leukocyte's cytoplasm are dropped; the typical
 /// inscribed diameter, times `rbc_extent_per_inscribed`, is the cell size.
 fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<(f32, usize)> {
+    let (radii, nucleus_boxes) = rbc_discs(img, luts, params);
+    let (r, n) = cell_radius(radii, params)?;
+    let diameter = 2.0 * r * params.rbc_extent_per_inscribed;
+    // Self-check: no nucleus is much longer than the longest possible one in
+    // red-cell diameters. A field filled by a leukocyte, with only fragments
+    // of red cells left, fails here rather than giving a wrong scale.
+    let longest = nucleus_boxes.iter().map(|b| b.width().max(b.height())).max().unwrap_or(0) as f32;
+    let limit = 1.25 * params.max_nucleus_um / params.rbc_diameter_um * diameter;
+    (longest <= limit).then_some((diameter, n))
+}
+
+/// The inscribed radii (px) of the whole red cells of `img` outside
+/// leukocytes, however few, and the boxes of the nuclei at least a third of a
+/// red cell's area.
+fn rbc_discs(img: &RgbImage, luts: &Luts, params: &DetectParams) -> (Vec<f32>, Vec<BBox>) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let green: Vec<i32> = img.pixels().map(|p| luts.green[p.0[1] as usize]).collect();
     let nuclei = nucleus_mask(img, luts, milli(params.nucleus_od)).dilate3x3();
@@ -121,7 +184,9 @@ fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<(f
     }
     // Cells touching the border are cut: their inscribed circle says nothing.
     discs.retain(|&(x, y, r)| x >= r && y >= r && x + r < w as f32 && y + r < h as f32);
-    let (r_all, _) = cell_radius(discs.iter().map(|d| d.2).collect(), params)?;
+    let Some(((r_all, _), _)) = typical_radius(discs.iter().map(|d| d.2).collect(), params) else {
+        return (Vec::new(), Vec::new());
+    };
     // A leukocyte's cytoplasm and granules stay in the mask around its
     // removed nucleus: discs centred within a quarter nucleus extent of a
     // nucleus at least a third of a red cell's area are not red cells
@@ -138,14 +203,7 @@ fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<(f
         .collect();
     let in_zone = |x: f32, y: f32| zones.iter().any(|&(x0, y0, x1, y1)| x >= x0 && x < x1 && y >= y0 && y < y1);
     let radii: Vec<f32> = discs.iter().filter(|&&(x, y, _)| !in_zone(x, y)).map(|d| d.2).collect();
-    let (r, n) = cell_radius(radii, params)?;
-    let diameter = 2.0 * r * params.rbc_extent_per_inscribed;
-    // Self-check: no nucleus is much longer than the longest possible one in
-    // red-cell diameters. A field filled by a leukocyte, with only fragments
-    // of red cells left, fails here rather than giving a wrong scale.
-    let longest = nucleus_boxes.iter().map(|b| b.width().max(b.height())).max().unwrap_or(0) as f32;
-    let limit = 1.25 * params.max_nucleus_um / params.rbc_diameter_um * diameter;
-    (longest <= limit).then_some((diameter, n))
+    (radii, nucleus_boxes)
 }
 
 /// Typical radius of the cells among packed discs and how many cell-sized
@@ -155,7 +213,14 @@ fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<(f
 /// cover little: the area-weighted median finds the cell size, then the
 /// plain median of the discs near it measures it (a few big discs from
 /// clumps of overlapping cells would pull an area-weighted figure up).
-fn cell_radius(mut radii: Vec<f32>, params: &DetectParams) -> Option<(f32, usize)> {
+fn cell_radius(radii: Vec<f32>, params: &DetectParams) -> Option<(f32, usize)> {
+    let ((r, n), _) = typical_radius(radii, params)?;
+    (n >= params.scale_min_cells).then_some((r, n))
+}
+
+/// [`cell_radius`] without the minimum count: ((the median radius of the
+/// cell-sized discs, their number), the area-weighted median radius).
+fn typical_radius(mut radii: Vec<f32>, params: &DetectParams) -> Option<((f32, usize), f32)> {
     radii.sort_by(f32::total_cmp);
     let total: f32 = radii.iter().map(|r| r * r).sum();
     let mut acc = 0.0;
@@ -164,10 +229,7 @@ fn cell_radius(mut radii: Vec<f32>, params: &DetectParams) -> Option<(f32, usize
         acc >= total / 2.0
     })?;
     let cells: Vec<f32> = radii.into_iter().filter(|&r| r >= params.rbc_min_disc_fraction * weighted).collect();
-    if cells.len() < params.scale_min_cells {
-        return None;
-    }
-    cells.get(cells.len() / 2).map(|&r| (r, cells.len()))
+    cells.get(cells.len() / 2).map(|&r| ((r, cells.len()), weighted))
 }
 
 /// Fills the pale centres of red cells: holes of the cell mask that are round
