@@ -94,7 +94,10 @@ pub struct ScaleConfig {
     /// Micrometres per pixel per objective, e.g. { "100x" = 0.071, "50x" = 0.142 }.
     pub objectives: std::collections::BTreeMap<String, f32>,
     /// `run` without a configured scale: fields with a red-cell estimate whose
-    /// median becomes the session's scale (earlier fields use their own).
+    /// median becomes the session's scale (earlier fields use their own). When
+    /// most fields hold too few whole red cells for an estimate (high
+    /// magnification), the red cells of at least this many fields are pooled
+    /// instead, once there are 20 or more.
     pub calibrate_fields: usize,
 }
 

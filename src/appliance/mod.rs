@@ -304,9 +304,9 @@ impl Appliance {
     fn rebuild_scale(&mut self) {
         self.scale = match (self.calibrate_fields, &self.open) {
             (Some(n), Some((s, _))) => {
-                let mut sc = crate::vision::calibrate::SessionScale::new(n);
+                let mut sc = crate::vision::calibrate::SessionScale::new(n, &self.analyzer.detect);
                 for (_, r) in &s.fields {
-                    sc.observe(&r.scale);
+                    sc.observe(&r.scale, &r.red_cells_px);
                 }
                 Some(sc)
             }
@@ -448,7 +448,15 @@ impl Appliance {
             Some(sc) => self.analyzer.analyze_at(&frame.image, sc.given())?,
             None => self.analyzer.analyze(&frame.image)?,
         };
-        let record = FieldRecord::new(&self.analyzer.classifier.card, &frame.origin, &field);
+        let mut record = FieldRecord::new(&self.analyzer.classifier.card, &frame.origin, &field);
+        if self.scale.as_ref().is_some_and(|sc| sc.given().is_none()) {
+            // Still calibrating: the field's whole red cells, journaled with it.
+            record.red_cells_px = crate::vision::detect::measure_red_cells(&frame.image, &self.analyzer.detect)
+                .radii_px
+                .iter()
+                .map(|r| (r * 10.0).round() / 10.0)
+                .collect();
+        }
         if record.cells.is_empty() && !forced {
             // Nothing to count here; the operator moves on. Remember it as seen
             // so the same empty field is not analysed over and over.
@@ -457,13 +465,13 @@ impl Appliance {
             return Ok(false);
         }
         let Some((s, j)) = self.open.as_mut() else { return Ok(false) };
-        let scale = record.scale;
+        let (scale, red_cells_px) = (record.scale, record.red_cells_px.clone());
         let n = session::record_field(s, j, record, &frame.image, thumb.pack())?;
         // Only counted (journaled) fields calibrate: a resumed session rebuilds
         // the same calibration from its journal.
         let mut notice = None;
         if let Some(sc) = self.scale.as_mut() {
-            if let Some(v) = sc.observe(&scale) {
+            if let Some(v) = sc.observe(&scale, &red_cells_px) {
                 log::info!("scale calibrated over {} fields: {v:.4} um/px", sc.progress().0);
                 notice = Some(format!("scale {v:.3} um/px"));
             }

@@ -142,6 +142,11 @@ pub struct FieldRecord {
     pub not_counted: Vec<CellRecord>,
     pub scale: FieldScale,
     pub rejected: Rejected,
+    /// Inscribed radii (px) of the field's whole red cells, kept only while a
+    /// session calibrates its scale on its first fields (pooled at high
+    /// magnification), so that a resumed session calibrates alike.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub red_cells_px: Vec<f32>,
 }
 
 impl FieldRecord {
@@ -156,6 +161,7 @@ impl FieldRecord {
             not_counted,
             scale: field.scale,
             rejected: field.rejected,
+            red_cells_px: Vec::new(),
         }
     }
 

@@ -386,6 +386,7 @@ mod tests {
             not_counted: vec![],
             scale: crate::vision::detect::FieldScale::new(0.1, crate::vision::detect::ScaleSource::Configured),
             rejected: Default::default(),
+            red_cells_px: vec![],
         };
         let doc = serde_json::json!({"images": [field], "summary": {"threshold_percent": 20.0}, "model": {"name": "m", "sha256": "ab"}});
         std::fs::write(dir.join("results.json"), doc.to_string()).unwrap();

@@ -194,17 +194,30 @@ fn set(table: &mut dyn toml_edit::TableLike, key: &str, item: toml_edit::Item) {
 
 /// The appliance's own calibration when no scale is configured: fields use
 /// their own red cells until `fields` of them have given an estimate, then
-/// the median of those for every later field.
+/// the median of those for every later field. At high magnification, where
+/// most fields hold too few whole red cells for an estimate (and the few that
+/// give one mislead), the whole red cells of the fields seen so far are pooled
+/// instead ([`Calibration::from_measures`]'s rule), once there are enough.
 #[derive(Debug, Clone)]
 pub struct SessionScale {
     need: usize,
+    params: DetectParams,
+    fields: usize,
     estimates: Vec<f32>,
+    radii: Vec<f32>,
     calibrated: Option<f32>,
 }
 
 impl SessionScale {
-    pub fn new(fields: usize) -> SessionScale {
-        SessionScale { need: fields.max(1), estimates: Vec::new(), calibrated: None }
+    pub fn new(fields: usize, params: &DetectParams) -> SessionScale {
+        SessionScale {
+            need: fields.max(1),
+            params: params.clone(),
+            fields: 0,
+            estimates: Vec::new(),
+            radii: Vec::new(),
+            calibrated: None,
+        }
     }
 
     /// The scale to give the detector for the next field; `None` while estimating.
@@ -212,19 +225,30 @@ impl SessionScale {
         self.calibrated.map(|s| FieldScale::new(s, ScaleSource::Calibrated))
     }
 
-    /// Learns from an analysed field's scale; returns the calibrated value
-    /// when this field completed the calibration.
-    pub fn observe(&mut self, scale: &FieldScale) -> Option<f32> {
-        if self.calibrated.is_some() || scale.source != ScaleSource::RedCells {
+    /// Learns from an analysed field's scale and the radii of its whole red
+    /// cells ([`crate::vision::detect::RedCellMeasure::radii_px`]); returns the
+    /// calibrated value when this field completed the calibration.
+    pub fn observe(&mut self, scale: &FieldScale, red_cells_px: &[f32]) -> Option<f32> {
+        if self.calibrated.is_some() {
             return None;
         }
-        self.estimates.push(scale.um_per_px);
-        if self.estimates.len() < self.need {
-            return None;
+        match scale.source {
+            ScaleSource::RedCells => self.estimates.push(scale.um_per_px),
+            ScaleSource::Fallback => {}
+            ScaleSource::Configured | ScaleSource::Calibrated => return None,
         }
-        let mut v = self.estimates.clone();
-        v.sort_by(f32::total_cmp);
-        self.calibrated = Some(quantile(&v, 0.5));
+        self.fields += 1;
+        self.radii.extend_from_slice(red_cells_px);
+        let own = self.estimates.len();
+        if 2 * own >= self.fields {
+            if own >= self.need {
+                let mut v = self.estimates.clone();
+                v.sort_by(f32::total_cmp);
+                self.calibrated = Some(quantile(&v, 0.5));
+            }
+        } else if self.fields >= self.need {
+            self.calibrated = pooled_scale(self.radii.clone(), &self.params).map(|(s, _)| s.um_per_px);
+        }
         self.calibrated
     }
 
@@ -271,7 +295,6 @@ mod tests {
         let c = Calibration::from_measures(&measures[13..], &params).expect("one estimate");
         assert_eq!((c.method, c.um_per_px), ("red_cells", 0.1));
         // Half the fields or more with their own estimate: their median, as before.
-        let mut measures = measures;
         for m in measures.iter_mut().take(8) {
             m.estimate = est(0.07);
         }
@@ -330,15 +353,36 @@ mod tests {
 
     #[test]
     fn a_session_calibrates_on_its_first_estimated_fields() {
-        let mut s = SessionScale::new(3);
+        let mut s = SessionScale::new(3, &DetectParams::default());
         assert_eq!(s.given(), None);
-        assert_eq!(s.observe(&FieldScale::new(0.073, ScaleSource::Fallback)), None);
-        assert_eq!(s.observe(&FieldScale::new(0.07, ScaleSource::RedCells)), None);
-        assert_eq!(s.observe(&FieldScale::new(0.09, ScaleSource::RedCells)), None);
+        assert_eq!(s.observe(&FieldScale::new(0.073, ScaleSource::Fallback), &[]), None);
+        assert_eq!(s.observe(&FieldScale::new(0.07, ScaleSource::RedCells), &[]), None);
+        assert_eq!(s.observe(&FieldScale::new(0.09, ScaleSource::RedCells), &[]), None);
         assert_eq!(s.progress(), (2, 3));
-        assert_eq!(s.observe(&FieldScale::new(0.071, ScaleSource::RedCells)), Some(0.071));
+        assert_eq!(s.observe(&FieldScale::new(0.071, ScaleSource::RedCells), &[]), Some(0.071));
         assert_eq!(s.given(), Some(FieldScale::new(0.071, ScaleSource::Calibrated)));
-        assert_eq!(s.observe(&FieldScale::new(0.2, ScaleSource::RedCells)), None);
+        assert_eq!(s.observe(&FieldScale::new(0.2, ScaleSource::RedCells), &[]), None);
         assert_eq!(s.given().map(|g| g.um_per_px), Some(0.071));
+    }
+
+    #[test]
+    fn a_session_at_high_magnification_pools_its_red_cells() {
+        let params = DetectParams::default();
+        let mut s = SessionScale::new(5, &params);
+        let fallback = FieldScale::new(0.073, ScaleSource::Fallback);
+        // A misleading field with its own estimate, then fields with two or
+        // three whole red cells each and none: pooled once 20 cells are in.
+        assert_eq!(s.observe(&FieldScale::new(0.1, ScaleSource::RedCells), &[20.0, 21.0]), None);
+        let mut done = None;
+        let mut fields = 1;
+        while done.is_none() && fields < 20 {
+            done = s.observe(&fallback, &[59.0, 60.0, 61.0]);
+            fields += 1;
+        }
+        let want = params.rbc_diameter_um / (2.0 * 60.0 * params.rbc_extent_per_inscribed);
+        let got = done.expect("calibrated");
+        assert!((got - want).abs() < 0.01 * want, "{got} vs {want}");
+        assert_eq!(fields, 8, "20 cells pooled after 7 fields of 3 (and 2 small discs)");
+        assert_eq!(s.given().map(|g| g.source), Some(ScaleSource::Calibrated));
     }
 }

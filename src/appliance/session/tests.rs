@@ -23,6 +23,7 @@ fn field(cells: Vec<CellRecord>) -> FieldRecord {
         not_counted: vec![],
         scale: FieldScale::new(0.1, ScaleSource::Configured),
         rejected: Rejected::default(),
+        red_cells_px: vec![],
     }
 }
 
