@@ -252,9 +252,10 @@ impl SessionScale {
         self.calibrated
     }
 
-    /// Fields with an estimate so far, and how many the calibration needs.
+    /// Fields observed so far (on their own red cells), and how many the
+    /// calibration needs at least.
     pub fn progress(&self) -> (usize, usize) {
-        (self.estimates.len(), self.need)
+        (self.fields, self.need)
     }
 }
 
@@ -358,7 +359,7 @@ mod tests {
         assert_eq!(s.observe(&FieldScale::new(0.073, ScaleSource::Fallback), &[]), None);
         assert_eq!(s.observe(&FieldScale::new(0.07, ScaleSource::RedCells), &[]), None);
         assert_eq!(s.observe(&FieldScale::new(0.09, ScaleSource::RedCells), &[]), None);
-        assert_eq!(s.progress(), (2, 3));
+        assert_eq!(s.progress(), (3, 3));
         assert_eq!(s.observe(&FieldScale::new(0.071, ScaleSource::RedCells), &[]), Some(0.071));
         assert_eq!(s.given(), Some(FieldScale::new(0.071, ScaleSource::Calibrated)));
         assert_eq!(s.observe(&FieldScale::new(0.2, ScaleSource::RedCells), &[]), None);
