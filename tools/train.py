@@ -267,12 +267,31 @@ def sampling_weights(groups: list[str], lmu_boost: float = 2.0) -> np.ndarray:
     return w / w.sum()
 
 
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def feature_keys(state: dict, learned_only: bool = False) -> list[str]:
+    """The feature layers' tensors in order; `learned_only` leaves out BatchNorm's
+    running statistics (what a GroupNorm network has no place for)."""
+    return [k for k in state if k.startswith("features.") and not (learned_only and k.endswith(BN_STATS))]
+
+
+def matching_keys(model: CellNet, src: dict) -> list[tuple[str, str]] | None:
+    """Pairs (model's key, earlier run's key) to start `model` from, when the feature
+    layers fit in order: every tensor, or, where the normalisation differs (BatchNorm
+    for GroupNorm), the learned ones (convolutions, the norms' scale and shift)."""
+    dst_state = model.state_dict()
+    for learned_only in (False, True):
+        dst, old = feature_keys(dst_state, learned_only), feature_keys(src, learned_only)
+        if [dst_state[k].shape for k in dst] == [src[k].shape for k in old]:
+            return list(zip(dst, old))
+    return None
+
+
 def same_weight_shapes(model: CellNet, src: dict) -> bool:
-    """Whether an earlier run's feature layers have, in order, the shapes of `model`'s
-    (then `load_features_and_head` can start `model` from them, whatever the pools)."""
-    dst = [v.shape for k, v in model.state_dict().items() if k.startswith("features.")]
-    old = [v.shape for k, v in src.items() if k.startswith("features.")]
-    return dst == old
+    """Whether an earlier run's feature layers fit `model`'s in order (then
+    `load_features_and_head` can start `model` from them, whatever the pools and norms)."""
+    return matching_keys(model, src) is not None
 
 
 def load_features_and_head(model: CellNet, ck: dict, classes: list[str]) -> list[str]:
@@ -281,12 +300,11 @@ def load_features_and_head(model: CellNet, ck: dict, classes: list[str]) -> list
     row by row for the classes both have. Returns the classes that start new."""
     src = ck["state_dict"]
     old = ck["info"]["classes"]
-    convs_dst = [k for k in model.state_dict() if k.startswith("features.")]
-    convs_src = [k for k in src if k.startswith("features.")]
-    if len(convs_dst) != len(convs_src):
+    pairs = matching_keys(model, src)
+    if pairs is None:
         raise ValueError("feature layers differ")
     state = model.state_dict()
-    for d, s_ in zip(convs_dst, convs_src):
+    for d, s_ in pairs:
         state[d] = src[s_]
     new = []
     for i, c in enumerate(classes):
@@ -376,9 +394,14 @@ def train(
     init_info = None
     if init is not None:
         ck = torch.load(init, map_location="cpu", weights_only=False)  # our own checkpoint
-        if ck["info"].get("norm", "batch") != norm or not same_weight_shapes(model, ck["state_dict"]):
+        if not same_weight_shapes(model, ck["state_dict"]):
             raise ValueError(f"{init}: its layers' weights do not fit this run's architecture")
         init_info = {"from": str(init), "epochs": ck["info"]["epochs"], "lr": ck["info"]["lr"]}
+        if ck["info"].get("norm", "batch") != norm:
+            # The convolutions and the norms' scale and shift carry over; the
+            # statistics become each image's own.
+            init_info["norm_from"] = ck["info"].get("norm", "batch")
+            log(f"{init} normalises with {init_info['norm_from']}: its weights start this {norm}-norm network")
         if checkpoint_arch(ck["info"]) != ARCHS[arch]:
             # Network surgery: "strided" is "vgg" with each max-pool folded into the
             # stride of the convolution before it, the same weights in the same order.

@@ -35,5 +35,30 @@ def test_strided_starts_from_the_vgg_weights(tmp_path):
     wider = CellNet(len(classes), arch=[(24, 2), (48, 2), (96, 2), (128, 1), (128, 2), (192, 1)])
     assert not same_weight_shapes(wider, ck["state_dict"])
     with pytest.raises(ValueError, match="do not fit"):
+        torch.save({**ck, "state_dict": wider.state_dict()}, tmp_path / "wider.pt")
         train(x.repeat(8, 1, 1, 1).numpy(), masks, ["pbc:A"] * 16, classes, tmp_path / "run2", epochs=1, batch=8,
-              threads=1, arch="vgg", norm="group", init=tmp_path / "vgg.pt")
+              threads=1, arch="vgg", init=tmp_path / "wider.pt")
+
+
+def test_group_norm_starts_from_the_batch_norm_weights(tmp_path):
+    classes = ["A", "B"]
+    torch.manual_seed(0)
+    vgg = CellNet(len(classes), arch=ARCHS["vgg"])
+    for m in vgg.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    ck = {"state_dict": vgg.state_dict(), "info": {"classes": classes, "arch": ARCHS["vgg"], "norm": "batch",
+                                                     "epochs": 1, "lr": 1e-3}}
+    gn = CellNet(len(classes), arch=ARCHS["vgg"], norm="group")
+    assert same_weight_shapes(gn, ck["state_dict"])
+    load_features_and_head(gn, ck, classes)
+    bns = [m for m in vgg.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    gns = [m for m in gn.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(bns) == len(gns) == 6
+    assert all(torch.equal(b.weight, g.weight) and torch.equal(b.bias, g.bias) for b, g in zip(bns, gns))
+    torch.save(ck, tmp_path / "vgg.pt")
+    x = np.random.default_rng(0).normal(size=(16, 3, 96, 96)).astype(np.float32)
+    out = train(x, np.ones((16, 2), dtype=bool), ["pbc:A"] * 16, classes, tmp_path / "run", epochs=1, batch=8,
+                threads=1, arch="vgg", norm="group", init=tmp_path / "vgg.pt")
+    assert out["init"]["norm_from"] == "batch"
