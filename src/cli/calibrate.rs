@@ -7,8 +7,9 @@ use leukoscope::vision::calibrate::Calibration;
 use std::path::PathBuf;
 
 /// Measure the camera's scale (µm per pixel): the median of the red-cell
-/// estimates of many fields (with their spread), or a stage micrometer.
-/// With --write, store it in the config's [scale] table (per objective with
+/// estimates of many fields (with their spread), or, at high magnification
+/// where most fields hold too few whole red cells, the typical red cell of all
+/// fields pooled; or a stage micrometer. With --write, store it in the config's [scale] table (per objective with
 /// --objective), keeping the file's comments.
 #[derive(clap::Args)]
 pub struct Args {
