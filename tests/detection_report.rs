@@ -60,6 +60,7 @@ impl Mode {
     }
 }
 
+#[derive(Clone)]
 struct Field {
     path: PathBuf,
     annotation: Annotation,
@@ -89,8 +90,10 @@ enum View {
 }
 
 impl View {
+    /// The field as the view shows it, and its annotation moved alike (`None`
+    /// for [`View::Whole`], whose annotation is the field's own).
     fn apply(self, img: RgbImage, annotation: Option<&Annotation>) -> (RgbImage, Option<Annotation>) {
-        let View::Magnified { factor, side } = self else { return (img, annotation.cloned()) };
+        let View::Magnified { factor, side } = self else { return (img, None) };
         let (w, h) = ((img.width() as f32 * factor).round() as u32, (img.height() as f32 * factor).round() as u32);
         let big = image::imageops::resize(&img, w, h, image::imageops::FilterType::CatmullRom);
         let scale = |v: u32| (v as f32 * factor).round() as i64;
@@ -174,8 +177,7 @@ fn sets() -> Vec<Set> {
         })
         .collect();
     assert_eq!(test.len(), 72, "BCCD test split");
-    let test_again: Vec<Field> =
-        test.iter().map(|f| Field { path: f.path.clone(), annotation: f.annotation.clone(), held_out: true }).collect();
+    let test_again = test.clone();
     let trainval_paths: Vec<PathBuf> = ids("trainval").iter().map(|id| b.image_path(id)).collect();
     let mut out = vec![
         Set { name: "BCCD test", fields: test, calibration_fields: trainval_paths.clone(), view: View::Whole },
@@ -183,17 +185,18 @@ fn sets() -> Vec<Set> {
     ];
     if std::env::var_os("LEUKOSCOPE_TUNE").is_some() {
         let trainval: Vec<String> = ids("trainval");
+        let fields: Vec<Field> = trainval
+            .iter()
+            .map(|id| Field {
+                path: b.image_path(id),
+                annotation: b.annotation(id).unwrap_or_else(|e| panic!("{e}")),
+                held_out: false,
+            })
+            .collect();
         for (name, view) in [("BCCD trainval", View::Whole), ("BCCD trainval x2", MAGNIFIED)] {
             out.push(Set {
                 name,
-                fields: trainval
-                    .iter()
-                    .map(|id| Field {
-                        path: b.image_path(id),
-                        annotation: b.annotation(id).unwrap_or_else(|e| panic!("{e}")),
-                        held_out: false,
-                    })
-                    .collect(),
+                fields: fields.clone(),
                 calibration_fields: trainval.iter().map(|id| b.image_path(id)).collect(),
                 view,
             });
@@ -303,15 +306,12 @@ fn report() -> &'static [SetReport] {
                         .view
                         .apply(load_rgb(&field.path).unwrap_or_else(|e| panic!("{e}")), Some(&field.annotation));
                     let viewed;
-                    let f = if set.view == View::Whole {
-                        field
-                    } else {
-                        viewed = Field {
-                            path: field.path.clone(),
-                            annotation: annotation.expect("annotation moved with the view"),
-                            held_out: field.held_out,
-                        };
-                        &viewed
+                    let f = match annotation {
+                        None => field,
+                        Some(annotation) => {
+                            viewed = Field { path: field.path.clone(), annotation, held_out: field.held_out };
+                            &viewed
+                        }
                     };
                     for mode in [Mode::PerField, Mode::Calibrated] {
                         let given = match mode {

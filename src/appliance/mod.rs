@@ -451,11 +451,7 @@ impl Appliance {
         let mut record = FieldRecord::new(&self.analyzer.classifier.card, &frame.origin, &field);
         if self.scale.as_ref().is_some_and(|sc| sc.given().is_none()) {
             // Still calibrating: the field's whole red cells, journaled with it.
-            record.red_cells_px = crate::vision::detect::measure_red_cells(&frame.image, &self.analyzer.detect)
-                .radii_px
-                .iter()
-                .map(|r| (r * 10.0).round() / 10.0)
-                .collect();
+            record.red_cells_px = field.red_cells_px.iter().map(|r| (r * 10.0).round() / 10.0).collect();
         }
         if record.cells.is_empty() && !forced {
             // Nothing to count here; the operator moves on. Remember it as seen

@@ -106,6 +106,8 @@ pub struct FieldResult {
     pub cells: Vec<CellResult>,
     pub scale: FieldScale,
     pub rejected: Rejected,
+    /// The field's whole red cells ([`crate::vision::detect::FieldDetections::red_cells_px`]).
+    pub red_cells_px: Vec<f32>,
 }
 
 impl Analyzer {
@@ -152,6 +154,7 @@ impl Analyzer {
             cells,
             scale: found.scale,
             rejected: found.rejected,
+            red_cells_px: found.red_cells_px,
         })
     }
 }

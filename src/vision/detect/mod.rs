@@ -171,6 +171,9 @@ pub struct FieldDetections {
     pub scale: FieldScale,
     pub background: Background,
     pub rejected: Rejected,
+    /// Inscribed radii (px) of the field's whole red cells, measured with the
+    /// scale ([`RedCellMeasure::radii_px`]): a session pools them while it calibrates.
+    pub red_cells_px: Vec<f32>,
 }
 
 /// Finds the leukocytes of one field. `um_per_px` is the known scale, if any;
@@ -191,6 +194,7 @@ pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale
             scale,
             background: Background([255.0; 3]),
             rejected: Rejected::default(),
+            red_cells_px: Vec::new(),
         };
     }
     let side = img.width().max(img.height());
@@ -200,7 +204,7 @@ pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale
     let background = Background::estimate(&level0);
     let luts = Luts::new(&background, params.blue_weight);
 
-    let own = estimate_scale(img, &level0, k0, &luts, params);
+    let RedCellMeasure { estimate: own, radii_px: red_cells_px } = estimate_scale(img, &level0, k0, &luts, params);
     let scale = match configured {
         Some(s) => {
             let red_cells = own.map(|e| e.um_per_px);
@@ -227,7 +231,7 @@ pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale
     }
     .max(cells_floor(&level0, &luts, params));
     let (cells, rejected) = find_leukocytes(&work, k, px_per_um, &luts, threshold, params, img.width(), img.height());
-    FieldDetections { cells, scale, background, rejected }
+    FieldDetections { cells, scale, background, rejected, red_cells_px }
 }
 
 /// A usable µm-per-pixel value (guards against a nonsense configuration).

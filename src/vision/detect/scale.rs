@@ -8,7 +8,9 @@ use crate::vision::imageops::{downsample, downsample_rect, otsu, Rect};
 use crate::vision::mask::{BBox, Mask, CHAMFER_UNIT};
 use image::RgbImage;
 
-/// µm per input pixel from the red cells, or `None` when there are too few.
+/// µm per input pixel from the red cells (`None` when there are too few), and
+/// the whole red cells of the level-0 copy however few (for a scale pooled
+/// over fields).
 ///
 /// The level-0 copy (longer side ~`scale_side_px`) serves when its red cells
 /// are at least `MIN_DIAMETER` px across. Smaller ones (low magnification,
@@ -21,12 +23,14 @@ pub(super) fn estimate_scale(
     k0: u32,
     luts: &Luts,
     params: &DetectParams,
-) -> Option<RedCellScale> {
+) -> RedCellMeasure {
     // Below ~24 px the 3x3 morphology and the distance quantisation bias the
     // inscribed radius by several percent.
     const MIN_DIAMETER: f32 = 24.0;
     const AIM_DIAMETER: f32 = 40.0;
-    let d0 = rbc_diameter(level0, luts, params);
+    let (radii0, nuclei0) = rbc_discs(level0, luts, params);
+    let radii_px = radii0.iter().map(|r| r * k0 as f32).collect();
+    let d0 = diameter_of(radii0, &nuclei0, params);
     let refine_k = match d0 {
         Some((d, _)) if d < MIN_DIAMETER && k0 > 1 => {
             Some(((k0 as f32 * d / AIM_DIAMETER).round() as u32).clamp(1, k0 - 1))
@@ -41,17 +45,17 @@ pub(super) fn estimate_scale(
         let rect = Rect { x: x as usize, y: y as usize, w: cw as usize, h: ch as usize };
         rbc_diameter(&downsample_rect(img, rect, k), luts, params).map(|(d, n)| (d * k as f32, n))
     });
-    let (diameter_px, cells) = refined.or(d0.map(|(d, n)| (d * k0 as f32, n)))?;
-    let um_per_px = params.rbc_diameter_um / diameter_px;
-    (um_per_px.is_finite() && um_per_px > 0.0).then_some(RedCellScale { um_per_px, cells })
+    let estimate = refined.or(d0.map(|(d, n)| (d * k0 as f32, n))).and_then(|(diameter_px, cells)| {
+        let um_per_px = params.rbc_diameter_um / diameter_px;
+        (um_per_px.is_finite() && um_per_px > 0.0).then_some(RedCellScale { um_per_px, cells })
+    });
+    RedCellMeasure { estimate, radii_px }
 }
 
 /// The field's scale from its red cells alone (what [`super::detect`] estimates
 /// when no scale is given), or `None` when they cannot tell.
 pub fn red_cell_scale(img: &RgbImage, params: &DetectParams) -> Option<RedCellScale> {
-    let (level0, k0) = level0(img, params)?;
-    let luts = Luts::new(&Background::estimate(&level0), params.blue_weight);
-    estimate_scale(img, &level0, k0, &luts, params)
+    measure_red_cells(img, params).estimate
 }
 
 fn level0<'a>(img: &'a RgbImage, params: &DetectParams) -> Option<(std::borrow::Cow<'a, RgbImage>, u32)> {
@@ -81,11 +85,7 @@ pub fn measure_red_cells(img: &RgbImage, params: &DetectParams) -> RedCellMeasur
         return RedCellMeasure { estimate: None, radii_px: Vec::new() };
     };
     let luts = Luts::new(&Background::estimate(&level0), params.blue_weight);
-    let (radii, _) = rbc_discs(&level0, &luts, params);
-    RedCellMeasure {
-        estimate: estimate_scale(img, &level0, k0, &luts, params),
-        radii_px: radii.into_iter().map(|r| r * k0 as f32).collect(),
-    }
+    estimate_scale(img, &level0, k0, &luts, params)
 }
 
 /// Fewest whole red cells, all fields together, that a pooled scale is taken from.
@@ -120,6 +120,11 @@ pub fn pooled_scale(radii_px: Vec<f32>, params: &DetectParams) -> Option<(RedCel
 /// inscribed diameter, times `rbc_extent_per_inscribed`, is the cell size.
 fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<(f32, usize)> {
     let (radii, nucleus_boxes) = rbc_discs(img, luts, params);
+    diameter_of(radii, &nucleus_boxes, params)
+}
+
+/// [`rbc_diameter`] from the discs and nuclei [`rbc_discs`] found.
+fn diameter_of(radii: Vec<f32>, nucleus_boxes: &[BBox], params: &DetectParams) -> Option<(f32, usize)> {
     let (r, n) = cell_radius(radii, params)?;
     let diameter = 2.0 * r * params.rbc_extent_per_inscribed;
     // Self-check: no nucleus is much longer than the longest possible one in
