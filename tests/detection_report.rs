@@ -168,38 +168,27 @@ fn sets() -> Vec<Set> {
     let b = Bccd::new(&dir);
     let ids =
         |split: &str| b.split(split).unwrap_or_else(|e| panic!("{e}: set LEUKOSCOPE_DATA to the shared data folder"));
-    let test: Vec<Field> = ids("test")
-        .iter()
-        .map(|id| Field {
-            path: b.image_path(id),
-            annotation: b.annotation(id).unwrap_or_else(|e| panic!("{e}")),
-            held_out: true,
-        })
-        .collect();
-    assert_eq!(test.len(), 72, "BCCD test split");
-    let test_again = test.clone();
-    let trainval_paths: Vec<PathBuf> = ids("trainval").iter().map(|id| b.image_path(id)).collect();
-    let mut out = vec![
-        Set { name: "BCCD test", fields: test, calibration_fields: trainval_paths.clone(), view: View::Whole },
-        Set { name: "BCCD test x2", fields: test_again, calibration_fields: trainval_paths, view: MAGNIFIED },
-    ];
-    if std::env::var_os("LEUKOSCOPE_TUNE").is_some() {
-        let trainval: Vec<String> = ids("trainval");
-        let fields: Vec<Field> = trainval
+    let bccd_fields = |split: &str, held_out: bool| -> Vec<Field> {
+        ids(split)
             .iter()
             .map(|id| Field {
                 path: b.image_path(id),
                 annotation: b.annotation(id).unwrap_or_else(|e| panic!("{e}")),
-                held_out: false,
+                held_out,
             })
-            .collect();
+            .collect()
+    };
+    let test = bccd_fields("test", true);
+    assert_eq!(test.len(), 72, "BCCD test split");
+    let trainval_paths: Vec<PathBuf> = ids("trainval").iter().map(|id| b.image_path(id)).collect();
+    let mut out = vec![
+        Set { name: "BCCD test", fields: test.clone(), calibration_fields: trainval_paths.clone(), view: View::Whole },
+        Set { name: "BCCD test x2", fields: test, calibration_fields: trainval_paths.clone(), view: MAGNIFIED },
+    ];
+    if std::env::var_os("LEUKOSCOPE_TUNE").is_some() {
+        let trainval = bccd_fields("trainval", false);
         for (name, view) in [("BCCD trainval", View::Whole), ("BCCD trainval x2", MAGNIFIED)] {
-            out.push(Set {
-                name,
-                fields: fields.clone(),
-                calibration_fields: trainval.iter().map(|id| b.image_path(id)).collect(),
-                view,
-            });
+            out.push(Set { name, fields: trainval.clone(), calibration_fields: trainval_paths.clone(), view });
         }
     }
     for (name, sub, n) in [("txl/bcd", "txl/bcd", 219), ("txl/pbc", "txl/pbc", 500)] {
