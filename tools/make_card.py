@@ -52,11 +52,12 @@ def card_dict(
     size = int(spec["size"])
     physical = str(spec.get("method", "")).startswith("physical")
     ti = train_info or {}
+    max_pools = "M" in (ti.get("arch") or ["M"])  # the layout; unknown: the shipped one, with pools
     extra = {
         "description": (
             "Classifies one centred white blood cell (or platelet) of a May-Gruenwald-Giemsa peripheral blood smear "
             "into the classes below; blasts (myeloblasts) are flagged. A plain VGG-style CNN (3x3 conv + ReLU, "
-            + ("max-pooling" if "M" in (ti.get("arch") or ["M"]) else "stride-2 convolutions instead of pooling")
+            + ("max-pooling" if max_pools else "stride-2 convolutions instead of pooling")
             + ", global average pooling, linear head) on a nucleus-centred, stain-standardised CIELAB crop"
             + (f" of fixed physical size ({spec.get('window_um')} um over {size} px)." if physical else ".")
         ),
@@ -67,7 +68,7 @@ def card_dict(
             "See docs/classifier-report.md for a lab never trained on."
         ),
         "format": "onnx QOperator int8: QLinearConv per-tensor (ReLU fused)"
-        + (", int8 MaxPool" if "M" in (ti.get("arch") or ["M"]) else "")
+        + (", int8 MaxPool" if max_pools else "")
         + ", rest (GlobalAveragePool, Gemm) f32",
         "output": "logits [batch, n_classes] in the order of `classes`; the runtime applies softmax",
         "f32_model": {"file": f32_file, "sha256": f32_sha256} if f32_file else None,

@@ -288,12 +288,6 @@ def matching_keys(model: CellNet, src: dict) -> list[tuple[str, str]] | None:
     return None
 
 
-def same_weight_shapes(model: CellNet, src: dict) -> bool:
-    """Whether an earlier run's feature layers fit `model`'s in order (then
-    `load_features_and_head` can start `model` from them, whatever the pools and norms)."""
-    return matching_keys(model, src) is not None
-
-
 def load_features_and_head(model: CellNet, ck: dict, classes: list[str]) -> list[str]:
     """Loads an earlier run's weights into `model`: the convolutions as they are
     (MixStyle has no weights, so layer indices are mapped in order), the head
@@ -302,7 +296,7 @@ def load_features_and_head(model: CellNet, ck: dict, classes: list[str]) -> list
     old = ck["info"]["classes"]
     pairs = matching_keys(model, src)
     if pairs is None:
-        raise ValueError("feature layers differ")
+        raise ValueError("its layers' weights do not fit this run's architecture")
     state = model.state_dict()
     for d, s_ in pairs:
         state[d] = src[s_]
@@ -394,8 +388,10 @@ def train(
     init_info = None
     if init is not None:
         ck = torch.load(init, map_location="cpu", weights_only=False)  # our own checkpoint
-        if not same_weight_shapes(model, ck["state_dict"]):
-            raise ValueError(f"{init}: its layers' weights do not fit this run's architecture")
+        try:
+            new_classes = load_features_and_head(model, ck, classes)
+        except ValueError as e:
+            raise ValueError(f"{init}: {e}") from None
         init_info = {"from": str(init), "epochs": ck["info"]["epochs"], "lr": ck["info"]["lr"]}
         if ck["info"].get("norm", "batch") != norm:
             # The convolutions and the norms' scale and shift carry over; the
@@ -407,7 +403,7 @@ def train(
             # stride of the convolution before it, the same weights in the same order.
             init_info["arch_from"] = checkpoint_arch(ck["info"])
             log(f"{init} has another layout ({ck['info'].get('arch_name', '?')}): its weights start this one's")
-        init_info["new_classes"] = load_features_and_head(model, ck, classes)
+        init_info["new_classes"] = new_classes
         log(f"fine-tuning from {init} ({ck['info']['epochs']} epochs at lr {ck['info']['lr']}); "
             f"new head rows: {init_info['new_classes']}")
     teacher_net, teacher_info = None, None
