@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,6 +136,7 @@ def _preprocess_chunk(binary: Path, paths: list[str], card: Path | None, cache_d
     npy = cache_dir / f"{key}.npy"
     side = npy.with_suffix(".json")
     if npy.is_file() and side.is_file():
+        os.utime(npy)  # marks the entry as used, for prune_cache
         return npy
     cache_dir.mkdir(parents=True, exist_ok=True)
     lst = cache_dir / f"{key}.list.txt"
@@ -149,6 +151,46 @@ def _preprocess_chunk(binary: Path, paths: list[str], card: Path | None, cache_d
     tmp.with_suffix(".json").replace(side)
     tmp.replace(npy)
     return npy
+
+
+def prune_cache(keep: Iterable[Path] = (), max_bytes: int | None = None, root: Path | None = None) -> int:
+    """Deletes the least recently used preprocessing entries (tools/cache/pre*/) until
+    they take at most `max_bytes` (default: env LEUKOSCOPE_CACHE_GB, 12 GB), never an
+    entry in `keep`; also all binary snapshots but the two newest and the one in use.
+    Every rebuild of the binary makes the entries keyed by the old one unreachable, so
+    without this the cache grows by ~2 GB per rebuild until the disk is full (it took
+    30 GB by session 10). Returns the bytes freed."""
+    root = root or CACHE
+    if max_bytes is None:
+        max_bytes = int(float(os.environ.get("LEUKOSCOPE_CACHE_GB", "12")) * 1e9)
+    keep = {Path(k).resolve() for k in keep}
+    entries = []  # (last use, bytes, files of the entry, its .npy)
+    for npy in root.glob("pre*/*.npy"):
+        if npy.name.endswith(".tmp.npy"):
+            continue  # another process is writing it
+        files = [npy, npy.with_suffix(".json"), npy.with_suffix(".list.txt")]
+        size = sum(f.stat().st_size for f in files if f.is_file())
+        entries.append((npy.stat().st_mtime, size, files, npy.resolve()))
+    total = sum(e[1] for e in entries)
+    freed = 0
+    for _, size, files, npy in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        if npy in keep:
+            continue
+        for f in files:
+            f.unlink(missing_ok=True)
+        total -= size
+        freed += size
+    snaps = sorted((d for d in (root / "bin").glob("*") if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    in_use = _SNAPSHOT.parent.resolve() if _SNAPSHOT else None
+    for d in snaps[:-2]:
+        if d.resolve() != in_use:
+            freed += sum(f.stat().st_size for f in d.glob("*") if f.is_file())
+            shutil.rmtree(d, ignore_errors=True)
+    if freed:
+        log(f"cache: freed {freed / 1e9:.1f} GB of least recently used entries (cap {max_bytes / 1e9:.0f} GB)")
+    return freed
 
 
 class Prepared:
@@ -228,6 +270,7 @@ def preprocess(
     for want, it in zip(paths, items):
         if Path(it["path"]).resolve() != Path(want):
             raise PipelineError(f"preprocess: sidecar order mismatch at {want} vs {it['path']}")
+    prune_cache(keep=set(npys))
     p = Prepared(arrays, items, spec)
     if not quiet:
         log(f"preprocessed {len(paths)} images in {time.time() - t0:.1f}s ({len(p.errors)} unreadable)")
