@@ -12,6 +12,8 @@
 //! For tuning the detector, `LEUKOSCOPE_TUNE=1` adds BCCD `trainval` (what
 //! the defaults were tuned on) and `LEUKOSCOPE_DETECT_PARAMS='{"key": value}'`
 //! overrides detector parameters; look at the tune rows only.
+//! `LEUKOSCOPE_VIEWS="0.5,1.5,3"` (with `LEUKOSCOPE_TUNE`) adds BCCD `trainval`
+//! at those magnifications (cut to 575 px, as the x2 set), to explore others.
 //!
 //! Matching (as tests/detect_bccd.rs): IoU >= 0.5; a detection cut by the
 //! border and an annotated WBC touching the border are hits when matched and
@@ -188,6 +190,13 @@ fn sets() -> Vec<Set> {
     if std::env::var_os("LEUKOSCOPE_TUNE").is_some() {
         let trainval = bccd_fields("trainval", false);
         for (name, view) in [("BCCD trainval", View::Whole), ("BCCD trainval x2", MAGNIFIED)] {
+            out.push(Set { name, fields: trainval.clone(), calibration_fields: trainval_paths.clone(), view });
+        }
+        // Other magnifications, to explore on tune data only: LEUKOSCOPE_VIEWS="0.5,1.5,3".
+        for factor in std::env::var("LEUKOSCOPE_VIEWS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
+            let f: f32 = factor.trim().parse().unwrap_or_else(|e| panic!("LEUKOSCOPE_VIEWS: {factor}: {e}"));
+            let name: &'static str = Box::leak(format!("BCCD trainval x{f}").into_boxed_str());
+            let view = View::Magnified { factor: f, side: 575 };
             out.push(Set { name, fields: trainval.clone(), calibration_fields: trainval_paths.clone(), view });
         }
     }

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 /// Measure the camera's scale (µm per pixel): the median of the red-cell
 /// estimates of many fields (with their spread), or, at high magnification
-/// where most fields hold too few whole red cells, the typical red cell of all
-/// fields pooled; or a stage micrometer. With --write, store it in the config's [scale] table (per objective with
+/// where most fields hold too few red cells for their own estimate, the
+/// typical red cell of all fields pooled; or a stage micrometer. With --write, store it in the config's [scale] table (per objective with
 /// --objective), keeping the file's comments.
 #[derive(clap::Args)]
 pub struct Args {
@@ -54,7 +54,7 @@ pub fn run(a: Args) -> Result<i32> {
                 match leukoscope::input::load_rgb(p) {
                     Ok(img) => {
                         let m = leukoscope::vision::detect::measure_red_cells(&img, &cfg.detect);
-                        debug!("{}: {:?}, {} whole red cells", p.display(), m.estimate, m.radii_px.len());
+                        debug!("{}: {:?}, {} red cells measured", p.display(), m.estimate, m.radii_px.len());
                         estimates.push(m);
                     }
                     Err(e) => {
@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<i32> {
             }
         } else if c.method == "red_cells_pooled" {
             println!(
-                "most fields hold too few whole red cells for their own estimate (high magnification): the typical \
+                "most fields hold too few red cells for their own estimate (high magnification): the typical \
                  red cell of {} fields pooled ({} red cells, of {} fields read), spread of single cells {:.4}-{:.4}",
                 c.fields_used, c.cells, c.fields_total, c.q1, c.q3
             );

@@ -195,8 +195,8 @@ fn set(table: &mut dyn toml_edit::TableLike, key: &str, item: toml_edit::Item) {
 /// The appliance's own calibration when no scale is configured: fields use
 /// their own red cells until `fields` of them have given an estimate, then
 /// the median of those for every later field. At high magnification, where
-/// most fields hold too few whole red cells for an estimate (and the few that
-/// give one mislead), the whole red cells of the fields seen so far are pooled
+/// most fields hold too few red cells for an estimate (and the few that
+/// give one mislead), the red cells of the fields seen so far are pooled
 /// instead ([`Calibration::from_measures`]'s rule), once there are enough.
 #[derive(Debug, Clone)]
 pub struct SessionScale {
@@ -225,7 +225,7 @@ impl SessionScale {
         self.calibrated.map(|s| FieldScale::new(s, ScaleSource::Calibrated))
     }
 
-    /// Learns from an analysed field's scale and the radii of its whole red
+    /// Learns from an analysed field's scale and the radii of its red
     /// cells ([`crate::vision::detect::RedCellMeasure::radii_px`]); returns the
     /// calibrated value when this field completed the calibration.
     pub fn observe(&mut self, scale: &FieldScale, red_cells_px: &[f32]) -> Option<f32> {

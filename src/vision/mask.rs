@@ -185,12 +185,26 @@ impl Mask {
     /// background. Outside the image counts as background, so objects cut by
     /// the border look no bigger than what is visible. Two raster passes.
     pub fn distance_transform(&self) -> Vec<u16> {
+        self.chamfer(0)
+    }
+
+    /// [`Mask::distance_transform`] to the nearest background pixel *seen*:
+    /// outside the image is not background, so an object cut by the border
+    /// keeps, where it is visible, the distances it has whole (a round cell
+    /// whose centre is in the image has its full inscribed radius there).
+    pub fn distance_transform_to_seen_background(&self) -> Vec<u16> {
+        self.chamfer(CHAMFER_INF)
+    }
+
+    /// The two-pass chamfer transform with the pixels outside the image set to
+    /// `outside` (0: background; [`CHAMFER_INF`]: as far from background as can be).
+    fn chamfer(&self, outside: u16) -> Vec<u16> {
         let (w, h) = (self.width as usize, self.height as usize);
-        const INF: u16 = u16::MAX - 8;
-        // A one-pixel frame of background around the image spares the inner
-        // loops any bounds checks.
+        const INF: u16 = CHAMFER_INF;
+        // A one-pixel frame around the image spares the inner loops any
+        // bounds checks; the passes never write it.
         let pw = w + 2;
-        let mut d = vec![0u16; pw * (h + 2)];
+        let mut d = vec![outside; pw * (h + 2)];
         for (y, row) in self.data.chunks_exact(w.max(1)).enumerate().take(h) {
             let start = (y + 1) * pw + 1;
             for (o, &b) in d[start..start + w].iter_mut().zip(row) {
@@ -229,6 +243,10 @@ impl Mask {
         out
     }
 }
+
+/// Distance of a pixel that no background is near; small enough that adding a
+/// step (3 or 4) cannot overflow.
+const CHAMFER_INF: u16 = u16::MAX - 8;
 
 /// `out[x]`: the chamfer distance through the framed row `neighbours` (one
 /// pixel of frame each side) to pixel x of the next row: straight 3, diagonal 4.
@@ -304,6 +322,26 @@ mod tests {
         assert_eq!(&full[10..15], &[3, 6, 9, 6, 3]);
         assert_eq!(&full[0..5], &[3, 3, 3, 3, 3]);
         assert!(Mask::new(0, 0).distance_transform().is_empty());
+    }
+
+    #[test]
+    fn a_disc_cut_by_the_border_keeps_its_radius_to_the_seen_background() {
+        // Centre 5 px inside the left border, radius 12: 7 px of it are outside.
+        let m = Mask::from_fn(41, 41, disc(41, 41, 5.0, 20.0, 12.0));
+        let seen = m.distance_transform_to_seen_background();
+        let whole = Mask::from_fn(41, 41, disc(41, 41, 20.0, 20.0, 12.0)).distance_transform();
+        let peak = *whole.iter().max().unwrap();
+        // At the cut disc's centre: its whole radius, as a disc in full view has.
+        assert_eq!(seen[20 * 41 + 5], peak);
+        // With the border as background, the border limits it to 6 px (18 units).
+        assert_eq!(m.distance_transform()[20 * 41 + 5], 18);
+        // Background stays 0; a full mask sees no background at all.
+        assert_eq!(seen[20 * 41 + 40], 0);
+        assert!(Mask::from_fn(4, 4, |_, _| true)
+            .distance_transform_to_seen_background()
+            .iter()
+            .all(|&v| v == CHAMFER_INF));
+        assert!(Mask::new(0, 0).distance_transform_to_seen_background().is_empty());
     }
 
     /// The textbook two-pass chamfer transform, kept to check the row-split one.

@@ -360,6 +360,30 @@ mod tests {
     }
 
     #[test]
+    fn high_magnification_measures_the_red_cells_cut_by_the_border() {
+        // 0.05 µm/px: red cells 150 px across; one whole, five cut by the
+        // border with their centres in view. One whole cell is too few.
+        let mut f = Field::new(400, 300);
+        for (x, y) in [(30.0, 30.0), (200.0, 30.0), (370.0, 30.0), (30.0, 200.0), (200.0, 200.0), (370.0, 200.0)] {
+            f.disc(x, y, 75.0, RBC);
+            f.disc(x, y, 24.0, PALLOR);
+        }
+        let m = measure_red_cells(&f.img, &synthetic_params());
+        let e = m.estimate.expect("the cut cells tell the scale");
+        assert!((e.um_per_px / 0.05 - 1.0).abs() < 0.1, "{e:?}");
+        assert!(e.cells >= 4, "{e:?}");
+        // Pooled over fields, the cut cells count too, at their whole size.
+        assert!(m.radii_px.len() >= 4, "{:?}", m.radii_px);
+        assert!(m.radii_px.iter().all(|r| (r / 75.0 - 1.0).abs() < 0.1), "{:?}", m.radii_px);
+        // Half a red cell's width in view, centre outside: nothing to measure.
+        let mut g = Field::new(300, 300);
+        for y in [60.0, 230.0] {
+            g.disc(-10.0, y, 75.0, RBC);
+        }
+        assert_eq!(measure_red_cells(&g.img, &synthetic_params()).estimate, None);
+    }
+
+    #[test]
     fn merges_lobes_rejects_platelets_and_keeps_touching_cells_apart() {
         let mut f = Field::new(640, 480);
         // A bilobed nucleus (lobes 1.2 µm apart), two touching leukocytes with

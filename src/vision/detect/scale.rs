@@ -9,8 +9,9 @@ use crate::vision::mask::{BBox, Mask, CHAMFER_UNIT};
 use image::RgbImage;
 
 /// µm per input pixel from the red cells (`None` when there are too few), and
-/// the whole red cells of the level-0 copy however few (for a scale pooled
-/// over fields).
+/// the red cells of the level-0 copy however few (for a scale pooled over
+/// fields): the whole ones, or when they are too few, with those cut by the
+/// border whose centre is in view.
 ///
 /// The level-0 copy (longer side ~`scale_side_px`) serves when its red cells
 /// are at least `MIN_DIAMETER` px across. Smaller ones (low magnification,
@@ -28,8 +29,8 @@ pub(super) fn estimate_scale(
     // inscribed radius by several percent.
     const MIN_DIAMETER: f32 = 24.0;
     const AIM_DIAMETER: f32 = 40.0;
-    let (radii0, nuclei0) = rbc_discs(level0, luts, params);
-    let radii_px = radii0.iter().map(|r| r * k0 as f32).collect();
+    let (radii0, nuclei0) = rbc_discs(level0, luts, params, CutCells::Dropped);
+    let mut radii_px: Vec<f32> = radii0.iter().map(|r| r * k0 as f32).collect();
     let d0 = diameter_of(radii0, &nuclei0, params);
     let refine_k = match d0 {
         Some((d, _)) if d < MIN_DIAMETER && k0 > 1 => {
@@ -45,7 +46,17 @@ pub(super) fn estimate_scale(
         let rect = Rect { x: x as usize, y: y as usize, w: cw as usize, h: ch as usize };
         rbc_diameter(&downsample_rect(img, rect, k), luts, params).map(|(d, n)| (d * k as f32, n))
     });
-    let estimate = refined.or(d0.map(|(d, n)| (d * k0 as f32, n))).and_then(|(diameter_px, cells)| {
+    let mut diameter = refined.or(d0.map(|(d, n)| (d * k0 as f32, n)));
+    if diameter.is_none() {
+        // Too few whole red cells (high magnification: most are cut by the
+        // border). Those cut whose centre is in view still show their size;
+        // taken only here, so that fields with enough whole cells keep the
+        // estimate the detector was tuned with.
+        let (radii, nuclei) = rbc_discs(level0, luts, params, CutCells::Kept);
+        radii_px = radii.iter().map(|r| r * k0 as f32).collect();
+        diameter = diameter_of(radii, &nuclei, params).map(|(d, n)| (d * k0 as f32, n));
+    }
+    let estimate = diameter.and_then(|(diameter_px, cells)| {
         let um_per_px = params.rbc_diameter_um / diameter_px;
         (um_per_px.is_finite() && um_per_px > 0.0).then_some(RedCellScale { um_per_px, cells })
     });
@@ -70,7 +81,8 @@ fn level0<'a>(img: &'a RgbImage, params: &DetectParams) -> Option<(std::borrow::
 
 /// What one field's red cells say, for a scale pooled over many fields: the
 /// field's own estimate ([`red_cell_scale`]) and the inscribed radius, in
-/// pixels of `img`, of every whole red cell at level 0 (however few).
+/// pixels of `img`, of every red cell measured at level 0 (however few; see
+/// [`estimate_scale`] for which).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedCellMeasure {
     pub estimate: Option<RedCellScale>,
@@ -119,7 +131,7 @@ pub fn pooled_scale(radii_px: Vec<f32>, params: &DetectParams) -> Option<(RedCel
 /// border or lying in a leukocyte's cytoplasm are dropped; the typical
 /// inscribed diameter, times `rbc_extent_per_inscribed`, is the cell size.
 fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<(f32, usize)> {
-    let (radii, nucleus_boxes) = rbc_discs(img, luts, params);
+    let (radii, nucleus_boxes) = rbc_discs(img, luts, params, CutCells::Dropped);
     diameter_of(radii, &nucleus_boxes, params)
 }
 
@@ -135,10 +147,24 @@ fn diameter_of(radii: Vec<f32>, nucleus_boxes: &[BBox], params: &DetectParams) -
     (longest <= limit).then_some((diameter, n))
 }
 
-/// The inscribed radii (px) of the whole red cells of `img` outside
-/// leukocytes, however few, and the boxes of the nuclei at least a third of a
-/// red cell's area.
-fn rbc_discs(img: &RgbImage, luts: &Luts, params: &DetectParams) -> (Vec<f32>, Vec<BBox>) {
+/// Which red cells [`rbc_discs`] measures besides the whole ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutCells {
+    /// Whole cells only: outside the image is background, and a disc that
+    /// touches the border is dropped.
+    Dropped,
+    /// Also cells cut by the border whose centre is in view: outside the
+    /// image is not background, so such a cell keeps its whole inscribed
+    /// radius. Keeping them removes a bias: when few cells fit in the field,
+    /// the large ones are the likeliest to be cut, and the whole ones left
+    /// are the small ones (a scale 30% too large at 0.024 µm/px).
+    Kept,
+}
+
+/// The inscribed radii (px) of the red cells of `img` outside leukocytes,
+/// however few (whole ones, and with [`CutCells::Kept`] those cut by the
+/// border), and the boxes of the nuclei at least a third of a red cell's area.
+fn rbc_discs(img: &RgbImage, luts: &Luts, params: &DetectParams, cut: CutCells) -> (Vec<f32>, Vec<BBox>) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let green: Vec<i32> = img.pixels().map(|p| luts.green[p.0[1] as usize]).collect();
     let nuclei = nucleus_mask(img, luts, milli(params.nucleus_od)).dilate3x3();
@@ -157,7 +183,10 @@ fn rbc_discs(img: &RgbImage, luts: &Luts, params: &DetectParams) -> (Vec<f32>, V
     }
     .erode3x3()
     .dilate3x3();
-    let dt = rbc.distance_transform();
+    let dt = match cut {
+        CutCells::Dropped => rbc.distance_transform(),
+        CutCells::Kept => rbc.distance_transform_to_seen_background(),
+    };
     // Local maxima of the distance transform, at least 2 px deep.
     let mut peaks: Vec<(u16, u32, u32)> = Vec::new();
     for y in 1..h.saturating_sub(1) {
@@ -187,8 +216,10 @@ fn rbc_discs(img: &RgbImage, luts: &Luts, params: &DetectParams) -> (Vec<f32>, V
             discs.push((fx, fy, r));
         }
     }
-    // Cells touching the border are cut: their inscribed circle says nothing.
-    discs.retain(|&(x, y, r)| x >= r && y >= r && x + r < w as f32 && y + r < h as f32);
+    if cut == CutCells::Dropped {
+        // Touching the border, the inscribed circle was cut by it.
+        discs.retain(|&(x, y, r)| x >= r && y >= r && x + r < w as f32 && y + r < h as f32);
+    }
     let Some(((r_all, _), _)) = typical_radius(discs.iter().map(|d| d.2).collect(), params) else {
         return (Vec::new(), Vec::new());
     };
