@@ -1,7 +1,7 @@
 //! `leukoscope calibrate` as a user runs it, checked against the red-cell
 //! size BCCD's annotators drew, and a configured scale used by `analyze`.
 
-use common::bccd::{Bccd, Class};
+use common::bccd::Bccd;
 use leukoscope::vision::detect::DetectParams;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -33,29 +33,10 @@ fn bccd_test() -> (Bccd, Vec<String>) {
     (b, ids)
 }
 
-/// The scale BCCD's red-cell boxes imply: the median diameter ((w + h) / 2)
-/// of whole boxes (not touching the border) over the test fields, taken as
-/// the red-cell diameter the detector assumes.
-fn annotated_scale(b: &Bccd, ids: &[String]) -> f32 {
-    let mut d: Vec<f32> = Vec::new();
-    for id in ids {
-        let a = b.annotation(id).unwrap_or_else(|e| panic!("{e}"));
-        d.extend(
-            a.boxes(Class::Rbc)
-                .iter()
-                .filter(|r| r.x0 > 0 && r.y0 > 0 && r.x1 < a.width && r.y1 < a.height)
-                .map(|r| (r.width() + r.height()) as f32 / 2.0),
-        );
-    }
-    assert!(d.len() > 500, "{} red-cell boxes", d.len());
-    d.sort_by(f32::total_cmp);
-    DetectParams::default().rbc_diameter_um / d[d.len() / 2]
-}
-
 #[test]
 fn calibrate_on_bccd_matches_the_annotated_red_cells() {
     let (b, ids) = bccd_test();
-    let expected = annotated_scale(&b, &ids);
+    let expected = b.annotated_scale(&ids, DetectParams::default().rbc_diameter_um);
     let out = ok(bin().args(["calibrate", "--json"]).args(ids.iter().map(|id| b.image_path(id))));
     let c = json(&out);
     let got = c["um_per_px"].as_f64().expect("um_per_px") as f32;

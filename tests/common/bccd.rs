@@ -123,6 +123,27 @@ fn number(s: &str, name: &str) -> Result<f64, String> {
 
 /// Parses the subset of Pascal VOC that BCCD uses. Unknown class names are
 /// an error so that a relabelled copy of the data is not silently misread.
+impl Bccd {
+    /// The scale (µm per pixel) the red-cell boxes of the fields `ids` imply:
+    /// `rbc_diameter_um` over the median diameter ((w + h) / 2) of the boxes
+    /// not touching the border.
+    pub fn annotated_scale(&self, ids: &[String], rbc_diameter_um: f32) -> f32 {
+        let mut d: Vec<f32> = Vec::new();
+        for id in ids {
+            let a = self.annotation(id).unwrap_or_else(|e| panic!("{e}"));
+            d.extend(
+                a.boxes(Class::Rbc)
+                    .iter()
+                    .filter(|r| r.x0 > 0 && r.y0 > 0 && r.x1 < a.width && r.y1 < a.height)
+                    .map(|r| (r.width() + r.height()) as f32 / 2.0),
+            );
+        }
+        assert!(d.len() > 500, "{} red-cell boxes", d.len());
+        d.sort_by(f32::total_cmp);
+        rbc_diameter_um / d[d.len() / 2]
+    }
+}
+
 pub fn parse_voc(id: &str, xml: &str) -> Result<Annotation, String> {
     let size = tag(xml, "size").ok_or("missing <size>")?;
     let (w, h) = (number(size, "width")?, number(size, "height")?);
