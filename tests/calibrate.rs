@@ -85,9 +85,20 @@ fn calibrate_writes_the_config_and_analyze_uses_it() {
         .collect();
     crops.sort();
     fields.extend(crops.into_iter().take(8));
+    // Unconfigured, the batch calibrates on itself and such a field takes the
+    // batch's scale instead of the fallback.
     let unconfigured = json(&ok(bin().args(["analyze", "--json"]).args(&fields)));
-    let fallback = unconfigured["summary"]["scale"]["fallback"].as_u64().expect("summary.scale.fallback");
-    assert!(fallback > 0, "expected some of these fields to fall back: {}", unconfigured["summary"]["scale"]);
+    let s = &unconfigured["summary"]["scale"];
+    assert_eq!(s["fallback"], 0, "{s}");
+    assert!(s["calibrated"].as_u64().expect("summary.scale.calibrated") > 0, "some fields cannot tell: {s}");
+    assert_eq!(unconfigured["batch_calibration"]["method"], "red_cells", "{}", unconfigured["batch_calibration"]);
+    // One such field alone (no batch) still falls back.
+    let alone = fields
+        .iter()
+        .zip(unconfigured["images"].as_array().expect("images"))
+        .find_map(|(p, img)| (img["scale"]["source"] == "calibrated").then_some(p));
+    let alone = json(&ok(bin().args(["analyze", "--json"]).arg(alone.expect("a field that cannot tell"))));
+    assert_eq!(alone["images"][0]["scale"]["source"], "fallback", "{}", alone["images"][0]["scale"]);
     let doc = json(&ok(bin().args(["analyze", "--json", "--config"]).arg(&config).args(&fields)));
     for img in doc["images"].as_array().expect("images") {
         assert_eq!(img["scale"]["source"], "configured", "{}", img["scale"]);

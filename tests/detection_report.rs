@@ -31,7 +31,7 @@ use image::{Rgb, RgbImage};
 use leukoscope::classify::count::Call;
 use leukoscope::classify::pipeline::{Analyzer, FieldResult};
 use leukoscope::input::{data_dir, load_rgb};
-use leukoscope::vision::calibrate::Calibration;
+use leukoscope::vision::calibrate::{BatchScale, Calibration};
 use leukoscope::vision::detect::{measure_red_cells, DetectParams, FieldScale, ScaleSource};
 use leukoscope::vision::mask::BBox;
 use sha2::{Digest, Sha256};
@@ -47,8 +47,13 @@ const BORDER_MARGIN: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
-    /// Each field's own red cells (fallback when they cannot tell): `analyze` unconfigured.
+    /// Each field's own red cells (fallback when they cannot tell): one field
+    /// analysed alone with no scale configured.
     PerField,
+    /// `analyze` of the whole set with no scale configured: the set calibrates
+    /// itself first, and the fields that cannot tell take its scale
+    /// ([`BatchScale`]; every field when its red cells are pooled).
+    Batch,
     /// One scale for the camera, as `calibrate` measures it and a clinic configures it.
     Calibrated,
 }
@@ -57,6 +62,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::PerField => "per field",
+            Mode::Batch => "batch",
             Mode::Calibrated => "calibrated",
         }
     }
@@ -303,8 +309,18 @@ fn report() -> &'static [SetReport] {
                     .collect();
                 let calibration = Calibration::from_measures(&estimates, &analyzer.detect)
                     .unwrap_or_else(|e| panic!("{}: {e}", set.name));
+                // The set itself as `analyze` gets it: its own fields' red cells.
+                let own: Vec<_> = set
+                    .fields
+                    .iter()
+                    .map(|f| {
+                        let (img, _) = set.view.apply(load_rgb(&f.path).unwrap_or_else(|e| panic!("{e}")), None);
+                        measure_red_cells(&img, &analyzer.detect)
+                    })
+                    .collect();
+                let batch = BatchScale::of(&own, &analyzer.detect);
                 let mut figures: BTreeMap<(Mode, &'static str), Figures> = BTreeMap::new();
-                for field in &set.fields {
+                for (n, field) in set.fields.iter().enumerate() {
                     let (img, annotation) = set
                         .view
                         .apply(load_rgb(&field.path).unwrap_or_else(|e| panic!("{e}")), Some(&field.annotation));
@@ -316,9 +332,10 @@ fn report() -> &'static [SetReport] {
                             &viewed
                         }
                     };
-                    for mode in [Mode::PerField, Mode::Calibrated] {
+                    for mode in [Mode::PerField, Mode::Batch, Mode::Calibrated] {
                         let given = match mode {
                             Mode::PerField => None,
+                            Mode::Batch => batch.as_ref().and_then(|b| b.given(Some(&own[n]))),
                             Mode::Calibrated => Some(FieldScale::new(calibration.um_per_px, ScaleSource::Configured)),
                         };
                         let r =
@@ -561,6 +578,22 @@ fn calibration_holds_across_magnifications() {
         let (got, want) = (calibration(set).um_per_px, boxes / factor);
         println!("{set}: calibrated {got:.4} um/px, the red-cell boxes imply {want:.4}");
         assert!((got / want - 1.0).abs() <= 0.05, "{set}: calibrated {got} vs {want} from the boxes");
+    }
+}
+
+/// `analyze` of a whole set with no scale configured calibrates on the set
+/// itself ([`BatchScale`]): at two and three times BCCD's magnification, where
+/// nearly every field alone falls back, it holds as a configured calibration
+/// does, and no field falls back; at BCCD's own it changes nothing that matters.
+#[test]
+fn a_batch_without_a_scale_calibrates_itself() {
+    check("BCCD test", Mode::Batch, "test", 0.98, 0.98);
+    check("BCCD test x2", Mode::Batch, "test", 0.98, 0.98);
+    check("BCCD test x3", Mode::Batch, "test", X3_RECALL, X3_PRECISION);
+    for set in ["BCCD test", "BCCD test x2", "BCCD test x3"] {
+        let f = figures(set, Mode::Batch, "test");
+        assert_eq!(f.sources.get("fallback"), None, "{set}: {:?}", f.sources);
+        assert_eq!(f.non_wbc_counted, 0, "{set}");
     }
 }
 

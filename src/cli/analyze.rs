@@ -4,7 +4,10 @@
 use super::{batch_inputs, demo_inputs, progress, read_input, um_per_px_arg, ConfigArg, ModelArgs};
 use anyhow::{Context, Result};
 use leukoscope::classify::count::Differential;
+use leukoscope::classify::pipeline::Analyzer;
 use leukoscope::report::FieldRecord;
+use leukoscope::vision::calibrate::{BatchScale, Calibration};
+use leukoscope::vision::detect::{measure_red_cells, RedCellMeasure};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -12,6 +15,11 @@ use std::path::PathBuf;
 ///
 /// Without inputs, analyses the BCCD test fields in the data folder
 /// ($LEUKOSCOPE_DATA, default ../shared/data) as a demonstration.
+///
+/// The scale: --um-per-px, else the config's [scale]; else, for 5 fields or
+/// more, the batch calibrates itself first as `calibrate` would (fields whose
+/// red cells cannot tell their own scale take the batch's; at high
+/// magnification every field does), else each field's own red cells.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -64,10 +72,17 @@ pub fn run(a: Args) -> Result<i32> {
     let mut records = Vec::new();
     let mut rows = Vec::new();
     let mut failed = 0;
+    let (batch, measures) = batch_scale(&analyzer, &paths);
     let pb = progress(paths.len(), "analysing");
     for (n, (path, bad)) in paths.iter().enumerate() {
         pb.inc(1);
-        let outcome = read_input(path, bad.as_deref()).and_then(|img| Ok((analyzer.analyze(&img)?, img)));
+        let outcome = read_input(path, bad.as_deref()).and_then(|img| {
+            let field = match &batch {
+                Some(b) => analyzer.analyze_at(&img, b.given(measures.get(n).and_then(Option::as_ref)))?,
+                None => analyzer.analyze(&img)?,
+            };
+            Ok((field, img))
+        });
         match outcome {
             Ok((field, img)) => {
                 let mut record = FieldRecord::new(card, &path.display().to_string(), &field);
@@ -108,6 +123,9 @@ pub fn run(a: Args) -> Result<i32> {
     let summary = diff.summary(config.count.blast_threshold_percent);
     let scale = leukoscope::report::ScaleSummary::of(&records);
     let mut doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
+    if let Some(b) = &batch {
+        doc["batch_calibration"] = serde_json::to_value(&b.calibration)?;
+    }
     if a.sample_id.is_some() || a.operator_id.is_some() {
         doc["sample"] = serde_json::json!({"id": a.sample_id, "operator_id": a.operator_id});
     }
@@ -125,6 +143,9 @@ pub fn run(a: Args) -> Result<i32> {
         }
         writeln!(o, "\n{}", leukoscope::report::summary_text(&summary))?;
         writeln!(o, "{}", scale.text())?;
+        if let Some(b) = &batch {
+            writeln!(o, "{}", batch_text(&b.calibration))?;
+        }
         if let Some(w) = analyzer.classifier.card.unfamiliar_warning(summary.unfamiliar_percent) {
             writeln!(o, "WARNING: {w}")?;
         }
@@ -135,4 +156,49 @@ pub fn run(a: Args) -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// With no scale configured, a batch of fields from one camera calibrates
+/// itself first ([`BatchScale`]): each field's red cells are measured, and the
+/// fields that cannot tell their own scale (at high magnification, all of
+/// them) are analysed at the batch's instead of the fixed fallback. Returns
+/// the batch scale (`None`: a scale is configured, too few fields, or their
+/// red cells cannot tell) and each input's measure, in input order.
+fn batch_scale(
+    analyzer: &Analyzer,
+    paths: &[(PathBuf, Option<String>)],
+) -> (Option<BatchScale>, Vec<Option<RedCellMeasure>>) {
+    if analyzer.um_per_px.is_some() || paths.len() < BatchScale::MIN_FIELDS {
+        return (None, Vec::new());
+    }
+    let pb = progress(paths.len(), "measuring the scale");
+    let measures: Vec<Option<RedCellMeasure>> = paths
+        .iter()
+        .map(|(path, bad)| {
+            pb.inc(1);
+            read_input(path, bad.as_deref()).ok().map(|img| measure_red_cells(&img, &analyzer.detect))
+        })
+        .collect();
+    pb.finish_and_clear();
+    let read: Vec<RedCellMeasure> = measures.iter().flatten().cloned().collect();
+    let batch = BatchScale::of(&read, &analyzer.detect);
+    match &batch {
+        Some(b) => info!("no scale configured: {}", batch_text(&b.calibration)),
+        None => {
+            info!("no scale configured, and these fields' red cells cannot calibrate it: each field estimates its own")
+        }
+    }
+    (batch, measures)
+}
+
+fn batch_text(c: &Calibration) -> String {
+    let how = if c.method == "red_cells_pooled" {
+        format!("the red cells of {} fields pooled ({} red cells); every field uses it", c.fields_used, c.cells)
+    } else {
+        format!("the median of {} fields' own estimates; the fields that cannot tell their own use it", c.fields_used)
+    };
+    format!(
+        "batch calibration (no scale configured): {:.4} um/px from {how}. For counting, calibrate the camera once: leukoscope calibrate --write",
+        c.um_per_px
+    )
 }

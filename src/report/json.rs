@@ -54,7 +54,7 @@ impl ScaleSummary {
     pub fn text(&self) -> String {
         let parts: Vec<String> = [
             (self.configured, "configured"),
-            (self.calibrated, "calibrated over the first fields"),
+            (self.calibrated, "calibrated over the session's or batch's fields"),
             (self.red_cells, "from their own red cells"),
             (self.fallback, "on the FALLBACK scale (red cells could not tell)"),
             (self.disagrees, "whose red cells DISAGREE with the scale (wrong objective?)"),

@@ -127,6 +127,42 @@ impl Calibration {
     }
 }
 
+/// `analyze` of many fields with no scale configured: the batch calibrates
+/// itself as `calibrate` would on the same fields
+/// ([`Calibration::from_measures`]), and a field whose own red cells cannot
+/// tell takes that scale instead of the fixed fallback. Under the pooled rule
+/// (high magnification: most fields cannot tell, and the few that can
+/// mislead) every field takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchScale {
+    pub calibration: Calibration,
+}
+
+impl BatchScale {
+    /// Fewest fields a batch calibrates itself from.
+    pub const MIN_FIELDS: usize = 5;
+
+    /// The batch's calibration, or `None` when it has too few fields, or its
+    /// red cells cannot tell (the median of a minority of fields is not
+    /// trusted: at high magnification those are the misleading ones).
+    pub fn of(measures: &[RedCellMeasure], params: &DetectParams) -> Option<BatchScale> {
+        if measures.len() < Self::MIN_FIELDS {
+            return None;
+        }
+        let calibration = Calibration::from_measures(measures, params).ok()?;
+        let trusted = calibration.method == "red_cells_pooled" || 2 * calibration.fields_used >= measures.len();
+        trusted.then_some(BatchScale { calibration })
+    }
+
+    /// The scale to give the detector for a field whose red cells measured
+    /// `m`: `None` (its own estimate) when it has one and the batch is not
+    /// pooled; else the batch's, as a calibrated scale.
+    pub fn given(&self, m: Option<&RedCellMeasure>) -> Option<FieldScale> {
+        let own = m.is_some_and(|m| m.estimate.is_some()) && self.calibration.method != "red_cells_pooled";
+        (!own).then(|| FieldScale::new(self.calibration.um_per_px, ScaleSource::Calibrated))
+    }
+}
+
 /// Linear-interpolated quantile of sorted, non-empty values.
 fn quantile(sorted: &[f32], p: f32) -> f32 {
     let pos = p.clamp(0.0, 1.0) * (sorted.len() - 1) as f32;
@@ -301,6 +337,37 @@ mod tests {
         }
         let c = Calibration::from_measures(&measures, &params).expect("median");
         assert_eq!((c.method, c.um_per_px, c.fields_used), ("red_cells", 0.07, 9));
+    }
+
+    #[test]
+    fn a_batch_fills_the_fields_that_cannot_tell_and_pools_at_high_magnification() {
+        let params = DetectParams::default();
+        let m = |e: Option<RedCellScale>, radii: Vec<f32>| RedCellMeasure { estimate: e, radii_px: radii };
+        // Most fields tell: each keeps its own; one that cannot takes the median.
+        let normal = [
+            m(est(0.07), vec![]),
+            m(est(0.072), vec![]),
+            m(est(0.074), vec![]),
+            m(est(0.071), vec![]),
+            m(None, vec![]),
+        ];
+        let b = BatchScale::of(&normal, &params).expect("a batch scale");
+        assert_eq!(b.given(Some(&normal[0])), None);
+        let filled = b.given(Some(&normal[4])).expect("the batch's scale");
+        assert_eq!(filled.source, ScaleSource::Calibrated);
+        assert!((filled.um_per_px - 0.0715).abs() < 1e-6, "the median of the four: {filled:?}");
+        assert_eq!(b.given(None), Some(filled), "an unreadable field's measure is missing");
+        // High magnification: pooled, and every field takes it, own estimate or not.
+        let mut high: Vec<RedCellMeasure> = (0..15).map(|_| m(None, vec![59.0, 60.0])).collect();
+        high.push(m(est(0.1), vec![20.0, 22.0, 25.0, 21.0]));
+        let b = BatchScale::of(&high, &params).expect("pooled");
+        assert_eq!(b.calibration.method, "red_cells_pooled");
+        assert_eq!(b.given(Some(&high[15])).map(|s| s.um_per_px), Some(b.calibration.um_per_px));
+        // Too few fields, or a minority's median (too few red cells to pool): none.
+        assert_eq!(BatchScale::of(&normal[..4], &params), None);
+        let minority: Vec<RedCellMeasure> =
+            (0..6).map(|i| if i == 0 { m(est(0.2), vec![10.0; 4]) } else { m(None, vec![]) }).collect();
+        assert_eq!(BatchScale::of(&minority, &params), None);
     }
 
     #[test]
