@@ -153,6 +153,10 @@ def _preprocess_chunk(binary: Path, paths: list[str], card: Path | None, cache_d
     return npy
 
 
+# Cache entries this process has used (never pruned while it runs).
+_USED: set[Path] = set()
+
+
 def prune_cache(keep: Iterable[Path] = (), max_bytes: int | None = None, root: Path | None = None) -> int:
     """Deletes the least recently used preprocessing entries (tools/cache/pre*/) until
     they take at most `max_bytes` (default: env LEUKOSCOPE_CACHE_GB, 12 GB), never an
@@ -270,7 +274,8 @@ def preprocess(
     for want, it in zip(paths, items):
         if Path(it["path"]).resolve() != Path(want):
             raise PipelineError(f"preprocess: sidecar order mismatch at {want} vs {it['path']}")
-    prune_cache(keep=set(npys))
+    _USED.update(npys)  # a training run reads earlier calls' tensors again: keep them all
+    prune_cache(keep=_USED)
     p = Prepared(arrays, items, spec)
     if not quiet:
         log(f"preprocessed {len(paths)} images in {time.time() - t0:.1f}s ({len(p.errors)} unreadable)")
