@@ -87,7 +87,10 @@ fn calibrate_writes_the_config_and_analyze_uses_it() {
     fields.extend(crops.into_iter().take(8));
     // Unconfigured, the batch calibrates on itself and such a field takes the
     // batch's scale instead of the fallback.
-    let unconfigured = json(&ok(bin().args(["analyze", "--json"]).args(&fields)));
+    let folder = dir.join("batch-report");
+    let unconfigured = json(&ok(bin().args(["analyze", "--json", "--out"]).arg(&folder).args(&fields)));
+    let html = std::fs::read_to_string(folder.join("report.html")).expect("report.html");
+    assert!(html.contains("calibrated on this batch: 0.07"), "the report names the batch's scale");
     let s = &unconfigured["summary"]["scale"];
     assert_eq!(s["fallback"], 0, "{s}");
     assert!(s["calibrated"].as_u64().expect("summary.scale.calibrated") > 0, "some fields cannot tell: {s}");

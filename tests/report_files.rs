@@ -75,6 +75,12 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
     assert!(html.contains(doc["model"]["name"].as_str().expect("model name")));
     assert!(html.contains("leukoscope-report/1"));
     assert!(html.contains("<svg"), "bar chart");
+    // Where the scale came from: all 14 fields at the configured (LMU) one,
+    // which the two BCCD fields' red cells disagree with.
+    assert!(
+        html.contains("<th>Scale</th><td>Scale of 14 fields: 14 configured, 2 whose red cells DISAGREE"),
+        "scale row"
+    );
     let ci = s["ci95"].as_array().expect("ci95");
     let blast_line = format!(
         "Blasts: {blasts} of {cells} leukocytes = {:.1}% (95% CI {:.1}&ndash;{:.1}%)",

@@ -13,6 +13,7 @@ use crate::classify::count::{Call, Differential, Summary};
 use crate::report::FieldRecord;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 
 /// The HL7 v2 message's file name ([`crate::report::hl7`]).
@@ -75,6 +76,9 @@ pub struct ReportFacts {
     pub blasts: Vec<ShownCell>,
     /// The model's warning that the images are unlike its training images.
     pub warning: Option<String>,
+    /// Where the fields' scale came from ([`ScaleSummary::text`]), and the
+    /// batch's own calibration when `analyze` made one.
+    pub scale: String,
 }
 
 impl ReportFacts {
@@ -122,6 +126,7 @@ impl ReportFacts {
             class_names,
             blasts,
             warning: text(&document["warning"]),
+            scale: scale_text(document, fields),
         }
     }
 
@@ -195,6 +200,17 @@ pub fn rfc3339(unix: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (m <= 2) as i64;
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// The report's scale line: the fields per scale source, and the batch's
+/// calibration (`analyze` with no scale configured) when there was one.
+fn scale_text(document: &Value, fields: &[FieldRecord]) -> String {
+    let mut t = crate::report::ScaleSummary::of(fields).text();
+    let b = &document["batch_calibration"];
+    if let (Some(s), Some(m)) = (b["um_per_px"].as_f64(), b["method"].as_str()) {
+        let _ = write!(t, "; calibrated on this batch: {s:.4} um/px ({m})");
+    }
+    t
 }
 
 #[cfg(test)]

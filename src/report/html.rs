@@ -90,6 +90,7 @@ pub fn render(facts: &ReportFacts, dir: &Path) -> String {
         );
     }
     h += &row("Report written", human_time(facts.written_unix));
+    h += &row("Scale", esc(&facts.scale));
     h += &row(
         "Software, model",
         format!(
