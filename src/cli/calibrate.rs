@@ -9,7 +9,8 @@ use std::path::PathBuf;
 /// Measure the camera's scale (µm per pixel): the median of the red-cell
 /// estimates of many fields (with their spread), or, at high magnification
 /// where most fields hold too few red cells for their own estimate, the
-/// typical red cell of all fields pooled; or a stage micrometer. With --write, store it in the config's [scale] table (per objective with
+/// typical red cell of all fields pooled; or a stage micrometer. With
+/// --write, store it in the config's [scale] table (per objective with
 /// --objective), keeping the file's comments.
 #[derive(clap::Args)]
 pub struct Args {

@@ -33,7 +33,7 @@ mod scale;
 
 use nuclei::{cells_floor, find_leukocytes, nucleus_threshold};
 pub use params::DetectParams;
-use scale::estimate_scale;
+use scale::{estimate_scale, level0};
 pub use scale::{measure_red_cells, pooled_scale, red_cell_scale, RedCellMeasure, POOLED_MIN_CELLS};
 
 /// A field in which no leukocyte can be found, whatever the detector's
@@ -187,20 +187,17 @@ pub fn detect(img: &RgbImage, params: &DetectParams, um_per_px: Option<f32>) -> 
 pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale>) -> FieldDetections {
     let configured = given.filter(|s| s.um_per_px.is_finite() && s.um_per_px > 0.0);
     let fallback = FieldScale::new(sane_scale(params.fallback_um_per_px), ScaleSource::Fallback);
-    if img.width() == 0 || img.height() == 0 {
-        let scale = configured.unwrap_or(fallback);
+    let Some((level0, k0)) = level0(img, params) else {
+        // An empty image.
         return FieldDetections {
             cells: Vec::new(),
-            scale,
+            scale: configured.unwrap_or(fallback),
             background: Background([255.0; 3]),
             rejected: Rejected::default(),
             red_cells_px: Vec::new(),
         };
-    }
+    };
     let side = img.width().max(img.height());
-    let target = params.scale_side_px.max(1);
-    let k0 = ((side + target / 2) / target).max(1);
-    let level0 = downsample(img, k0);
     let background = Background::estimate(&level0);
     let luts = Luts::new(&background, params.blue_weight);
 

@@ -29,7 +29,9 @@ pub(super) fn estimate_scale(
     // inscribed radius by several percent.
     const MIN_DIAMETER: f32 = 24.0;
     const AIM_DIAMETER: f32 = 40.0;
-    let (radii0, nuclei0) = rbc_discs(level0, luts, params, CutCells::Dropped);
+    // The red-cell mask of level 0 serves both measures below.
+    let cells0 = RedCells::of(level0, luts, params);
+    let (radii0, nuclei0) = cells0.discs(params, CutCells::Dropped);
     let mut radii_px: Vec<f32> = radii0.iter().map(|r| r * k0 as f32).collect();
     let d0 = diameter_of(radii0, &nuclei0, params);
     let refine_k = match d0 {
@@ -52,7 +54,7 @@ pub(super) fn estimate_scale(
         // border). Those cut whose centre is in view still show their size;
         // taken only here, so that fields with enough whole cells keep the
         // estimate the detector was tuned with.
-        let (radii, nuclei) = rbc_discs(level0, luts, params, CutCells::Kept);
+        let (radii, nuclei) = cells0.discs(params, CutCells::Kept);
         radii_px = radii.iter().map(|r| r * k0 as f32).collect();
         diameter = diameter_of(radii, &nuclei, params).map(|(d, n)| (d * k0 as f32, n));
     }
@@ -69,7 +71,10 @@ pub fn red_cell_scale(img: &RgbImage, params: &DetectParams) -> Option<RedCellSc
     measure_red_cells(img, params).estimate
 }
 
-fn level0<'a>(img: &'a RgbImage, params: &DetectParams) -> Option<(std::borrow::Cow<'a, RgbImage>, u32)> {
+/// The copy the red cells (and then the nuclei) are first looked for on: the
+/// image averaged down by `k0` to a longer side of about `scale_side_px`.
+/// `None` for an empty image.
+pub(super) fn level0<'a>(img: &'a RgbImage, params: &DetectParams) -> Option<(std::borrow::Cow<'a, RgbImage>, u32)> {
     if img.width() == 0 || img.height() == 0 {
         return None;
     }
@@ -131,11 +136,11 @@ pub fn pooled_scale(radii_px: Vec<f32>, params: &DetectParams) -> Option<(RedCel
 /// border or lying in a leukocyte's cytoplasm are dropped; the typical
 /// inscribed diameter, times `rbc_extent_per_inscribed`, is the cell size.
 fn rbc_diameter(img: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<(f32, usize)> {
-    let (radii, nucleus_boxes) = rbc_discs(img, luts, params, CutCells::Dropped);
+    let (radii, nucleus_boxes) = RedCells::of(img, luts, params).discs(params, CutCells::Dropped);
     diameter_of(radii, &nucleus_boxes, params)
 }
 
-/// [`rbc_diameter`] from the discs and nuclei [`rbc_discs`] found.
+/// [`rbc_diameter`] from the discs and nuclei [`RedCells::discs`] found.
 fn diameter_of(radii: Vec<f32>, nucleus_boxes: &[BBox], params: &DetectParams) -> Option<(f32, usize)> {
     let (r, n) = cell_radius(radii, params)?;
     let diameter = 2.0 * r * params.rbc_extent_per_inscribed;
@@ -147,7 +152,7 @@ fn diameter_of(radii: Vec<f32>, nucleus_boxes: &[BBox], params: &DetectParams) -
     (longest <= limit).then_some((diameter, n))
 }
 
-/// Which red cells [`rbc_discs`] measures besides the whole ones.
+/// Which red cells [`RedCells::discs`] measures besides the whole ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CutCells {
     /// Whole cells only: outside the image is background, and a disc that
@@ -161,85 +166,100 @@ enum CutCells {
     Kept,
 }
 
-/// The inscribed radii (px) of the red cells of `img` outside leukocytes,
-/// however few (whole ones, and with [`CutCells::Kept`] those cut by the
-/// border), and the boxes of the nuclei at least a third of a red cell's area.
-fn rbc_discs(img: &RgbImage, luts: &Luts, params: &DetectParams, cut: CutCells) -> (Vec<f32>, Vec<BBox>) {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let green: Vec<i32> = img.pixels().map(|p| luts.green[p.0[1] as usize]).collect();
-    let nuclei = nucleus_mask(img, luts, milli(params.nucleus_od)).dilate3x3();
-    // Nuclei are the darkest objects: left in, Otsu would split them from
-    // everything else instead of red cells from glass in pale fields.
-    // Every third pixel is plenty for a threshold.
-    let glass_or_rbc = green.iter().zip(&nuclei.data).step_by(3).filter(|(_, &n)| !n).map(|(&g, _)| g as f32 / 1000.0);
-    let t_otsu = otsu(glass_or_rbc).unwrap_or(0.0);
-    let t = milli((t_otsu * params.rbc_otsu_fraction).max(params.rbc_min_od));
-    let cells = Mask { width: img.width(), height: img.height(), data: green.iter().map(|&g| g > t).collect() };
-    let filled = fill_pallor(&cells.dilate3x3().erode3x3(), params.rbc_max_hole_fraction);
-    let rbc = Mask {
-        width: filled.width,
-        height: filled.height,
-        data: filled.data.iter().zip(&nuclei.data).map(|(&c, &n)| c && !n).collect(),
-    }
-    .erode3x3()
-    .dilate3x3();
-    let dt = match cut {
-        CutCells::Dropped => rbc.distance_transform(),
-        CutCells::Kept => rbc.distance_transform_to_seen_background(),
-    };
-    // Local maxima of the distance transform, at least 2 px deep.
-    let mut peaks: Vec<(u16, u32, u32)> = Vec::new();
-    for y in 1..h.saturating_sub(1) {
-        for x in 1..w.saturating_sub(1) {
-            let v = dt[y * w + x];
-            if v < 2 * CHAMFER_UNIT {
-                continue;
-            }
-            let is_max = [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)]
-                .iter()
-                .all(|&(dx, dy)| dt[(y as isize + dy) as usize * w + (x as isize + dx) as usize] <= v);
-            if is_max {
-                peaks.push((v, x as u32, y as u32));
-            }
+/// An image's red cells as a mask (pale centres filled, nuclei taken out),
+/// and its nuclei (dilated).
+struct RedCells {
+    rbc: Mask,
+    nuclei: Mask,
+}
+
+impl RedCells {
+    fn of(img: &RgbImage, luts: &Luts, params: &DetectParams) -> RedCells {
+        let green: Vec<i32> = img.pixels().map(|p| luts.green[p.0[1] as usize]).collect();
+        let nuclei = nucleus_mask(img, luts, milli(params.nucleus_od)).dilate3x3();
+        // Nuclei are the darkest objects: left in, Otsu would split them from
+        // everything else instead of red cells from glass in pale fields.
+        // Every third pixel is plenty for a threshold.
+        let glass_or_rbc =
+            green.iter().zip(&nuclei.data).step_by(3).filter(|(_, &n)| !n).map(|(&g, _)| g as f32 / 1000.0);
+        let t_otsu = otsu(glass_or_rbc).unwrap_or(0.0);
+        let t = milli((t_otsu * params.rbc_otsu_fraction).max(params.rbc_min_od));
+        let cells = Mask { width: img.width(), height: img.height(), data: green.iter().map(|&g| g > t).collect() };
+        let filled = fill_pallor(&cells.dilate3x3().erode3x3(), params.rbc_max_hole_fraction);
+        let rbc = Mask {
+            width: filled.width,
+            height: filled.height,
+            data: filled.data.iter().zip(&nuclei.data).map(|(&c, &n)| c && !n).collect(),
         }
+        .erode3x3()
+        .dilate3x3();
+        RedCells { rbc, nuclei }
     }
-    peaks.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)).then(a.1.cmp(&b.1)));
-    let mut discs: Vec<(f32, f32, f32)> = Vec::new();
-    for &(v, x, y) in &peaks {
-        let r = v as f32 / CHAMFER_UNIT as f32;
-        let (fx, fy) = (x as f32, y as f32);
-        let apart = |&(dx, dy, dr): &(f32, f32, f32)| {
-            let min = params.rbc_disc_spacing * (dr + r);
-            (fx - dx).powi(2) + (fy - dy).powi(2) >= min * min
+
+    /// The inscribed radii (px) of the red cells outside leukocytes, however
+    /// few (whole ones, and with [`CutCells::Kept`] those cut by the border),
+    /// and the boxes of the nuclei at least a third of a red cell's area.
+    fn discs(&self, params: &DetectParams, cut: CutCells) -> (Vec<f32>, Vec<BBox>) {
+        let RedCells { rbc, nuclei } = self;
+        let (w, h) = (rbc.width as usize, rbc.height as usize);
+        let dt = match cut {
+            CutCells::Dropped => rbc.distance_transform(),
+            CutCells::Kept => rbc.distance_transform_to_seen_background(),
         };
-        if discs.iter().all(apart) {
-            discs.push((fx, fy, r));
+        // Local maxima of the distance transform, at least 2 px deep.
+        let mut peaks: Vec<(u16, u32, u32)> = Vec::new();
+        for y in 1..h.saturating_sub(1) {
+            for x in 1..w.saturating_sub(1) {
+                let v = dt[y * w + x];
+                if v < 2 * CHAMFER_UNIT {
+                    continue;
+                }
+                let is_max = [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)]
+                    .iter()
+                    .all(|&(dx, dy)| dt[(y as isize + dy) as usize * w + (x as isize + dx) as usize] <= v);
+                if is_max {
+                    peaks.push((v, x as u32, y as u32));
+                }
+            }
         }
+        peaks.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)).then(a.1.cmp(&b.1)));
+        let mut discs: Vec<(f32, f32, f32)> = Vec::new();
+        for &(v, x, y) in &peaks {
+            let r = v as f32 / CHAMFER_UNIT as f32;
+            let (fx, fy) = (x as f32, y as f32);
+            let apart = |&(dx, dy, dr): &(f32, f32, f32)| {
+                let min = params.rbc_disc_spacing * (dr + r);
+                (fx - dx).powi(2) + (fy - dy).powi(2) >= min * min
+            };
+            if discs.iter().all(apart) {
+                discs.push((fx, fy, r));
+            }
+        }
+        if cut == CutCells::Dropped {
+            // Touching the border, the inscribed circle was cut by it.
+            discs.retain(|&(x, y, r)| x >= r && y >= r && x + r < w as f32 && y + r < h as f32);
+        }
+        let Some(((r_all, _), _)) = typical_radius(discs.iter().map(|d| d.2).collect(), params) else {
+            return (Vec::new(), Vec::new());
+        };
+        // A leukocyte's cytoplasm and granules stay in the mask around its
+        // removed nucleus: discs centred within a quarter nucleus extent of a
+        // nucleus at least a third of a red cell's area are not red cells
+        // (platelets, smaller, are left alone).
+        let min_area = 0.33 * std::f32::consts::PI * r_all * r_all;
+        let nucleus_boxes: Vec<BBox> =
+            nuclei.component_stats().iter().filter(|c| c.area as f32 >= min_area).map(|c| c.bbox).collect();
+        let zones: Vec<(f32, f32, f32, f32)> = nucleus_boxes
+            .iter()
+            .map(|b| {
+                let m = 0.25 * b.width().max(b.height()) as f32;
+                (b.x0 as f32 - m, b.y0 as f32 - m, b.x1 as f32 + m, b.y1 as f32 + m)
+            })
+            .collect();
+        let in_zone = |x: f32, y: f32| zones.iter().any(|&(x0, y0, x1, y1)| x >= x0 && x < x1 && y >= y0 && y < y1);
+        let radii: Vec<f32> = discs.iter().filter(|&&(x, y, _)| !in_zone(x, y)).map(|d| d.2).collect();
+        (radii, nucleus_boxes)
     }
-    if cut == CutCells::Dropped {
-        // Touching the border, the inscribed circle was cut by it.
-        discs.retain(|&(x, y, r)| x >= r && y >= r && x + r < w as f32 && y + r < h as f32);
-    }
-    let Some(((r_all, _), _)) = typical_radius(discs.iter().map(|d| d.2).collect(), params) else {
-        return (Vec::new(), Vec::new());
-    };
-    // A leukocyte's cytoplasm and granules stay in the mask around its
-    // removed nucleus: discs centred within a quarter nucleus extent of a
-    // nucleus at least a third of a red cell's area are not red cells
-    // (platelets, smaller, are left alone).
-    let min_area = 0.33 * std::f32::consts::PI * r_all * r_all;
-    let nucleus_boxes: Vec<BBox> =
-        nuclei.component_stats().iter().filter(|c| c.area as f32 >= min_area).map(|c| c.bbox).collect();
-    let zones: Vec<(f32, f32, f32, f32)> = nucleus_boxes
-        .iter()
-        .map(|b| {
-            let m = 0.25 * b.width().max(b.height()) as f32;
-            (b.x0 as f32 - m, b.y0 as f32 - m, b.x1 as f32 + m, b.y1 as f32 + m)
-        })
-        .collect();
-    let in_zone = |x: f32, y: f32| zones.iter().any(|&(x0, y0, x1, y1)| x >= x0 && x < x1 && y >= y0 && y < y1);
-    let radii: Vec<f32> = discs.iter().filter(|&&(x, y, _)| !in_zone(x, y)).map(|d| d.2).collect();
-    (radii, nucleus_boxes)
 }
 
 /// Typical radius of the cells among packed discs and how many cell-sized
