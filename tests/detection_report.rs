@@ -354,7 +354,7 @@ fn report() -> &'static [SetReport] {
                             figures.entry((mode, "all")).or_default().add(f, &r);
                         }
                         if let Some(dir) = &pngs {
-                            draw_failures(dir, set.name, mode, f, &img, &r);
+                            draw_failures(dir, set.name, mode, part, f, &img, &r);
                         }
                     }
                 }
@@ -365,7 +365,7 @@ fn report() -> &'static [SetReport] {
 }
 
 /// Writes the field with its boxes drawn when it has a miss or a false alarm.
-fn draw_failures(dir: &Path, set: &str, mode: Mode, f: &Field, img: &RgbImage, r: &FieldResult) {
+fn draw_failures(dir: &Path, set: &str, mode: Mode, part: &str, f: &Field, img: &RgbImage, r: &FieldResult) {
     let mut e = Figures::default();
     e.add(f, r);
     let Some(ev) = e.counted.hard_images().next() else { return };
@@ -380,7 +380,8 @@ fn draw_failures(dir: &Path, set: &str, mode: Mode, f: &Field, img: &RgbImage, r
     for m in &ev.misses {
         draw_box(&mut out, *m, Rgb([255, 0, 0]), 3);
     }
-    let sub = dir.join(set.replace('/', "_")).join(mode.name().replace(' ', "_"));
+    // One folder per part, so that tuning can look at the tune half alone.
+    let sub = dir.join(set.replace('/', "_")).join(mode.name().replace(' ', "_")).join(part);
     let stem = f.path.file_stem().and_then(|s| s.to_str()).unwrap_or("field");
     let scale = format!("{:.3}_{}", r.scale.um_per_px, source_name(r.scale.source).replace(' ', "_"));
     if std::fs::create_dir_all(&sub).is_ok() {

@@ -31,7 +31,7 @@ mod nuclei;
 mod params;
 mod scale;
 
-use nuclei::{cells_floor, find_leukocytes, nucleus_threshold};
+use nuclei::{find_leukocytes, nucleus_threshold, RedCellStain, UnlikeRedCells};
 pub use params::DetectParams;
 use scale::{estimate_scale, level0};
 pub use scale::{measure_red_cells, pooled_scale, red_cell_scale, RedCellMeasure, POOLED_MIN_CELLS};
@@ -222,12 +222,15 @@ pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale
     } else {
         (ideal, downsample(img, ideal))
     };
+    let cells = RedCellStain::of(&level0, &luts, params);
     let threshold = match scale.source {
         ScaleSource::Configured | ScaleSource::Calibrated => nucleus_threshold(&level0, &luts, params),
         ScaleSource::RedCells | ScaleSource::Fallback => milli(params.nucleus_od),
     }
-    .max(cells_floor(&level0, &luts, params));
-    let (cells, rejected) = find_leukocytes(&work, k, px_per_um, &luts, threshold, params, img.width(), img.height());
+    .max(cells.as_ref().map_or(i32::MIN, |c| c.floor));
+    let unlike = cells.as_ref().and_then(|c| UnlikeRedCells::new(c, params));
+    let (cells, rejected) =
+        find_leukocytes(&work, k, px_per_um, &luts, threshold, unlike.as_ref(), params, img.width(), img.height());
     FieldDetections { cells, scale, background, rejected, red_cells_px }
 }
 
@@ -248,6 +251,8 @@ struct Luts {
     blue: [i32; 256],
     /// Green optical density, the red-cell signal.
     green: [i32; 256],
+    /// Blue optical density, unweighted.
+    blue_od: [i32; 256],
 }
 
 impl Luts {
@@ -257,6 +262,7 @@ impl Luts {
             red: milli(od_lut(bg.0[0]), 1.0),
             blue: milli(od_lut(bg.0[2]), blue_weight),
             green: milli(od_lut(bg.0[1]), 1.0),
+            blue_od: milli(od_lut(bg.0[2]), 1.0),
         }
     }
 
@@ -434,6 +440,34 @@ mod tests {
         assert_eq!(nucleus_threshold(&g.img, &luts, &params), milli(params.nucleus_od));
         let luts = Luts::new(&Background::estimate(&f.img), params.blue_weight);
         assert!(nucleus_threshold(&f.img, &luts, &params) < milli(params.nucleus_od));
+    }
+
+    /// Nuclei stained magenta (a soft camera of txl/bcd): the red-minus-blue
+    /// signal barely moves, but their colour is unlike the pale pink red
+    /// cells' and they are darker. Found with the field's own scale and a
+    /// given one; with the second signal off, not at all.
+    #[test]
+    fn magenta_nuclei_are_found_by_their_colour() {
+        const GLASS_TXL: [u8; 3] = [238, 238, 243];
+        const PALE_RBC: [u8; 3] = [222, 207, 212];
+        const PALE_PALLOR: [u8; 3] = [230, 224, 230];
+        const MAGENTA: [u8; 3] = [235, 160, 245];
+        let mut f = Field { img: RgbImage::from_pixel(640, 480, Rgb(GLASS_TXL)) };
+        f.red_cells_in(&[(320.0, 240.0, 60.0)], PALE_RBC, PALE_PALLOR);
+        f.disc(320.0, 240.0, 60.0, PALE_PALLOR);
+        f.disc(320.0, 240.0, 32.0, MAGENTA);
+        let params = synthetic_params();
+        let luts = Luts::new(&Background::estimate(&f.img), params.blue_weight);
+        assert!(luts.stain(MAGENTA) < milli(params.nucleus_od_floor), "the main signal must miss it");
+        for given in [Some(0.1), None] {
+            let found = detect(&f.img, &params, given);
+            let cells = uncut(&found);
+            assert_eq!(cells.len(), 1, "{given:?}: {:?}", found.cells);
+            let n = cells[0].nucleus;
+            assert!(n.x0.abs_diff(288) <= 8 && n.x1.abs_diff(352) <= 8, "{given:?}: {n:?}");
+            let off = DetectParams { nucleus_unlike_cells_od: 0.0, ..params.clone() };
+            assert!(uncut(&detect(&f.img, &off, given)).is_empty(), "{given:?}");
+        }
     }
 
     /// Red cells that take up the nuclear stain (lavender, as in some

@@ -38,29 +38,100 @@ pub(super) fn nucleus_threshold(level0: &RgbImage, luts: &Luts, params: &DetectP
     ((top as f32 * params.nucleus_od_fraction) as i32).clamp(lo, hi)
 }
 
-/// The lowest nucleus threshold the field's red cells allow (milli-OD): the
-/// median stain signal of its stained pixels (green optical density above
-/// `rbc_min_od`: red cells, mostly) plus `nucleus_over_cells_od`. `i32::MIN`
-/// when too few pixels are stained to tell.
-pub(super) fn cells_floor(level0: &RgbImage, luts: &Luts, params: &DetectParams) -> i32 {
-    // Stain signals are clamped into +-RANGE milli-OD for the histogram.
-    const RANGE: i32 = 2000;
-    let green_min = milli(params.rbc_min_od);
-    let mut hist = vec![0u32; (2 * RANGE + 1) as usize];
-    let mut n = 0u64;
-    // Every third pixel is plenty for a median (and a third of the cost).
-    for p in level0.pixels().step_by(3) {
-        if luts.green[p.0[1] as usize] > green_min {
-            hist[(luts.stain(p.0).clamp(-RANGE, RANGE) + RANGE) as usize] += 1;
-            n += 1;
+/// What the field's stained pixels (green optical density above
+/// `rbc_min_od`: red cells, mostly) say about the nucleus signal.
+pub(super) struct RedCellStain {
+    /// The lowest nucleus threshold the red cells allow (milli-OD): their
+    /// median stain signal plus `nucleus_over_cells_od`.
+    pub floor: i32,
+    /// The red cells' colour, a unit direction in optical density: the mean
+    /// of the pinker half of the stained pixels (stain signal at or below
+    /// the median), so that nuclei do not pull it.
+    colour: [f32; 3],
+    /// Median green optical density of that half (milli-OD).
+    green: i32,
+}
+
+impl RedCellStain {
+    /// `None` when too few pixels are stained to tell (under 1%).
+    pub(super) fn of(level0: &RgbImage, luts: &Luts, params: &DetectParams) -> Option<RedCellStain> {
+        // Stain signals are clamped into +-RANGE milli-OD for the histogram.
+        const RANGE: i32 = 2000;
+        let green_min = milli(params.rbc_min_od);
+        let mut hist = vec![0u32; (2 * RANGE + 1) as usize];
+        let mut n = 0u64;
+        // Every third pixel is plenty for a median (and a third of the cost).
+        for p in level0.pixels().step_by(3) {
+            if luts.green[p.0[1] as usize] > green_min {
+                hist[(luts.stain(p.0).clamp(-RANGE, RANGE) + RANGE) as usize] += 1;
+                n += 1;
+            }
         }
+        if n == 0 || n * 300 < u64::from(level0.width()) * u64::from(level0.height()) {
+            return None;
+        }
+        let median = percentile_bin(&hist, n, 0.5) as i32 - RANGE;
+        let mut sum = [0f64; 3];
+        let mut greens = vec![0u32; (RANGE + 1) as usize];
+        let mut m = 0u64;
+        for p in level0.pixels().step_by(3) {
+            if luts.green[p.0[1] as usize] > green_min && luts.stain(p.0) <= median {
+                let v = od(luts, p.0);
+                for (s, v) in sum.iter_mut().zip(v) {
+                    *s += f64::from(v);
+                }
+                greens[luts.green[p.0[1] as usize].clamp(0, RANGE) as usize] += 1;
+                m += 1;
+            }
+        }
+        let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+        Some(RedCellStain {
+            floor: median + milli(params.nucleus_over_cells_od),
+            colour: if norm > 0.0 { sum.map(|v| (v / norm) as f32) } else { [0.0; 3] },
+            green: if m > 0 { percentile_bin(&greens, m, 0.5) as i32 } else { 0 },
+        })
     }
-    // Fewer than 1% of the pixels: no red cells to speak of.
-    if n == 0 || n * 300 < u64::from(level0.width()) * u64::from(level0.height()) {
-        return i32::MIN;
+}
+
+/// A pixel's optical densities (milli-OD): red, green, blue.
+#[inline]
+fn od(luts: &Luts, p: [u8; 3]) -> [f32; 3] {
+    [luts.red[p[0] as usize] as f32, luts.green[p[1] as usize] as f32, luts.blue_od[p[2] as usize] as f32]
+}
+
+/// How far a pixel's colour lies from the red cells', squared (milli-OD²):
+/// the part of its optical density orthogonal to the red-cell direction. Red
+/// cells, their overlaps and glass give about 0 however dark they are; a
+/// nucleus of any stain does not.
+#[inline]
+fn unlike_squared(v: [f32; 3], dir: &[f32; 3]) -> f32 {
+    let along = v[0] * dir[0] + v[1] * dir[1] + v[2] * dir[2];
+    v[0] * v[0] + v[1] * v[1] + v[2] * v[2] - along * along
+}
+
+/// The second nucleus signal (see [`DetectParams::nucleus_unlike_cells_od`]):
+/// pixels darker than the red cells in green and unlike them in colour.
+pub(super) struct UnlikeRedCells {
+    colour: [f32; 3],
+    green_min: i32,
+    /// The threshold squared, so that no pixel needs a square root.
+    threshold_squared: f32,
+}
+
+impl UnlikeRedCells {
+    /// `None` when the signal is switched off (threshold 0).
+    pub(super) fn new(cells: &RedCellStain, params: &DetectParams) -> Option<UnlikeRedCells> {
+        (params.nucleus_unlike_cells_od > 0.0).then(|| UnlikeRedCells {
+            colour: cells.colour,
+            green_min: (cells.green as f32 * params.nucleus_unlike_darker) as i32,
+            threshold_squared: (params.nucleus_unlike_cells_od * 1000.0).powi(2),
+        })
     }
-    let median = percentile_bin(&hist, n, 0.5) as i32 - RANGE;
-    median + milli(params.nucleus_over_cells_od)
+
+    #[inline]
+    fn is_nucleus(&self, luts: &Luts, p: [u8; 3]) -> bool {
+        luts.green[p[1] as usize] > self.green_min && unlike_squared(od(luts, p), &self.colour) > self.threshold_squared
+    }
 }
 
 /// Nucleus stain mask of an image.
@@ -85,6 +156,7 @@ pub(super) fn find_leukocytes(
     px_per_um: f32,
     luts: &Luts,
     threshold: i32,
+    unlike: Option<&UnlikeRedCells>,
     params: &DetectParams,
     full_w: u32,
     full_h: u32,
@@ -93,7 +165,13 @@ pub(super) fn find_leukocytes(
     let ppu = px_per_um / k as f32;
     let mut rejected = Rejected::default();
     // Step 2: the nucleus mask, opened, in fragments.
-    let mask = open(nucleus_mask(work, luts, threshold), (params.open_um * ppu).round() as u32);
+    let mut mask = nucleus_mask(work, luts, threshold);
+    if let Some(u) = unlike {
+        for (m, p) in mask.data.iter_mut().zip(work.pixels()) {
+            *m = *m || u.is_nucleus(luts, p.0);
+        }
+    }
+    let mask = open(mask, (params.open_um * ppu).round() as u32);
     let labels = mask.components();
     let frags = fragments(&labels, ppu, params, &mut rejected);
     // Step 3: fragments merged into nuclei.

@@ -62,6 +62,18 @@ pub struct DetectParams {
     /// then never nuclei, while nuclei stain far above them. Where red cells
     /// are pink (stain signal below zero) it changes nothing.
     pub nucleus_over_cells_od: f32,
+    /// A second nucleus signal, for stains where nuclei come out magenta or
+    /// pink and the main signal (red minus blue optical density) barely
+    /// moves: a pixel is nucleus when its colour is unlike the field's red
+    /// cells by more than this optical density (the part orthogonal to the
+    /// red cells' colour) and it is darker than them in green (see
+    /// `nucleus_unlike_darker`). Red cells of any colour, and their
+    /// overlaps, stay near 0. 0 switches it off.
+    pub nucleus_unlike_cells_od: f32,
+    /// The second signal counts only pixels whose green optical density is
+    /// at least this many times the red cells' median: pale cytoplasm and
+    /// smudges, also unlike red cells, are lighter than a nucleus.
+    pub nucleus_unlike_darker: f32,
     /// Radius (µm) of the opening that removes specks from the nucleus mask.
     pub open_um: f32,
     /// Fragments of the nucleus mask smaller than this (µm²) are ignored.
@@ -108,6 +120,8 @@ impl Default for DetectParams {
             nucleus_od_fraction: 0.35,
             nucleus_od_floor: 0.04,
             nucleus_over_cells_od: 0.08,
+            nucleus_unlike_cells_od: 0.16,
+            nucleus_unlike_darker: 1.5,
             open_um: 0.3,
             min_fragment_um2: 1.0,
             lobe_merge_um: 2.5,
@@ -146,6 +160,8 @@ impl DetectParams {
             ("detect.nucleus_od_fraction", p.nucleus_od_fraction),
             ("detect.nucleus_od_floor", p.nucleus_od_floor),
             ("detect.nucleus_over_cells_od", p.nucleus_over_cells_od),
+            ("detect.nucleus_unlike_cells_od", p.nucleus_unlike_cells_od),
+            ("detect.nucleus_unlike_darker", p.nucleus_unlike_darker),
             ("detect.open_um", p.open_um),
             ("detect.min_fragment_um2", p.min_fragment_um2),
             ("detect.lobe_merge_um", p.lobe_merge_um),
