@@ -5,13 +5,17 @@
 //! and blue light weakly, while red cells (haemoglobin + eosin) absorb blue
 //! more than red and eosinophil granules absorb little red. The stain signal
 //! `OD_red - blue_weight * OD_blue` is therefore high on nuclei (and
-//! platelets) and near zero or negative on everything else.
+//! platelets) and near zero or negative on everything else. Where a stain or
+//! camera renders nuclei magenta, that signal barely moves; a second one
+//! catches them: a colour unlike the field's red cells (in any direction)
+//! and darker than them.
 //!
 //! The steps, on box-filtered copies (usually one pass over the full image):
 //! 1. background colour and, unless given, the field scale from the red cells
 //!    (their median size, from discs packed into the red-cell mask, is 7.5 µm;
 //!    a field that cannot tell falls back to a configured scale);
-//! 2. nucleus mask at ~2 px/µm: stain signal above a threshold, opened;
+//! 2. nucleus mask at ~2 px/µm: stain signal above a threshold, or colour
+//!    unlike the red cells' and darker, opened;
 //! 3. components merged into nuclei when closer than a lobe gap (segmented
 //!    neutrophils, bilobed eosinophils) unless the union would be larger than
 //!    one nucleus can be (two touching leukocytes stay two);
