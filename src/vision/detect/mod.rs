@@ -446,6 +446,14 @@ mod tests {
         assert!(nucleus_threshold(&f.img, &luts, &params) < milli(params.nucleus_od));
     }
 
+    /// One whole cell found, its nucleus the 64 px disc at x 288-352.
+    fn assert_one_nucleus_at_the_centre(found: &FieldDetections, given: Option<f32>) {
+        let cells = uncut(found);
+        assert_eq!(cells.len(), 1, "{given:?}: {:?}", found.cells);
+        let n = cells[0].nucleus;
+        assert!(n.x0.abs_diff(288) <= 8 && n.x1.abs_diff(352) <= 8, "{given:?}: {n:?}");
+    }
+
     /// Nuclei stained magenta (a soft camera of txl/bcd): the red-minus-blue
     /// signal barely moves, but their colour is unlike the pale pink red
     /// cells' and they are darker. Found with the field's own scale and a
@@ -464,11 +472,7 @@ mod tests {
         let luts = Luts::new(&Background::estimate(&f.img), params.blue_weight);
         assert!(luts.stain(MAGENTA) < milli(params.nucleus_od_floor), "the main signal must miss it");
         for given in [Some(0.1), None] {
-            let found = detect(&f.img, &params, given);
-            let cells = uncut(&found);
-            assert_eq!(cells.len(), 1, "{given:?}: {:?}", found.cells);
-            let n = cells[0].nucleus;
-            assert!(n.x0.abs_diff(288) <= 8 && n.x1.abs_diff(352) <= 8, "{given:?}: {n:?}");
+            assert_one_nucleus_at_the_centre(&detect(&f.img, &params, given), given);
             let off = DetectParams { nucleus_unlike_cells_od: 0.0, ..params.clone() };
             assert!(uncut(&detect(&f.img, &off, given)).is_empty(), "{given:?}");
         }
@@ -491,11 +495,7 @@ mod tests {
         let luts = Luts::new(&Background::estimate(&f.img), params.blue_weight);
         assert!(luts.stain(LAVENDER) > milli(params.nucleus_od), "the red cells must pass the plain threshold");
         for given in [Some(0.1), None] {
-            let found = detect(&f.img, &params, given);
-            let cells = uncut(&found);
-            assert_eq!(cells.len(), 1, "{given:?}: {:?}", found.cells);
-            let n = cells[0].nucleus;
-            assert!(n.x0.abs_diff(288) <= 8 && n.x1.abs_diff(352) <= 8, "{given:?}: {n:?}");
+            assert_one_nucleus_at_the_centre(&detect(&f.img, &params, given), given);
         }
     }
 
