@@ -7,8 +7,9 @@
 //! Run `cargo test --release --test detection_report -- --nocapture` for the
 //! report; with `LEUKOSCOPE_UPDATE_DOCS=1` it also rewrites its section of
 //! `docs/detection.md`; with `LEUKOSCOPE_FAILURE_PNGS=DIR` it draws the boxes
-//! of every field with a miss or a false alarm into DIR (green: annotated
-//! WBC, blue: counted, red: missed, yellow: detected but not counted).
+//! of every field with a miss or a false alarm into DIR/set/mode/part
+//! (green: annotated WBC, blue: counted, red: missed, yellow: detected but
+//! not counted); tuning looks at the `tune` folders only.
 //! For tuning the detector, `LEUKOSCOPE_TUNE=1` adds BCCD `trainval` (what
 //! the defaults were tuned on) and `LEUKOSCOPE_DETECT_PARAMS='{"key": value}'`
 //! overrides detector parameters; look at the tune rows only.
