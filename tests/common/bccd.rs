@@ -105,25 +105,7 @@ impl Bccd {
         let text = std::fs::read_to_string(&path).map_err(|source| BccdError::Io { path: path.clone(), source })?;
         parse_voc(id, &text).map_err(|msg| BccdError::Malformed { path, msg })
     }
-}
 
-/// Text of the first `<tag>...</tag>` in `s`.
-fn tag<'a>(s: &'a str, name: &str) -> Option<&'a str> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = s.find(&open)? + open.len();
-    let len = s[start..].find(&close)?;
-    Some(&s[start..start + len])
-}
-
-fn number(s: &str, name: &str) -> Result<f64, String> {
-    let t = tag(s, name).ok_or_else(|| format!("missing <{name}>"))?;
-    t.trim().parse::<f64>().map_err(|_| format!("<{name}> is not a number: {t:?}"))
-}
-
-/// Parses the subset of Pascal VOC that BCCD uses. Unknown class names are
-/// an error so that a relabelled copy of the data is not silently misread.
-impl Bccd {
     /// The scale (µm per pixel) the red-cell boxes of the fields `ids` imply:
     /// `rbc_diameter_um` over the median diameter ((w + h) / 2) of the boxes
     /// not touching the border.
@@ -144,6 +126,22 @@ impl Bccd {
     }
 }
 
+/// Text of the first `<tag>...</tag>` in `s`.
+fn tag<'a>(s: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    let start = s.find(&open)? + open.len();
+    let len = s[start..].find(&close)?;
+    Some(&s[start..start + len])
+}
+
+fn number(s: &str, name: &str) -> Result<f64, String> {
+    let t = tag(s, name).ok_or_else(|| format!("missing <{name}>"))?;
+    t.trim().parse::<f64>().map_err(|_| format!("<{name}> is not a number: {t:?}"))
+}
+
+/// Parses the subset of Pascal VOC that BCCD uses. Unknown class names are
+/// an error so that a relabelled copy of the data is not silently misread.
 pub fn parse_voc(id: &str, xml: &str) -> Result<Annotation, String> {
     let size = tag(xml, "size").ok_or("missing <size>")?;
     let (w, h) = (number(size, "width")?, number(size, "height")?);

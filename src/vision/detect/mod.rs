@@ -226,13 +226,13 @@ pub fn detect_at(img: &RgbImage, params: &DetectParams, given: Option<FieldScale
     } else {
         (ideal, downsample(img, ideal))
     };
-    let cells = RedCellStain::of(&level0, &luts, params);
+    let red_cell_stain = RedCellStain::of(&level0, &luts, params);
     let threshold = match scale.source {
         ScaleSource::Configured | ScaleSource::Calibrated => nucleus_threshold(&level0, &luts, params),
         ScaleSource::RedCells | ScaleSource::Fallback => milli(params.nucleus_od),
     }
-    .max(cells.as_ref().map_or(i32::MIN, |c| c.floor));
-    let unlike = cells.as_ref().and_then(|c| UnlikeRedCells::new(c, params));
+    .max(red_cell_stain.as_ref().map_or(i32::MIN, |c| c.floor));
+    let unlike = red_cell_stain.as_ref().and_then(|c| UnlikeRedCells::new(c, params));
     let (cells, rejected) =
         find_leukocytes(&work, k, px_per_um, &luts, threshold, unlike.as_ref(), params, img.width(), img.height());
     FieldDetections { cells, scale, background, rejected, red_cells_px }
