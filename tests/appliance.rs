@@ -673,3 +673,44 @@ fn a_stick_pulled_mid_copy_leaves_only_a_hidden_partial_copy() {
     assert_eq!(tree(&stick.join(&name)), tree(&s));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A wrong objective: BCCD's fields counted with a scale configured twice too
+/// coarse (0.144 µm/px, as if calibrated at half the magnification). Once five
+/// fields are counted, the screen says what their red cells say, and the
+/// report warns; with the right scale (0.0721) neither says anything of it.
+#[test]
+fn a_wrong_objective_is_said_on_screen_and_in_the_report() {
+    for (um_per_px, wrong) in [(0.144, true), (0.0721, false)] {
+        let state = temp(&format!("objective-{wrong}"));
+        let config = SessionConfig { state_dir: Some(state.clone()), ..Default::default() };
+        let mut analyzer = analyzer();
+        analyzer.um_per_px = Some(um_per_px);
+        let mut app = Appliance::new(analyzer, config, GateParams::default(), 20.0).expect("appliance");
+        let paths = bccd_fields(7, 60);
+        let mut frames = still_frames(&paths, 4);
+        let mut buttons = ScriptedButtons::parse(&format!("1 start\n{} finish\n", frames.0.len() + 1)).expect("script");
+        let mut screens = Screens::default();
+        let opts = LoopOptions { exit_when_exhausted: true, until_finished: true };
+        run_loop(&mut app, &mut frames, &mut buttons, &mut screens, None, opts).expect("loop");
+        assert_eq!(app.finished_count, 1);
+
+        let doubts: Vec<&str> =
+            screens.0.iter().filter_map(|v| v.message.as_deref()).filter(|m| m.starts_with("scale?")).collect();
+        let s = &session_dirs(&state)[0];
+        let results: Value =
+            serde_json::from_slice(&std::fs::read(s.join("results.json")).expect("results")).expect("json");
+        let check = &results["summary"]["scale"]["check"];
+        let html = std::fs::read_to_string(s.join("report.html")).expect("report.html");
+        assert!(results["images"].as_array().expect("images").len() >= 5, "five fields counted at least");
+        if wrong {
+            assert!(doubts.last().is_some_and(|m| m.starts_with("scale? RBC 0.07")), "{doubts:?}");
+            assert_eq!(check["agrees"], false, "{check}");
+            assert!(html.contains("wrong objective or calibration?"), "report.html says nothing of the scale");
+        } else {
+            assert!(doubts.is_empty(), "{doubts:?}");
+            assert_eq!(check["agrees"], true, "{check}");
+            assert!(!html.contains("wrong objective"));
+        }
+        std::fs::remove_dir_all(&state).ok();
+    }
+}

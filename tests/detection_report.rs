@@ -32,7 +32,7 @@ use image::{Rgb, RgbImage};
 use leukoscope::classify::count::Call;
 use leukoscope::classify::pipeline::{Analyzer, FieldResult};
 use leukoscope::input::{data_dir, load_rgb};
-use leukoscope::vision::calibrate::{BatchScale, Calibration};
+use leukoscope::vision::calibrate::{BatchScale, Calibration, ScaleCheck};
 use leukoscope::vision::detect::{measure_red_cells, DetectParams, FieldScale, ScaleSource};
 use leukoscope::vision::mask::BBox;
 use sha2::{Digest, Sha256};
@@ -169,7 +169,15 @@ struct SetReport {
     calibration: Calibration,
     /// (mode, part) -> figures; part is "all", "tune" or "held-out".
     figures: BTreeMap<(Mode, &'static str), Figures>,
+    /// The fields' red cells checking a given scale, all fields together
+    /// ([`ScaleCheck`]): the calibration, and wrong ones (another objective:
+    /// the calibration times each of [`WRONG_OBJECTIVES`]). `None`: the red
+    /// cells could not tell.
+    checks: Vec<(f32, Option<ScaleCheck>)>,
 }
+
+/// Given scale over the right one, for an objective other than the one calibrated.
+const WRONG_OBJECTIVES: [f32; 4] = [0.5, 0.67, 1.5, 2.0];
 
 fn held_out(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -359,7 +367,23 @@ fn report() -> &'static [SetReport] {
                         }
                     }
                 }
-                SetReport { name: set.name, calibration, figures }
+                // A field's own measure does not depend on the scale given, so
+                // any given scale is checked on the same measures.
+                let checks = std::iter::once(1.0)
+                    .chain(WRONG_OBJECTIVES)
+                    .map(|factor| {
+                        let given: Vec<FieldScale> = own
+                            .iter()
+                            .map(|m| FieldScale {
+                                red_cells: m.estimate.map(|e| e.um_per_px),
+                                ..FieldScale::new(calibration.um_per_px * factor, ScaleSource::Configured)
+                            })
+                            .collect();
+                        let fields = given.iter().zip(&own).map(|(g, m)| (g, m.radii_px.as_slice()));
+                        (factor, ScaleCheck::of(fields, &analyzer.detect))
+                    })
+                    .collect();
+                SetReport { name: set.name, calibration, figures, checks }
             })
             .collect()
     })
@@ -465,6 +489,41 @@ fn markdown(report: &[SetReport]) -> String {
             c.fields_used,
             c.fields_total,
             c.cells
+        );
+    }
+    let _ = writeln!(
+        t,
+        "\nThe scale checked by all fields' red cells together (`summary.scale.check`), given the calibration \
+         and given a wrong one (the calibration times the factor: another objective):\n"
+    );
+    let wrong: Vec<String> = WRONG_OBJECTIVES.iter().map(|f| format!("x{f}")).collect();
+    let _ = writeln!(
+        t,
+        "| set | fields | their red cells say (µm/px) | method | given the calibration | {} |",
+        wrong.join(" | ")
+    );
+    let _ = writeln!(t, "|---|---|---|---|---|{}", "---|".repeat(wrong.len()));
+    for s in report {
+        let verdict = |c: &Option<ScaleCheck>| match c {
+            Some(c) if c.agrees => "agrees",
+            Some(_) => "**disagrees**",
+            None => "cannot tell",
+        };
+        let Some((_, Some(c))) = s.checks.first() else {
+            let _ = writeln!(t, "| {} | | | | cannot tell |{}", s.name, " |".repeat(WRONG_OBJECTIVES.len()));
+            continue;
+        };
+        let wrong: Vec<&str> = s.checks[1..].iter().map(|(_, c)| verdict(c)).collect();
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.4} ({} used) | {} | {} | {} |",
+            s.name,
+            c.fields,
+            c.fields_say_um_per_px,
+            c.fields_used,
+            c.method,
+            verdict(&s.checks[0].1),
+            wrong.join(" | ")
         );
     }
     let _ = writeln!(t, "\nWorst fields (counted, per-field scale; misses + false alarms):\n");
@@ -596,6 +655,19 @@ fn a_batch_without_a_scale_calibrates_itself() {
         let f = figures(set, Mode::Batch, "test");
         assert_eq!(f.sources.get("fallback"), None, "{set}: {:?}", f.sources);
         assert_eq!(f.non_wbc_counted, 0, "{set}");
+    }
+}
+
+/// A wrong objective (the scale given 1.5 or 2 times too large or too small)
+/// is flagged by the red cells of all fields together, on every camera and
+/// magnification, and the right calibration is not.
+#[test]
+fn a_wrong_objective_is_flagged_by_all_fields_together() {
+    for s in report() {
+        for (factor, c) in &s.checks {
+            let c = c.as_ref().unwrap_or_else(|| panic!("{} x{factor}: the red cells cannot tell", s.name));
+            assert_eq!(c.agrees, *factor == 1.0, "{} x{factor}: {c:?}", s.name);
+        }
     }
 }
 

@@ -432,7 +432,7 @@ impl<'a> Run<'a> {
         self.open = None;
         self.store = None;
         let store = Store::with_storage(Arc::new(self.fs.clone()), &state_root())?;
-        self.open = store.recover(self.card)?;
+        self.open = store.recover(self.card, &leukoscope::vision::detect::DetectParams::default())?;
         self.store = Some(store);
         Ok(())
     }
@@ -450,7 +450,7 @@ impl<'a> Run<'a> {
             }
             (Step::Finish, Some(_)) => {
                 if let Some((mut s, mut j)) = self.open.take() {
-                    session::finish(&mut s, &mut j, self.card)?;
+                    session::finish(&mut s, &mut j, self.card, &leukoscope::vision::detect::DetectParams::default())?;
                 }
             }
             (step, open) => panic!("step {step:?} with a session open: {}", open.is_some()),

@@ -78,7 +78,7 @@ fn analyze_writes_a_printable_report_and_a_valid_fhir_bundle() {
     // Where the scale came from: all 14 fields at the configured (LMU) one,
     // which the two BCCD fields' red cells disagree with.
     assert!(
-        html.contains("<th>Scale</th><td>Scale of 14 fields: 14 configured, 2 whose red cells DISAGREE"),
+        html.contains("<th>Scale</th><td>Scale of 14 fields: 14 configured, 2 whose own red cells disagree with it"),
         "scale row"
     );
     let ci = s["ci95"].as_array().expect("ci95");

@@ -159,6 +159,9 @@ pub struct Appliance {
     /// The open session's calibration, rebuilt from its journaled fields
     /// (on start, resume and undo) so that a restart changes nothing.
     scale: Option<crate::vision::calibrate::SessionScale>,
+    /// The open session's red cells, all fields together, checking the scale
+    /// they were analysed at (configured or calibrated): a wrong objective.
+    scale_check: Option<crate::vision::calibrate::ScaleCheck>,
     /// Where finished reports are copied (a USB stick), and through what.
     export: Option<(export::ExportConfig, Arc<dyn Storage>)>,
     /// The export in flight: the report folder, and the thread copying it.
@@ -180,7 +183,7 @@ impl Appliance {
         // Before anything is read: another process may be appending to it.
         let lock = session::lock_state(&config.state_dir())?;
         let store = Store::open(&config.state_dir())?;
-        let open = store.recover(&analyzer.classifier.card)?;
+        let open = store.recover(&analyzer.classifier.card, &analyzer.detect)?;
         let mut gate = FieldGate::new(gate);
         let mut message = None;
         if let Some((s, _)) = &open {
@@ -215,6 +218,7 @@ impl Appliance {
             operator: None,
             calibrate_fields: None,
             scale: None,
+            scale_check: None,
             export: None,
             export_job: None,
             last_export: None,
@@ -312,6 +316,20 @@ impl Appliance {
             }
             _ => None,
         };
+        self.recheck_scale();
+    }
+
+    /// The scale check over the open session's fields; says so in the log
+    /// when it starts to disagree.
+    fn recheck_scale(&mut self) {
+        let doubted = self.scale_check.as_ref().is_some_and(|c| !c.agrees);
+        self.scale_check = self.open.as_ref().and_then(|(s, _)| {
+            let fields = s.fields.iter().map(|(_, r)| (&r.scale, r.red_cells_px.as_slice()));
+            crate::vision::calibrate::ScaleCheck::of(fields, &self.analyzer.detect)
+        });
+        if let Some(c) = self.scale_check.as_ref().filter(|c| !c.agrees && !doubted) {
+            log::warn!("scale check: {}", c.text());
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -414,7 +432,7 @@ impl Appliance {
 
     fn finish(&mut self) -> Result<(), ApplianceError> {
         if let Some((mut s, mut j)) = self.open.take() {
-            session::finish(&mut s, &mut j, &self.analyzer.classifier.card)?;
+            session::finish(&mut s, &mut j, &self.analyzer.classifier.card, &self.analyzer.detect)?;
             log::info!("session {} finished: report in {}", s.sample_id, s.dir.display());
             self.message = Some(SAVED.into());
             let dir = s.dir.clone();
@@ -448,11 +466,7 @@ impl Appliance {
             Some(sc) => self.analyzer.analyze_at(&frame.image, sc.given())?,
             None => self.analyzer.analyze(&frame.image)?,
         };
-        let mut record = FieldRecord::new(&self.analyzer.classifier.card, &frame.origin, &field);
-        if self.scale.as_ref().is_some_and(|sc| sc.given().is_none()) {
-            // Still calibrating: the field's whole red cells, journaled with it.
-            record.red_cells_px = field.red_cells_px.iter().map(|r| (r * 10.0).round() / 10.0).collect();
-        }
+        let record = FieldRecord::new(&self.analyzer.classifier.card, &frame.origin, &field);
         if record.cells.is_empty() && !forced {
             // Nothing to count here; the operator moves on. Remember it as seen
             // so the same empty field is not analysed over and over.
@@ -472,7 +486,9 @@ impl Appliance {
                 notice = Some(format!("scale {v:.3} um/px"));
             }
         }
+        self.recheck_scale();
         self.gate.counted(thumb);
+        let Some((s, _)) = self.open.as_ref() else { return Ok(true) };
         log::info!("field {n} counted from {}: {} leukocytes so far", frame.origin, s.diff.cells());
         // A calibration just finished stays on screen until the next field.
         self.message = notice;
@@ -543,6 +559,10 @@ impl Appliance {
             v.unidentified = sum.unidentified;
             // The report carries the full sentence; the screen the short one,
             // unless something more urgent is being said.
+            // A wrong scale first: it makes every size, and so every call, suspect.
+            if let Some(c) = self.scale_check.as_ref().filter(|c| v.message.is_none() && !c.agrees) {
+                v.message = Some(format!("scale? RBC {:.3}um/px", c.fields_say_um_per_px));
+            }
             if v.message.is_none() && self.analyzer.classifier.card.unfamiliar_warning(sum.unfamiliar_percent).is_some()
             {
                 v.message = Some("images unlike training: review every cell".into());

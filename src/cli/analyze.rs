@@ -121,7 +121,7 @@ pub fn run(a: Args) -> Result<i32> {
     }
     pb.finish_and_clear();
     let summary = diff.summary(config.count.blast_threshold_percent);
-    let scale = leukoscope::report::ScaleSummary::of(&records);
+    let scale = leukoscope::report::ScaleSummary::checked(&records.iter().collect::<Vec<_>>(), &analyzer.detect);
     let mut doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
     if let Some(b) = &batch {
         doc["batch_calibration"] = serde_json::to_value(&b.calibration)?;
@@ -143,6 +143,9 @@ pub fn run(a: Args) -> Result<i32> {
         }
         writeln!(o, "\n{}", leukoscope::report::summary_text(&summary))?;
         writeln!(o, "{}", scale.text())?;
+        if let Some(w) = scale.warning() {
+            writeln!(o, "{w}")?;
+        }
         if let Some(b) = &batch {
             writeln!(o, "{}", batch_text(&b.calibration))?;
         }

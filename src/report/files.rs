@@ -79,6 +79,8 @@ pub struct ReportFacts {
     /// Where the fields' scale came from ([`ScaleSummary::text`]), and the
     /// batch's own calibration when `analyze` made one.
     pub scale: String,
+    /// The fields' red cells disagree with the scale given ([`ScaleSummary::warning`]).
+    pub scale_warning: Option<String>,
 }
 
 impl ReportFacts {
@@ -127,6 +129,7 @@ impl ReportFacts {
             blasts,
             warning: text(&document["warning"]),
             scale: scale_text(document, fields),
+            scale_warning: scale_summary(document, fields).warning(),
         }
     }
 
@@ -202,10 +205,17 @@ pub fn rfc3339(unix: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-/// The report's scale line: the fields per scale source, and the batch's
-/// calibration (`analyze` with no scale configured) when there was one.
+/// The document's `summary.scale`; counted from the fields when it has none.
+fn scale_summary(document: &Value, fields: &[FieldRecord]) -> crate::report::ScaleSummary {
+    serde_json::from_value(document["summary"]["scale"].clone())
+        .unwrap_or_else(|_| crate::report::ScaleSummary::of(fields))
+}
+
+/// The report's scale line: the fields per scale source and the check of a
+/// given scale (as the document has them), and the batch's calibration
+/// (`analyze` with no scale configured) when there was one.
 fn scale_text(document: &Value, fields: &[FieldRecord]) -> String {
-    let mut t = crate::report::ScaleSummary::of(fields).text();
+    let mut t = scale_summary(document, fields).text();
     let b = &document["batch_calibration"];
     if let (Some(s), Some(m)) = (b["um_per_px"].as_f64(), b["method"].as_str()) {
         let _ = write!(t, "; calibrated on this batch: {s:.4} um/px ({m})");

@@ -103,6 +103,9 @@ pub fn render(facts: &ReportFacts, dir: &Path) -> String {
     );
     h += "</table>\n";
     h += &blast_box(facts.summary());
+    if let Some(w) = &facts.scale_warning {
+        let _ = writeln!(h, "<p class=\"warn\">{}</p>", esc(w));
+    }
     if let Some(w) = &facts.warning {
         let _ = writeln!(h, "<p class=\"warn\">WARNING: {}</p>", esc(w));
     }

@@ -5,7 +5,8 @@ use super::{CellRecord, FieldRecord};
 use crate::classify::count::{CallRules, Summary};
 use crate::classify::model::{ModelCard, Prediction};
 use crate::classify::pipeline::CellResult;
-use crate::vision::detect::{FieldScale, ScaleSource};
+use crate::vision::calibrate::ScaleCheck;
+use crate::vision::detect::{DetectParams, FieldScale, ScaleSource};
 use crate::vision::morphometry::Morphometry;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,15 +24,18 @@ pub fn cell_json(card: &ModelCard, cell: &CellResult) -> Value {
 /// Where the fields' scales came from: a count on the fallback scale (the
 /// red cells could not tell, nothing configured) or disagreeing with the
 /// configured one means the counts rest on a guessed scale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ScaleSummary {
     pub fields: u64,
     pub configured: u64,
     pub calibrated: u64,
     pub red_cells: u64,
     pub fallback: u64,
-    /// Fields whose red cells disagree with the configured/calibrated scale.
+    /// Fields whose own red cells disagree with the configured/calibrated scale.
     pub disagrees: u64,
+    /// What the red cells of all fields at a given scale say of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<ScaleCheck>,
 }
 
 impl ScaleSummary {
@@ -50,6 +54,14 @@ impl ScaleSummary {
         s
     }
 
+    /// [`ScaleSummary::of`] with the fields' red cells checking the given scale.
+    pub fn checked(fields: &[&FieldRecord], params: &DetectParams) -> ScaleSummary {
+        ScaleSummary {
+            check: ScaleCheck::of(fields.iter().map(|f| (&f.scale, f.red_cells_px.as_slice())), params),
+            ..ScaleSummary::of(fields.iter().copied())
+        }
+    }
+
     /// One line for people, e.g. "Scale: 70 fields from their red cells, 2 on the fallback scale".
     pub fn text(&self) -> String {
         let parts: Vec<String> = [
@@ -57,13 +69,25 @@ impl ScaleSummary {
             (self.calibrated, "calibrated over the session's or batch's fields"),
             (self.red_cells, "from their own red cells"),
             (self.fallback, "on the FALLBACK scale (red cells could not tell)"),
-            (self.disagrees, "whose red cells DISAGREE with the scale (wrong objective?)"),
+            (self.disagrees, "whose own red cells disagree with it"),
         ]
         .iter()
         .filter(|(n, _)| *n > 0)
         .map(|(n, what)| format!("{n} {what}"))
         .collect();
-        format!("Scale of {} fields: {}", self.fields, parts.join(", "))
+        let mut t = format!("Scale of {} fields: {}", self.fields, parts.join(", "));
+        match &self.check {
+            Some(c) if c.agrees => t += &format!("; {}", c.text()),
+            Some(_) => t += "; the fields' red cells DISAGREE with the scale (see the warning)",
+            None => {}
+        }
+        t
+    }
+
+    /// The warning that the fields' red cells disagree with the scale given
+    /// (a wrong objective?), when they do.
+    pub fn warning(&self) -> Option<String> {
+        self.check.as_ref().filter(|c| !c.agrees).map(ScaleCheck::text)
     }
 }
 

@@ -142,9 +142,11 @@ pub struct FieldRecord {
     pub not_counted: Vec<CellRecord>,
     pub scale: FieldScale,
     pub rejected: Rejected,
-    /// Inscribed radii (px) of the field's whole red cells, kept only while a
-    /// session calibrates its scale on its first fields (pooled at high
-    /// magnification), so that a resumed session calibrates alike.
+    /// Inscribed radii (px, to 0.1) of the field's whole red cells (or of
+    /// those cut by the border, when too few are whole): what a session
+    /// calibrates on (pooled at high magnification), so that a resumed
+    /// session calibrates alike, and what checks a given scale over all
+    /// fields ([`crate::vision::calibrate::ScaleCheck`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub red_cells_px: Vec<f32>,
 }
@@ -161,7 +163,7 @@ impl FieldRecord {
             not_counted,
             scale: field.scale,
             rejected: field.rejected,
-            red_cells_px: Vec::new(),
+            red_cells_px: field.red_cells_px.iter().map(|r| (r * 10.0).round() / 10.0).collect(),
         }
     }
 

@@ -8,7 +8,7 @@
 //! ([`SessionScale`]).
 
 use crate::vision::detect::{pooled_scale, DetectParams, FieldScale, RedCellMeasure, RedCellScale, ScaleSource};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -149,9 +149,7 @@ impl BatchScale {
         if measures.len() < Self::MIN_FIELDS {
             return None;
         }
-        let calibration = Calibration::from_measures(measures, params).ok()?;
-        let trusted = calibration.method == "red_cells_pooled" || 2 * calibration.fields_used >= measures.len();
-        trusted.then_some(BatchScale { calibration })
+        trusted_calibration(measures, params).map(|calibration| BatchScale { calibration })
     }
 
     /// The scale to give the detector for a field whose red cells measured
@@ -161,6 +159,14 @@ impl BatchScale {
         let own = m.is_some_and(|m| m.estimate.is_some()) && self.calibration.method != "red_cells_pooled";
         (!own).then(|| FieldScale::new(self.calibration.um_per_px, ScaleSource::Calibrated))
     }
+}
+
+/// [`Calibration::from_measures`] when it can be trusted: pooled red cells,
+/// or the median of at least half the fields (the median of a minority is
+/// not: at high magnification those are the misleading ones).
+fn trusted_calibration(measures: &[RedCellMeasure], params: &DetectParams) -> Option<Calibration> {
+    let c = Calibration::from_measures(measures, params).ok()?;
+    (c.method == "red_cells_pooled" || 2 * c.fields_used >= measures.len()).then_some(c)
 }
 
 /// Linear-interpolated quantile of sorted, non-empty values.
@@ -230,30 +236,21 @@ fn set(table: &mut dyn toml_edit::TableLike, key: &str, item: toml_edit::Item) {
 
 /// The appliance's own calibration when no scale is configured: fields use
 /// their own red cells until `fields` of them have given an estimate, then
-/// the median of those for every later field. At high magnification, where
-/// most fields hold too few red cells for an estimate (and the few that
-/// give one mislead), the red cells of the fields seen so far are pooled
-/// instead ([`Calibration::from_measures`]'s rule), once there are enough.
+/// the batch's rule ([`Calibration::from_measures`], trusted as by
+/// [`BatchScale::of`]) over the fields seen so far: their
+/// median, or at high magnification, where most fields hold too few red cells
+/// for an estimate (and the few that give one mislead), their red cells pooled.
 #[derive(Debug, Clone)]
 pub struct SessionScale {
     need: usize,
     params: DetectParams,
-    fields: usize,
-    estimates: Vec<f32>,
-    radii: Vec<f32>,
+    seen: Vec<RedCellMeasure>,
     calibrated: Option<f32>,
 }
 
 impl SessionScale {
     pub fn new(fields: usize, params: &DetectParams) -> SessionScale {
-        SessionScale {
-            need: fields.max(1),
-            params: params.clone(),
-            fields: 0,
-            estimates: Vec::new(),
-            radii: Vec::new(),
-            calibrated: None,
-        }
+        SessionScale { need: fields.max(1), params: params.clone(), seen: Vec::new(), calibrated: None }
     }
 
     /// The scale to give the detector for the next field; `None` while estimating.
@@ -265,25 +262,17 @@ impl SessionScale {
     /// cells ([`crate::vision::detect::RedCellMeasure::radii_px`]); returns the
     /// calibrated value when this field completed the calibration.
     pub fn observe(&mut self, scale: &FieldScale, red_cells_px: &[f32]) -> Option<f32> {
-        if self.calibrated.is_some() {
+        if self.calibrated.is_some() || !matches!(scale.source, ScaleSource::RedCells | ScaleSource::Fallback) {
             return None;
         }
-        match scale.source {
-            ScaleSource::RedCells => self.estimates.push(scale.um_per_px),
-            ScaleSource::Fallback => {}
-            ScaleSource::Configured | ScaleSource::Calibrated => return None,
+        self.seen.push(own_measure(scale, red_cells_px));
+        if self.seen.len() < self.need {
+            return None;
         }
-        self.fields += 1;
-        self.radii.extend_from_slice(red_cells_px);
-        let own = self.estimates.len();
-        if 2 * own >= self.fields {
-            if own >= self.need {
-                let mut v = self.estimates.clone();
-                v.sort_by(f32::total_cmp);
-                self.calibrated = Some(quantile(&v, 0.5));
-            }
-        } else if self.fields >= self.need {
-            self.calibrated = pooled_scale(self.radii.clone(), &self.params).map(|(s, _)| s.um_per_px);
+        let c = trusted_calibration(&self.seen, &self.params)?;
+        // The median needs `need` fields that gave an estimate; pooled cells, `need` fields.
+        if c.method == "red_cells_pooled" || c.fields_used >= self.need {
+            self.calibrated = Some(c.um_per_px);
         }
         self.calibrated
     }
@@ -291,7 +280,93 @@ impl SessionScale {
     /// Fields observed so far (on their own red cells), and how many the
     /// calibration needs at least.
     pub fn progress(&self) -> (usize, usize) {
-        (self.fields, self.need)
+        (self.seen.len(), self.need)
+    }
+}
+
+/// A field's red-cell measure as its record keeps it: the field's own
+/// estimate (its scale when it came from its red cells, else the estimate
+/// checked against the given scale) and its red cells' radii.
+fn own_measure(scale: &FieldScale, red_cells_px: &[f32]) -> RedCellMeasure {
+    let own = match scale.source {
+        ScaleSource::RedCells => Some(scale.um_per_px),
+        ScaleSource::Configured | ScaleSource::Calibrated => scale.red_cells,
+        ScaleSource::Fallback => None,
+    };
+    RedCellMeasure {
+        // The cell count is not kept in the record; the rule does not use it.
+        estimate: own.map(|um_per_px| RedCellScale { um_per_px, cells: 0 }),
+        radii_px: red_cells_px.to_vec(),
+    }
+}
+
+/// What the red cells of the fields analysed at a given scale (configured or
+/// calibrated) say of it, all fields together: a wrong objective, or a
+/// calibration from another camera, makes every field disagree alike, where
+/// a single field's red cells can mislead (a clump, a pale field, few cells
+/// at high magnification).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleCheck {
+    /// The scale the fields were analysed at (µm per pixel; their median,
+    /// should it have changed).
+    pub given_um_per_px: f32,
+    /// What their red cells say, by the calibration rule ([`BatchScale::of`]).
+    pub fields_say_um_per_px: f32,
+    /// `red_cells` or `red_cells_pooled`, as in a calibration.
+    pub method: String,
+    /// Fields at the given scale, and those whose red cells told.
+    pub fields: usize,
+    pub fields_used: usize,
+    /// Within [`DetectParams::scale_disagree_fraction`] of each other.
+    pub agrees: bool,
+}
+
+impl ScaleCheck {
+    /// The check over the fields analysed at a given scale, each as its
+    /// scale and its red cells' radii; `None` when fewer than
+    /// [`BatchScale::MIN_FIELDS`] were, or their red cells cannot tell.
+    pub fn of<'a>(
+        fields: impl IntoIterator<Item = (&'a FieldScale, &'a [f32])>,
+        params: &DetectParams,
+    ) -> Option<ScaleCheck> {
+        let (mut given, mut measures) = (Vec::new(), Vec::new());
+        for (scale, radii) in fields {
+            if matches!(scale.source, ScaleSource::Configured | ScaleSource::Calibrated) {
+                given.push(scale.um_per_px);
+                measures.push(own_measure(scale, radii));
+            }
+        }
+        if measures.len() < BatchScale::MIN_FIELDS {
+            return None;
+        }
+        let c = trusted_calibration(&measures, params)?;
+        given.sort_by(f32::total_cmp);
+        let given_um_per_px = quantile(&given, 0.5);
+        let agrees = (c.um_per_px / given_um_per_px - 1.0).abs() <= params.scale_disagree_fraction.max(0.0);
+        Some(ScaleCheck {
+            given_um_per_px,
+            fields_say_um_per_px: c.um_per_px,
+            method: c.method.to_string(),
+            fields: measures.len(),
+            fields_used: c.fields_used,
+            agrees,
+        })
+    }
+
+    /// One line for people.
+    pub fn text(&self) -> String {
+        if self.agrees {
+            format!(
+                "the fields' red cells agree with it ({:.4} um/px from {} of {} fields)",
+                self.fields_say_um_per_px, self.fields_used, self.fields
+            )
+        } else {
+            format!(
+                "WARNING: the red cells of {} of {} fields say {:.4} um/px, not the {:.4} used: wrong objective \
+                 or calibration? Cell sizes, and so the count, are unreliable",
+                self.fields_used, self.fields, self.fields_say_um_per_px, self.given_um_per_px
+            )
+        }
     }
 }
 
@@ -452,5 +527,46 @@ mod tests {
         assert!((got - want).abs() < 0.01 * want, "{got} vs {want}");
         assert_eq!(fields, 8, "20 cells pooled after 7 fields of 3 (and 2 small discs)");
         assert_eq!(s.given().map(|g| g.source), Some(ScaleSource::Calibrated));
+    }
+
+    /// A field analysed at `given` whose red cells said `own` (or nothing).
+    fn at(given: f32, own: Option<f32>) -> FieldScale {
+        FieldScale { red_cells: own, ..FieldScale::new(given, ScaleSource::Configured) }
+    }
+
+    #[test]
+    fn the_fields_together_check_a_given_scale() {
+        let params = DetectParams::default();
+        let check = |fields: &[FieldScale], radii: &[f32]| ScaleCheck::of(fields.iter().map(|f| (f, radii)), &params);
+        // Fields scattered around 0.1 (two misleading ones among them), whatever
+        // the single fields' own flags say.
+        let own = [0.1, 0.11, 0.095, 0.2, 0.1, 0.09, 0.05, 0.1];
+        let right: Vec<FieldScale> = own.iter().map(|&e| at(0.1, Some(e))).collect();
+        let c = check(&right, &[]).expect("enough fields");
+        assert!(c.agrees, "{c:?}");
+        assert_eq!((c.fields, c.fields_used, c.method.as_str()), (8, 8, "red_cells"));
+        // Another objective: twice the scale, or two thirds of it.
+        for wrong in [0.2, 0.067] {
+            let fields: Vec<FieldScale> = own.iter().map(|&e| at(wrong, Some(e))).collect();
+            let c = check(&fields, &[]).expect("enough fields");
+            assert!(!c.agrees && (c.fields_say_um_per_px - 0.1).abs() < 0.001, "{c:?}");
+            assert!(c.text().starts_with("WARNING"), "{}", c.text());
+        }
+        // Fewer than five fields, or fields on their own red cells only: no check.
+        assert_eq!(check(&right[..4], &[]), None);
+        let own_scale: Vec<FieldScale> = own.iter().map(|&e| FieldScale::new(e, ScaleSource::RedCells)).collect();
+        assert_eq!(check(&own_scale, &[]), None);
+        // High magnification: most fields cannot tell alone, their red cells
+        // pooled can (two whole cells of 60 px inscribed radius a field).
+        let want = params.rbc_diameter_um / (2.0 * 60.0 * params.rbc_extent_per_inscribed);
+        let few: Vec<FieldScale> = (0..12).map(|_| at(want, None)).collect();
+        let c = check(&few, &[59.0, 61.0]).expect("pooled");
+        assert!(c.agrees && c.method == "red_cells_pooled", "{c:?}");
+        let few: Vec<FieldScale> = (0..12).map(|_| at(2.0 * want, None)).collect();
+        assert!(!check(&few, &[59.0, 61.0]).expect("pooled").agrees);
+        // Nor a minority of fields with an estimate, without enough cells to pool.
+        let mut sparse: Vec<FieldScale> = (0..8).map(|_| at(0.1, None)).collect();
+        sparse[0] = at(0.1, Some(0.3));
+        assert_eq!(check(&sparse, &[]), None);
     }
 }

@@ -172,17 +172,23 @@ impl Session {
     }
 
     /// The report document: `analyze --json`'s shape plus the session's facts.
-    pub fn document(&self, card: &crate::classify::model::ModelCard) -> serde_json::Value {
+    pub fn document(
+        &self,
+        card: &crate::classify::model::ModelCard,
+        detect: &crate::vision::detect::DetectParams,
+    ) -> serde_json::Value {
         let images = self.fields.iter().filter_map(|(_, r)| serde_json::to_value(r).ok()).collect();
-        self.document_of(card, images)
+        self.document_of(card, detect, images)
     }
 
     fn document_of(
         &self,
         card: &crate::classify::model::ModelCard,
+        detect: &crate::vision::detect::DetectParams,
         images: Vec<serde_json::Value>,
     ) -> serde_json::Value {
-        let scale = report::ScaleSummary::of(self.fields.iter().map(|(_, r)| r));
+        let fields: Vec<&report::FieldRecord> = self.fields.iter().map(|(_, r)| r).collect();
+        let scale = report::ScaleSummary::checked(&fields, detect);
         let mut doc = report::analysis_json(card, images, &self.summary(), &scale);
         // As `analyze --sample-id --operator-id` writes it: the report files read it there.
         doc["sample"] = serde_json::json!({"id": self.sample_id, "operator_id": self.operator_id});
@@ -228,11 +234,12 @@ pub fn finish(
     session: &mut Session,
     journal: &mut Journal,
     card: &crate::classify::model::ModelCard,
+    detect: &crate::vision::detect::DetectParams,
 ) -> Result<(), SessionError> {
     let e = Entry::Finish { unix_time: unix_time() };
     journal.append(&e)?;
     session.apply(&e).map_err(|why| journal.refused(why))?;
-    store::write_report(journal.fs.as_ref(), session, card)
+    store::write_report(journal.fs.as_ref(), session, card, detect)
 }
 
 fn unix_time() -> u64 {

@@ -47,6 +47,7 @@ impl Store {
     pub fn recover(
         &self,
         card: &crate::classify::model::ModelCard,
+        detect: &crate::vision::detect::DetectParams,
     ) -> Result<Option<(Session, Journal)>, SessionError> {
         for dir in self.session_dirs()? {
             let (s, j) = load(&self.fs, &dir)?;
@@ -57,7 +58,7 @@ impl Store {
             let complete = ["results.json", "cells.csv"].iter().all(|f| self.fs.kind(&dir.join(f)) == Some(Kind::File));
             if !complete {
                 log::warn!("{}: finished but its report is incomplete: writing it", dir.display());
-                write_report(self.fs.as_ref(), &s, card)?;
+                write_report(self.fs.as_ref(), &s, card, detect)?;
             }
         }
         Ok(None)
@@ -149,6 +150,7 @@ pub(super) fn write_report(
     fs: &dyn Storage,
     session: &Session,
     card: &crate::classify::model::ModelCard,
+    detect: &crate::vision::detect::DetectParams,
 ) -> Result<(), SessionError> {
     let mut records: Vec<FieldRecord> = session.fields.iter().map(|(_, r)| r.clone()).collect();
     let (mut crops, mut missing) = (0, 0);
@@ -186,7 +188,7 @@ pub(super) fn write_report(
         log::warn!("session {}: {w}", session.sample_id);
     }
     let images = records.iter().filter_map(|r| serde_json::to_value(r).ok()).collect();
-    let mut doc = session.document_of(card, images);
+    let mut doc = session.document_of(card, detect, images);
     doc["session"]["warnings"] = serde_json::json!(warnings);
     report::write_report(fs, &session.dir, &doc, &records).map_err(SessionError::from)
 }

@@ -3,7 +3,7 @@
 use super::*;
 use crate::report::CellRecord;
 use crate::storage::{Os, Storage};
-use crate::vision::detect::{FieldScale, Rejected, ScaleSource};
+use crate::vision::detect::{DetectParams, FieldScale, Rejected, ScaleSource};
 use std::sync::Arc;
 
 fn card() -> crate::classify::model::ModelCard {
@@ -64,14 +64,14 @@ fn fields_undo_finish_and_resume() {
     assert!(crops.iter().all(|p| !p.contains("f0002")));
     drop(j);
     // A restart rebuilds exactly the same state.
-    let (again, mut j2) = store.recover(&card).unwrap().expect("open session");
+    let (again, mut j2) = store.recover(&card, &DetectParams::default()).unwrap().expect("open session");
     assert_eq!(again, s);
     let mut s = again;
-    finish(&mut s, &mut j2, &card).unwrap();
+    finish(&mut s, &mut j2, &card, &DetectParams::default()).unwrap();
     assert_eq!(s.phase(), Phase::Finished);
     let csv = std::fs::read_to_string(s.dir.join("cells.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5);
-    assert!(store.recover(&card).unwrap().is_none());
+    assert!(store.recover(&card, &DetectParams::default()).unwrap().is_none());
     let (next, _) = store.start("", 100, 20.0, &card.sha256).unwrap();
     assert_eq!(next.sample_id, "S0002");
     std::fs::remove_dir_all(&root).unwrap();
@@ -150,7 +150,7 @@ fn repair_sets_aside_duplicates_and_a_damaged_start() {
     assert_eq!((r[0].kept, r[0].set_aside.len()), (0, lines.len()));
     assert_eq!(std::fs::read(&r[0].aside_file).unwrap(), bad);
     assert!(r[0].aside_file.ends_with("journal.damaged.2.jsonl"), "{:?}", r[0].aside_file);
-    assert!(store.recover(&card).unwrap().is_none());
+    assert!(store.recover(&card, &DetectParams::default()).unwrap().is_none());
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -96,8 +96,10 @@ pub struct DetectParams {
     /// area floor, but not both. Small lymphocyte nuclei measure from ~6.5 µm.
     pub platelet_veto_um: f32,
     /// A field whose own red-cell scale differs from the configured or
-    /// calibrated one by more than this fraction is flagged (`scale.disagrees`):
-    /// a wrong objective, or a field whose red cells mislead.
+    /// calibrated one by more than this fraction is flagged (`scale.disagrees`:
+    /// a field whose red cells mislead, or a wrong objective); all fields'
+    /// red cells together, by the same fraction, flag a wrong objective
+    /// (`summary.scale.check`).
     pub scale_disagree_fraction: f32,
 }
 
