@@ -900,3 +900,34 @@ fn analyze_um_per_px_overrides_the_configured_scale() {
         assert!(err.contains("--um-per-px") && out.stdout.is_empty(), "{bad}: {err}");
     }
 }
+
+/// `analyze` checks a configured scale with all fields' red cells together: a
+/// scale twice too coarse is a warning (JSON and the line under the table),
+/// the camera's own is not; a batch that calibrates itself is not checked
+/// (its scale goes only to the fields whose red cells could not tell).
+#[test]
+fn a_configured_scale_is_checked_by_all_fields_together() {
+    let fields: Vec<PathBuf> = common::bccd_field_paths().into_iter().take(12).collect();
+    for (scale, agrees) in [(Some("0.144"), Some(false)), (Some("0.0721"), Some(true))] {
+        let mut cmd = bin();
+        cmd.args(["analyze", "--json"]);
+        if let Some(s) = scale {
+            cmd.args(["--um-per-px", s]);
+        }
+        let (out, err) = run(cmd.args(&fields));
+        assert!(out.status.success(), "{err}");
+        let check = &json(&out)["summary"]["scale"]["check"];
+        assert_eq!(check["agrees"].as_bool(), agrees, "{scale:?}: {check}");
+    }
+    let (out, err) = run(bin().args(["analyze", "--um-per-px", "0.144"]).args(&fields));
+    assert!(out.status.success(), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("WARNING: the red cells of") && text.contains("wrong objective or calibration?"), "{text}");
+    // txl/bcd calibrates on itself; its 74 fields that take the batch's scale
+    // are the pale ones whose red cells could not tell (pooled, they say 0.144).
+    let (out, err) = run(bin().args(["analyze", "--json"]).arg(data().join("txl/bcd")));
+    assert!(out.status.success(), "{err}");
+    let doc = json(&out);
+    assert!(doc["summary"]["scale"]["calibrated"].as_u64() > Some(20), "{}", doc["summary"]["scale"]);
+    assert!(doc["summary"]["scale"].get("check").is_none(), "{}", doc["summary"]["scale"]);
+}

@@ -121,7 +121,12 @@ pub fn run(a: Args) -> Result<i32> {
     }
     pb.finish_and_clear();
     let summary = diff.summary(config.count.blast_threshold_percent);
-    let scale = leukoscope::report::ScaleSummary::checked(&records.iter().collect::<Vec<_>>(), &analyzer.detect);
+    // A batch's own calibration is given only to the fields whose red cells
+    // could not tell their scale: those alone cannot check it.
+    let scale = match &batch {
+        None => leukoscope::report::ScaleSummary::checked(&records.iter().collect::<Vec<_>>(), &analyzer.detect),
+        Some(_) => leukoscope::report::ScaleSummary::of(&records),
+    };
     let mut doc = leukoscope::report::analysis_json(card, images, &summary, &scale);
     if let Some(b) = &batch {
         doc["batch_calibration"] = serde_json::to_value(&b.calibration)?;
