@@ -95,13 +95,32 @@ struct Set {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum View {
     Whole,
-    Magnified { factor: f32, side: u32 },
+    Magnified {
+        factor: f32,
+        side: u32,
+    },
+    /// Uneven illumination: brightness falls off with the square of the
+    /// distance from the centre, to `1 - falloff` in the corners (vignetting of
+    /// an eyepiece camera, a decentred lamp). Boxes unchanged.
+    Vignetted {
+        falloff: f32,
+    },
 }
 
 impl View {
     /// The field as the view shows it, and its annotation moved alike (`None`
     /// for [`View::Whole`], whose annotation is the field's own).
-    fn apply(self, img: RgbImage, annotation: Option<&Annotation>) -> (RgbImage, Option<Annotation>) {
+    fn apply(self, mut img: RgbImage, annotation: Option<&Annotation>) -> (RgbImage, Option<Annotation>) {
+        if let View::Vignetted { falloff } = self {
+            let (cx, cy) = (img.width() as f32 / 2.0, img.height() as f32 / 2.0);
+            let corner = cx * cx + cy * cy;
+            for (x, y, p) in img.enumerate_pixels_mut() {
+                let d = ((x as f32 + 0.5 - cx).powi(2) + (y as f32 + 0.5 - cy).powi(2)) / corner;
+                let gain = 1.0 - falloff * d;
+                p.0 = p.0.map(|v| (v as f32 * gain).round().clamp(0.0, 255.0) as u8);
+            }
+            return (img, annotation.cloned());
+        }
         let View::Magnified { factor, side } = self else { return (img, None) };
         let (w, h) = ((img.width() as f32 * factor).round() as u32, (img.height() as f32 * factor).round() as u32);
         let big = image::imageops::resize(&img, w, h, image::imageops::FilterType::CatmullRom);
@@ -143,6 +162,9 @@ impl View {
 /// BCCD enlarged twice and cut to 575 px: about 0.036 µm per pixel, a red cell
 /// ~200 px across, two or three of them across the field.
 const MAGNIFIED: View = View::Magnified { factor: 2.0, side: 575 };
+
+/// Uneven light: the corners at 60% of the centre's light.
+const VIGNETTED: View = View::Vignetted { falloff: 0.4 };
 
 /// Three times: about 0.024 µm per pixel, a red cell ~310 px across, one or two
 /// of them (whole or cut) in a field: no field can tell its own scale.
@@ -205,7 +227,13 @@ fn sets() -> Vec<Set> {
     let mut out = vec![
         Set { name: "BCCD test", fields: test.clone(), calibration_fields: trainval_paths.clone(), view: View::Whole },
         Set { name: "BCCD test x2", fields: test.clone(), calibration_fields: trainval_paths.clone(), view: MAGNIFIED },
-        Set { name: "BCCD test x3", fields: test, calibration_fields: trainval_paths.clone(), view: MAGNIFIED_3X },
+        Set {
+            name: "BCCD test x3",
+            fields: test.clone(),
+            calibration_fields: trainval_paths.clone(),
+            view: MAGNIFIED_3X,
+        },
+        Set { name: "BCCD test vignetted", fields: test, calibration_fields: trainval_paths.clone(), view: VIGNETTED },
     ];
     if std::env::var_os("LEUKOSCOPE_TUNE").is_some() {
         let trainval = bccd_fields("trainval", false);
@@ -214,9 +242,18 @@ fn sets() -> Vec<Set> {
         }
         // Other magnifications, to explore on tune data only: LEUKOSCOPE_VIEWS="0.5,1.5,3".
         for factor in std::env::var("LEUKOSCOPE_VIEWS").unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
-            let f: f32 = factor.trim().parse().unwrap_or_else(|e| panic!("LEUKOSCOPE_VIEWS: {factor}: {e}"));
-            let name: &'static str = Box::leak(format!("BCCD trainval x{f}").into_boxed_str());
-            let view = View::Magnified { factor: f, side: 575 };
+            let (view, name) = match factor.trim().strip_prefix('v') {
+                // "v0.4": vignetted, corners at 60% brightness.
+                Some(v) => {
+                    let f: f32 = v.parse().unwrap_or_else(|e| panic!("LEUKOSCOPE_VIEWS: {factor}: {e}"));
+                    (View::Vignetted { falloff: f }, format!("BCCD trainval vignetted {f}"))
+                }
+                None => {
+                    let f: f32 = factor.trim().parse().unwrap_or_else(|e| panic!("LEUKOSCOPE_VIEWS: {factor}: {e}"));
+                    (View::Magnified { factor: f, side: 575 }, format!("BCCD trainval x{f}"))
+                }
+            };
+            let name: &'static str = Box::leak(name.into_boxed_str());
             out.push(Set { name, fields: trainval.clone(), calibration_fields: trainval_paths.clone(), view });
         }
     }
@@ -476,6 +513,7 @@ fn markdown(report: &[SetReport]) -> String {
         let on = match s.name {
             "BCCD test" => "BCCD trainval",
             "BCCD test x2" | "BCCD test x3" => "BCCD trainval, enlarged alike",
+            "BCCD test vignetted" => "BCCD trainval, vignetted alike",
             _ => "tune half",
         };
         let _ = writeln!(
@@ -589,6 +627,9 @@ fn check(set: &str, mode: Mode, part: &'static str, min_recall: f64, min_precisi
 const X3_RECALL: f64 = 0.95;
 const X3_PRECISION: f64 = 0.96;
 
+/// BCCD test vignetted, per field (measured: see docs/detection.md).
+const VIGNETTED_FLOOR: (f64, f64) = (0.97, 0.99);
+
 #[test]
 fn bccd_test_holds() {
     check("BCCD test", Mode::PerField, "test", 0.98, 0.98);
@@ -656,6 +697,15 @@ fn a_batch_without_a_scale_calibrates_itself() {
         assert_eq!(f.sources.get("fallback"), None, "{set}: {:?}", f.sources);
         assert_eq!(f.non_wbc_counted, 0, "{set}");
     }
+}
+
+/// Uneven light (the BCCD test fields with their corners at 60% of the
+/// centre's light): the field is evened out first, and detection holds.
+/// Before, per field, its red cells were lost in the dark corners.
+#[test]
+fn uneven_illumination_holds() {
+    check("BCCD test vignetted", Mode::PerField, "test", VIGNETTED_FLOOR.0, VIGNETTED_FLOOR.1);
+    check("BCCD test vignetted", Mode::Calibrated, "test", 0.98, 0.98);
 }
 
 /// A wrong objective (the scale given 1.5 or 2 times too large or too small)

@@ -118,6 +118,10 @@ impl Analyzer {
 
     /// One field at a given scale (`None`: the field's own red cells tell).
     pub fn analyze_at(&self, img: &RgbImage, scale: Option<FieldScale>) -> Result<FieldResult, ModelError> {
+        // Uneven light first: detection and the cells' crops read optical
+        // densities against one glass colour.
+        let evened = crate::vision::illumination::evened(img);
+        let img = evened.as_ref();
         let found = detect_at(img, &self.detect, scale);
         let spec = &self.classifier.card.input.preprocessing;
         let mut cells = Vec::with_capacity(found.cells.len());

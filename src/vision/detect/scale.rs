@@ -98,6 +98,9 @@ pub struct RedCellMeasure {
 /// for its own estimate (`scale_min_cells`), and the few fields that pass are
 /// the misleading ones (fragments); pooled over many fields they are plenty.
 pub fn measure_red_cells(img: &RgbImage, params: &DetectParams) -> RedCellMeasure {
+    // As the field is analysed: its light evened out first.
+    let evened = crate::vision::illumination::evened(img);
+    let img = evened.as_ref();
     let Some((level0, k0)) = level0(img, params) else {
         return RedCellMeasure { estimate: None, radii_px: Vec::new() };
     };
