@@ -124,7 +124,7 @@ pub fn run(a: Args) -> Result<i32> {
     // A batch's own calibration is given only to the fields whose red cells
     // could not tell their scale: those alone cannot check it.
     let scale = match &batch {
-        None => leukoscope::report::ScaleSummary::checked(&records.iter().collect::<Vec<_>>(), &analyzer.detect),
+        None => leukoscope::report::ScaleSummary::checked(&records, &analyzer.detect),
         Some(_) => leukoscope::report::ScaleSummary::of(&records),
     };
     let mut doc = leukoscope::report::analysis_json(card, images, &summary, &scale);

@@ -89,6 +89,7 @@ impl ReportFacts {
     /// reviewer's calls, and the sign-off.
     pub fn new(document: &Value, fields: &[FieldRecord], reviewed: Option<(&[FieldRecord], SignOff)>) -> ReportFacts {
         let threshold = document["summary"]["threshold_percent"].as_f64().unwrap_or(20.0);
+        let scale = scale_summary(document, fields);
         let text = |v: &Value| v.as_str().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
         let sample = &document["sample"];
         let sample_id = Self::sample_id_of(document);
@@ -128,8 +129,8 @@ impl ReportFacts {
             class_names,
             blasts,
             warning: text(&document["warning"]),
-            scale: scale_text(document, fields),
-            scale_warning: scale_summary(document, fields).warning(),
+            scale: scale_text(document, &scale),
+            scale_warning: scale.warning(),
         }
     }
 
@@ -212,10 +213,10 @@ fn scale_summary(document: &Value, fields: &[FieldRecord]) -> crate::report::Sca
 }
 
 /// The report's scale line: the fields per scale source and the check of a
-/// given scale (as the document has them), and the batch's calibration
-/// (`analyze` with no scale configured) when there was one.
-fn scale_text(document: &Value, fields: &[FieldRecord]) -> String {
-    let mut t = scale_summary(document, fields).text();
+/// given scale (`scale`, as the document has them), and the batch's
+/// calibration (`analyze` with no scale configured) when there was one.
+fn scale_text(document: &Value, scale: &crate::report::ScaleSummary) -> String {
+    let mut t = scale.text();
     let b = &document["batch_calibration"];
     if let (Some(s), Some(m)) = (b["um_per_px"].as_f64(), b["method"].as_str()) {
         let _ = write!(t, "; calibrated on this batch: {s:.4} um/px ({m})");

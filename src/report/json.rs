@@ -55,10 +55,13 @@ impl ScaleSummary {
     }
 
     /// [`ScaleSummary::of`] with the fields' red cells checking the given scale.
-    pub fn checked(fields: &[&FieldRecord], params: &DetectParams) -> ScaleSummary {
+    pub fn checked<'a>(
+        fields: impl IntoIterator<Item = &'a FieldRecord> + Clone,
+        params: &DetectParams,
+    ) -> ScaleSummary {
         ScaleSummary {
-            check: ScaleCheck::of(fields.iter().map(|f| (&f.scale, f.red_cells_px.as_slice())), params),
-            ..ScaleSummary::of(fields.iter().copied())
+            check: ScaleCheck::of(fields.clone().into_iter().map(|f| (&f.scale, f.red_cells_px.as_slice())), params),
+            ..ScaleSummary::of(fields)
         }
     }
 

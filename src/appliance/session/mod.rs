@@ -187,8 +187,7 @@ impl Session {
         detect: &crate::vision::detect::DetectParams,
         images: Vec<serde_json::Value>,
     ) -> serde_json::Value {
-        let fields: Vec<&report::FieldRecord> = self.fields.iter().map(|(_, r)| r).collect();
-        let scale = report::ScaleSummary::checked(&fields, detect);
+        let scale = report::ScaleSummary::checked(self.fields.iter().map(|(_, r)| r), detect);
         let mut doc = report::analysis_json(card, images, &self.summary(), &scale);
         // As `analyze --sample-id --operator-id` writes it: the report files read it there.
         doc["sample"] = serde_json::json!({"id": self.sample_id, "operator_id": self.operator_id});
